@@ -1,0 +1,20 @@
+"""fastbp: train dense feed-forward networks by backpropagation, fast.
+
+>>> import fastbp
+>>> net = fastbp.Network([20, 64, 64, 1], activations="relu")      # doctest: +SKIP
+>>> net.fit(X, y, epochs=10, batch_size=1, optimizer=fastbp.SGD(0.001))  # doctest: +SKIP
+"""
+
+from ._backends import available_backends
+from ._io import load
+from ._version import __version__
+from .callbacks import Callback, EarlyStopping, History, ProgbarLogger
+from .network import Network, TrainingDivergedError
+from .optimizers import SGD, Adam, Optimizer, RMSprop
+from ._info import show_config
+
+__all__ = [
+    "Adam", "Callback", "EarlyStopping", "History", "Network", "Optimizer", "ProgbarLogger",
+    "RMSprop", "SGD", "TrainingDivergedError", "__version__", "available_backends", "load",
+    "show_config",
+]

@@ -1,0 +1,208 @@
+"""Every user-facing input check, and its message.
+
+Each error says what was expected, what was found, and how to fix it.  The
+checks run before anything is modified, so bad input changes nothing.
+"""
+
+import numbers
+
+import numpy as np
+
+DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+
+
+def _name_list(names):
+    return ", ".join(repr(n) for n in names)
+
+
+def check_choice(value, choices, what):
+    """Return ``value`` lower-cased if it is one of ``choices``."""
+    if isinstance(value, str) and value.lower() in choices:
+        return value.lower()
+    raise ValueError(f"unknown {what}: expected one of {_name_list(choices)}; "
+                     f"found {value!r}. Pass one of the listed names.")
+
+
+def check_layer_sizes(sizes):
+    """Layer widths: a sequence of at least two positive integers."""
+    try:
+        widths = list(sizes)
+    except TypeError:
+        widths = None
+    if (not widths or len(widths) < 2
+            or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1
+                       for w in widths)):
+        raise ValueError(
+            "layer sizes: expected a list of at least two positive integers "
+            f"(inputs, hidden..., outputs), e.g. [20, 64, 64, 1]; found {sizes!r}.")
+    return tuple(int(w) for w in widths)
+
+
+def check_activations(activations, n_hidden, choices):
+    """One activation name per hidden layer, from a name or a list of names."""
+    if isinstance(activations, str):
+        return [check_choice(activations, choices, "activation")] * n_hidden
+    try:
+        names = list(activations)
+    except TypeError:
+        names = None
+    if names is None or len(names) != n_hidden:
+        raise ValueError(
+            f"activations: expected one name, or a list of {n_hidden} names (one per hidden "
+            f"layer); found {activations!r}. Pass e.g. activations='relu'.")
+    return [check_choice(name, choices, "activation") for name in names]
+
+
+def check_dtype(dtype):
+    """``"float32"`` or ``"float64"`` (or the NumPy types) -> ``np.dtype``."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in DTYPES.values():
+        raise ValueError(f"dtype: expected 'float32' or 'float64'; found {dtype!r}. "
+                         "Pass dtype='float64' (default) or dtype='float32'.")
+    return resolved
+
+
+def check_initializer(value, what, names):
+    """A known initializer name or a finite real number."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if not np.isfinite(value):
+            raise ValueError(f"{what}: expected a finite number; found {value!r}.")
+        return float(value)
+    return check_choice(value, names, what)
+
+
+def check_positive_int(value, name):
+    """An integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}: expected an integer >= 1; found {value!r}. "
+                         f"Pass e.g. {name}=1.")
+    return int(value)
+
+
+def check_positive_float(value, name):
+    """A finite real number > 0."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not np.isfinite(value) or value <= 0):
+        raise ValueError(f"{name}: expected a finite number > 0; found {value!r}. "
+                         f"Pass e.g. {name}=0.001.")
+    return float(value)
+
+
+def check_fraction(value, name, low_open=False, high_open=True):
+    """A real number in [0, 1) (or (0, 1) when ``low_open``)."""
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+          and (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1))
+    if not ok:
+        interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
+        raise ValueError(f"{name}: expected a number in {interval}; found {value!r}.")
+    return float(value)
+
+
+def _check_numeric(array, name):
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name}: expected real numbers (float, int or bool); found dtype {array.dtype}. "
+            f"Convert it first, e.g. {name}.astype('float64')"
+            + (" (complex values have no ordering a loss can use)." if array.dtype.kind == "c"
+               else "."))
+
+
+def _as_array(data, name):
+    array = data if isinstance(data, np.ndarray) else None
+    if array is None:
+        try:
+            array = np.asarray(data)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{name}: expected a 2-D array of numbers; found an object NumPy "
+                            f"cannot turn into one ({exc}). Pass a NumPy array.") from None
+    _check_numeric(array, name)
+    return array
+
+
+def check_finite(array, name, dtype=None):
+    """Raise if ``array`` holds NaN or inf; point at the first bad row."""
+    if array.dtype.kind != "f":
+        return
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = np.argwhere(~finite)[0]
+        cast = f" after conversion to {dtype}" if dtype is not None else ""
+        raise ValueError(
+            f"{name}: expected finite numbers; found {array[tuple(bad)]!r}{cast} at index "
+            f"{tuple(int(i) for i in bad)}. Remove or impute NaN/inf rows first "
+            f"(e.g. mask = np.isfinite({name}).all(axis=1)).")
+
+
+def check_features(X, n_features, name="X"):
+    """Shape and dtype checks of an input matrix, without copying it."""
+    X = _as_array(X, name)
+    if X.ndim != 2:
+        hint = f" Use {name}.reshape(-1, 1) for a single feature." if X.ndim == 1 else ""
+        raise ValueError(f"{name}: expected a 2-D array of shape (n_samples, {n_features}); "
+                         f"found {X.ndim}-D shape {X.shape}.{hint}")
+    if X.shape[1] != n_features:
+        raise ValueError(f"{name}: expected {n_features} features (columns), as the network's "
+                         f"input layer has; found {X.shape[1]} (shape {X.shape}). Pass data "
+                         f"with {n_features} columns or build the network for {X.shape[1]} "
+                         "inputs.")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one row; found 0 rows. Pass some data.")
+    return X
+
+
+def check_targets(y, n_outputs, name="y"):
+    """Shape and dtype checks of targets; ``(n,)`` becomes ``(n, 1)`` (a view)."""
+    y = _as_array(y, name)
+    if y.ndim == 1 and n_outputs == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2 or y.shape[1] != n_outputs:
+        expected = "(n_samples,) or (n_samples, 1)" if n_outputs == 1 else \
+            f"(n_samples, {n_outputs})"
+        raise ValueError(f"{name}: expected shape {expected} to match the network's "
+                         f"{n_outputs} output(s); found shape {y.shape}. Reshape the targets "
+                         "or change the last layer width.")
+    if y.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one row; found 0 rows. Pass some data.")
+    return y
+
+
+def check_same_length(X, y):
+    """X and y must have the same number of rows."""
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"X and y: expected the same number of rows; found {X.shape[0]} rows "
+                         f"in X and {y.shape[0]} in y. Pass matching arrays.")
+
+
+def to_dtype(array, dtype, name):
+    """A C-contiguous copy in ``dtype`` (no copy when it already is), checked finite.
+
+    Never writes to the caller's array.
+    """
+    out = np.ascontiguousarray(array, dtype=dtype)
+    check_finite(out, name, dtype)
+    return out
+
+
+def check_weights(weights, shapes, dtype):
+    """A list of arrays with exactly the given Keras-layout shapes, finite."""
+    try:
+        arrays = list(weights)
+    except TypeError:
+        arrays = None
+    expected = ", ".join(str(s) for s in shapes)
+    if arrays is None or len(arrays) != len(shapes):
+        found = "not a list" if arrays is None else f"{len(arrays)} arrays"
+        raise ValueError(f"set_weights: expected {len(shapes)} arrays with shapes [{expected}] "
+                         f"(kernel (inputs, units), bias (units,) per layer, as "
+                         f"get_weights() returns); found {found}.")
+    out = []
+    for i, (array, shape) in enumerate(zip(arrays, shapes)):
+        array = _as_array(array, f"weights[{i}]")
+        if array.shape != shape:
+            raise ValueError(f"set_weights: weights[{i}] expected shape {shape}; found "
+                             f"{array.shape}. All expected shapes: [{expected}].")
+        out.append(to_dtype(array, dtype, f"weights[{i}]"))
+    return out

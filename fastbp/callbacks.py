@@ -1,0 +1,138 @@
+"""Training callbacks with Keras's names: History, EarlyStopping, ProgbarLogger.
+
+``fit`` calls, in order: ``on_train_begin``, then per epoch ``on_epoch_begin``,
+``on_chunk_end`` after every compiled call (a chunk of rows, not a batch: the
+kernels run whole chunks without returning to Python), ``on_epoch_end`` with
+``logs = {"loss": ..., "val_loss": ...}``; finally ``on_train_end``.  A
+callback stops training by setting ``network.stop_training = True``.
+"""
+
+import math
+
+
+class Callback:
+    """Base class: override the hooks you need.  ``self.network`` is set by ``fit``."""
+
+    network = None
+
+    def set_network(self, network):
+        self.network = network
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_chunk_end(self, epoch, logs=None):
+        """After each compiled call; ``logs = {"rows": rows done this epoch, "loss": running mean}``."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+
+class History(Callback):
+    """What ``fit`` returns: ``history["loss"]`` (and ``"val_loss"``) hold one float per epoch."""
+
+    def __init__(self):
+        self.history = {}
+        self.epoch = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(value)
+
+    def __repr__(self):
+        return f"History(epochs={len(self.epoch)}, keys={sorted(self.history)})"
+
+
+class EarlyStopping(Callback):
+    """Stop when a monitored loss has stopped improving (Keras semantics).
+
+    Parameters
+    ----------
+    monitor : {"val_loss", "loss"}, default "val_loss"
+    min_delta : float, default 0
+        An improvement must lower the monitored value by more than this.
+    patience : int, default 0
+        Epochs without improvement after which training stops.
+    restore_best_weights : bool, default False
+        At the end of training, put back the weights of the best epoch.
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0,
+                 restore_best_weights=False):
+        if monitor not in ("val_loss", "loss"):
+            raise ValueError(f"EarlyStopping monitor: expected 'val_loss' or 'loss'; found "
+                             f"{monitor!r}.")
+        if not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"EarlyStopping patience: expected an integer >= 0; found "
+                             f"{patience!r}.")
+        self.monitor = monitor
+        self.min_delta = abs(float(min_delta))
+        self.patience = patience
+        self.restore_best_weights = bool(restore_best_weights)
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0
+        self.best = math.inf
+        self.best_epoch = 0
+        self.best_weights = None
+        self.stopped_epoch = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which fit did not "
+                             f"compute (found {sorted(logs or {})}). Pass validation_data or "
+                             "validation_split, or monitor='loss'.")
+        self.wait += 1
+        if current + self.min_delta < self.best:
+            self.best = current
+            self.best_epoch = epoch
+            self.wait = 0
+            if self.restore_best_weights:
+                self.best_weights = self.network.get_weights()
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.network.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.restore_best_weights and self.best_weights is not None:
+            self.network.set_weights(self.best_weights)
+
+
+class ProgbarLogger(Callback):
+    """A tqdm progress bar per epoch showing rows/s and the running loss (``verbose=1``)."""
+
+    def __init__(self, epochs=None, rows=None):
+        self.epochs = epochs
+        self.rows = rows
+        self._bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from tqdm.auto import tqdm  # imported only when a bar is shown
+
+        self._bar = tqdm(total=self.rows, unit="rows", unit_scale=True, leave=True,
+                         desc=f"epoch {epoch + 1}/{self.epochs}", dynamic_ncols=True)
+        self._done = 0
+
+    def on_chunk_end(self, epoch, logs=None):
+        self._bar.update(logs["rows"] - self._done)
+        self._done = logs["rows"]
+        self._bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._bar.set_postfix({k: f"{v:.4g}" for k, v in (logs or {}).items()}, refresh=False)
+        self._bar.close()
+        self._bar = None
+
+    def on_train_end(self, logs=None):
+        if self._bar is not None:  # interrupted mid-epoch
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,422 @@
+"""The :class:`Network`: checks input, owns the parameters, runs the epoch loop.
+
+No numeric loops live here: every forward, backward and update runs inside
+the selected backend's kernels, one call per chunk of rows.
+"""
+
+import contextlib
+import math
+import numbers
+import signal
+import sys
+import threading
+
+import numpy as np
+
+from . import _backends, _config
+from . import _validation as V
+from ._backends import _codes as C
+from ._backends._layout import layer_views, n_params
+from ._data import make_source
+from .callbacks import History, ProgbarLogger
+from .optimizers import SGD, Optimizer
+
+KERNEL_INITIALIZERS = ("glorot_uniform", "he_uniform", "zeros")
+BIAS_INITIALIZERS = ("zeros",)
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became NaN or infinite; the model keeps its last finite weights."""
+
+
+class Network:
+    """A dense feed-forward network trained by backpropagation.
+
+    Parameters
+    ----------
+    layers : sequence of int
+        Layer widths: inputs, hidden..., outputs, e.g. ``[20, 64, 64, 1]``.
+    activations : str or sequence of str, default "relu"
+        Hidden-layer activation, or one per hidden layer: ``"linear"``,
+        ``"relu"``, ``"sigmoid"`` or ``"tanh"``.
+    output_activation : str, default "linear"
+    loss : {"mse", "mae", "huber", "binary_crossentropy"}, default "mse"
+    kernel_initializer : {"glorot_uniform", "he_uniform", "zeros"} or float
+        A number sets every kernel weight to it.
+    bias_initializer : "zeros" or float
+    dtype : {"float64", "float32"}
+        Parameters, arithmetic and converted inputs all use this type.
+    backend : {"auto", "numpy", "numba", "cython", "cuda"}
+        ``"auto"`` (or the ``FASTBP_BACKEND`` setting) picks the fastest
+        installed backend; a named backend that is missing raises an error.
+    seed : int or None, default 0
+        Seeds the initial weights and the per-epoch shuffles.
+
+    Attributes
+    ----------
+    backend : str
+        The resolved backend's name, e.g. ``"numba"``.
+    optimizer : Optimizer or None
+        The optimizer of the last ``fit``; its state lives with the network.
+    stop_training : bool
+        Set by a callback to end ``fit`` after the current epoch.
+    """
+
+    def __init__(self, layers, activations="relu", output_activation="linear", loss="mse",
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 dtype="float64", backend="auto", seed=0):
+        sizes = V.check_layer_sizes(layers)
+        hidden = V.check_activations(activations, len(sizes) - 2, C.ACTIVATIONS)
+        output = V.check_choice(output_activation, C.ACTIVATIONS, "output_activation")
+        self._loss_name = V.check_choice(loss, C.LOSSES, "loss")
+        self._kernel_init = V.check_initializer(kernel_initializer, "kernel_initializer",
+                                                KERNEL_INITIALIZERS)
+        self._bias_init = V.check_initializer(bias_initializer, "bias_initializer",
+                                              BIAS_INITIALIZERS)
+        self._dtype = V.check_dtype(dtype)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                                 or seed < 0):
+            raise ValueError(f"seed: expected a non-negative integer or None; found {seed!r}.")
+        requested = V.check_choice(backend, ("auto", *_backends.backend_names()), "backend")
+        if requested == "auto":
+            requested = V.check_choice(_config.backend(), ("auto", *_backends.backend_names()),
+                                       "backend (from FASTBP_BACKEND)")
+        self.backend, self._kernels = _backends.resolve(requested)
+
+        self._sizes = np.array(sizes, dtype=np.int64)
+        self._activation_names = hidden + [output]
+        self._acts = np.array([C.ACTIVATIONS[a] for a in self._activation_names], dtype=np.int64)
+        self._loss = C.LOSSES[self._loss_name]
+        self._params = np.zeros(n_params(sizes), dtype=self._dtype)
+        self._views = layer_views(self._params, sizes)
+
+        # Two independent streams: initial weights, and the per-epoch shuffles.
+        init_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(2)
+        self._seed = seed
+        self._initialize(np.random.default_rng(init_seq))
+        self._rng = np.random.default_rng(shuffle_seq)
+
+        self.optimizer = None
+        self._opt_code = None
+        self._hyper = None
+        self._state = None
+        self._step = 0
+        self.stop_training = False
+
+    # ------------------------------------------------------------------ parameters
+    def _initialize(self, rng):
+        for kernel, bias in self._views:
+            fan_in, fan_out = kernel.shape
+            if isinstance(self._kernel_init, float):
+                kernel[...] = self._kernel_init
+            elif self._kernel_init == "zeros":
+                kernel[...] = 0
+            else:
+                limit = math.sqrt(6.0 / (fan_in + fan_out) if self._kernel_init == "glorot_uniform"
+                                  else 6.0 / fan_in)
+                kernel[...] = rng.uniform(-limit, limit, size=kernel.shape)
+            bias[...] = 0 if self._bias_init == "zeros" else self._bias_init
+
+    @property
+    def layers(self):
+        """Layer widths, inputs first."""
+        return tuple(int(s) for s in self._sizes)
+
+    @property
+    def dtype(self):
+        """The parameter dtype."""
+        return self._dtype
+
+    @property
+    def activations(self):
+        """Activation names per layer, the output layer's last."""
+        return list(self._activation_names)
+
+    @property
+    def loss(self):
+        """The loss name."""
+        return self._loss_name
+
+    def count_params(self):
+        """Total number of trainable parameters."""
+        return self._params.size
+
+    def _shapes(self):
+        return [s for kernel, bias in self._views for s in (kernel.shape, bias.shape)]
+
+    def get_weights(self):
+        """Copies of the parameters in Keras layout: ``[K1, b1, K2, b2, ...]``.
+
+        ``K`` has shape ``(inputs, units)`` and ``b`` shape ``(units,)``.
+        """
+        return [a.copy() for pair in self._views for a in pair]
+
+    def set_weights(self, weights):
+        """Set all parameters from a list in Keras layout (as :meth:`get_weights` returns)."""
+        arrays = V.check_weights(weights, self._shapes(), self._dtype)
+        for target, source in zip((a for pair in self._views for a in pair), arrays):
+            target[...] = source
+
+    # ------------------------------------------------------------------ inference
+    def _source(self, X, y):
+        return make_source(X, y, self.layers[0], self.layers[-1], self._dtype)
+
+    def predict(self, X):
+        """Network outputs for the rows of ``X``; shape ``(n_samples, n_outputs)``."""
+        X = V.check_features(X, self.layers[0])
+        out = np.empty((X.shape[0], self.layers[-1]), dtype=self._dtype)
+        step = _config.chunk_rows()
+        for start in range(0, X.shape[0], step):
+            block = V.to_dtype(X[start:start + step], self._dtype, "X")
+            self._kernels.predict(self._params, self._sizes, self._acts, block,
+                                  out[start:start + step])
+        return out
+
+    def _mean_loss(self, source):
+        total = 0.0
+        for X, Y in source.blocks(_config.chunk_rows()):
+            total += self._kernels.loss_sum(self._params, self._sizes, self._acts, self._loss,
+                                            X, Y)
+        return total / source.n_rows
+
+    def evaluate(self, X, y):
+        """Mean loss over the rows of ``X``/``y`` (the quantity ``fit`` reports)."""
+        return self._mean_loss(self._source(X, y))
+
+    def gradients(self, X, y):
+        """d(mean loss)/d(parameter) at the current weights, in :meth:`get_weights` layout."""
+        source = self._source(X, y)
+        total = np.zeros_like(self._params)
+        grad = np.empty_like(self._params)
+        for X, Y in source.blocks(_config.chunk_rows()):
+            self._kernels.loss_and_gradients(self._params, self._sizes, self._acts, self._loss,
+                                             X, Y, grad)
+            total += grad
+        total /= source.n_rows
+        return [a.copy() for pair in layer_views(total, self._sizes) for a in pair]
+
+    # ------------------------------------------------------------------ training
+    def _bind_optimizer(self, optimizer):
+        """Keep the state when the optimizer configuration is unchanged, else start fresh."""
+        if optimizer is None:
+            optimizer = self.optimizer if self.optimizer is not None else SGD()
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer: expected fastbp.SGD, fastbp.Adam or fastbp.RMSprop; "
+                            f"found {type(optimizer).__name__}. Pass e.g. "
+                            "optimizer=fastbp.Adam(learning_rate=0.001).")
+        if optimizer != self.optimizer:
+            self.optimizer = optimizer
+            self._opt_code, self._hyper = optimizer._pack()
+            self._state = np.zeros((C.N_STATE_SLOTS, self._params.size), dtype=self._dtype)
+            self._step = 0
+
+    def _snapshot(self):
+        state = None if self._state is None else self._state.copy()
+        return self._params.copy(), state, self._step, self.optimizer, self._opt_code, self._hyper
+
+    def _restore(self, snapshot):
+        params, state, self._step, self.optimizer, self._opt_code, self._hyper = snapshot
+        self._params[...] = params
+        self._state = state
+
+    def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, shuffle=True,
+            validation_data=None, validation_split=0.0, callbacks=None, verbose="auto"):
+        """Train with minibatch gradient descent; Keras's semantics.
+
+        Parameters
+        ----------
+        X : array_like, shape (n_samples, n_inputs)
+            Inputs; a ``np.memmap`` is streamed from disk block by block.
+        y : array_like, shape (n_samples,) or (n_samples, n_outputs)
+        epochs : int, default 1
+        batch_size : int, default 32
+            1 is per-sample SGD.  Batches are consecutive slices of the
+            (shuffled) row order; the last may be short.
+        optimizer : SGD, Adam, RMSprop or None
+            None continues with the network's current optimizer (SGD() the
+            first time).  An optimizer equal to the current one continues its
+            state; a different one starts fresh state.
+        shuffle : bool, default True
+            A fresh seeded permutation each epoch.
+        validation_data : (X_val, y_val), optional
+        validation_split : float in [0, 1), default 0
+            Hold out the last fraction of the rows (before shuffling).
+        callbacks : list of Callback, optional
+        verbose : {"auto", 0, 1}
+            1 shows a progress bar; "auto" shows it when stderr is a terminal.
+
+        Returns
+        -------
+        History
+            ``history.history["loss"]``: per epoch, the batch-size-weighted
+            mean of batch losses, each taken before that batch's update;
+            ``"val_loss"`` when validation data is given.
+
+        Raises
+        ------
+        TrainingDivergedError
+            The loss became NaN or inf; the model keeps its last finite weights.
+        """
+        epochs = V.check_positive_int(epochs, "epochs")
+        batch_size = V.check_positive_int(batch_size, "batch_size")
+        validation_split = V.check_fraction(validation_split, "validation_split")
+        if optimizer is not None and not isinstance(optimizer, Optimizer):
+            self._bind_optimizer(optimizer)  # raises the type error
+        if verbose == "auto":
+            verbose = 1 if sys.stderr.isatty() else 0
+        if verbose not in (0, 1, True, False):
+            raise ValueError(f"verbose: expected 0, 1 or 'auto'; found {verbose!r}.")
+        callbacks = list(callbacks or [])
+        train = self._source(X, y)
+        val = None
+        if validation_split:
+            train, val = train.split(validation_split)
+        if validation_data is not None:
+            if len(validation_data) != 2:
+                raise ValueError("validation_data: expected a tuple (X_val, y_val); found "
+                                 f"{len(validation_data)} items.")
+            val = self._source(*validation_data)
+
+        before = self._snapshot()
+        self._bind_optimizer(optimizer)
+        history = History()
+        if verbose:
+            callbacks.append(ProgbarLogger(epochs=epochs, rows=train.n_rows))
+        callbacks = [history, *callbacks]
+        for callback in callbacks:
+            callback.set_network(self)
+        self.stop_training = False
+        chunk_rows = max(1, _config.chunk_rows() // batch_size) * batch_size
+
+        for callback in callbacks:
+            callback.on_train_begin()
+        with _deferred_sigint() as interrupted:
+            for epoch in range(epochs):
+                for callback in callbacks:
+                    callback.on_epoch_begin(epoch)
+                try:
+                    loss = self._train_epoch(train, shuffle, batch_size, chunk_rows, epoch,
+                                             callbacks, interrupted)
+                except ValueError:
+                    # bad data found in a streamed block: leave the model as it was
+                    if train.streamed and epoch == 0:
+                        self._restore(before)
+                    raise
+                if loss is None:  # Ctrl-C: stopped at a chunk boundary, state consistent
+                    for callback in callbacks:
+                        if isinstance(callback, ProgbarLogger):
+                            callback.on_train_end()
+                    raise KeyboardInterrupt
+                logs = {"loss": loss}
+                if val is not None:
+                    logs["val_loss"] = self._mean_loss(val)
+                for callback in callbacks:
+                    callback.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+        for callback in callbacks:
+            callback.on_train_end()
+        return history
+
+    def _train_epoch(self, source, shuffle, batch_size, chunk_rows, epoch, callbacks,
+                     interrupted):
+        """One epoch; returns its mean loss, or None if interrupted."""
+        loss_sum = 0.0
+        rows = 0
+        for X, Y, order in source.chunks(self._rng, shuffle, chunk_rows):
+            # Cheap next to a chunk of training: lets a chunk whose last update
+            # overflowed the weights roll back to finite ones.
+            saved = self._snapshot()
+            chunk_loss, done = self._kernels.train_chunk(
+                self._params, self._sizes, self._acts, self._loss, X, Y, order, batch_size,
+                self._opt_code, self._hyper, self._state, self._step)
+            self._step += -(-done // batch_size)
+            loss_sum += chunk_loss
+            rows += done
+            if done < len(order) or not np.isfinite(self._params).all():
+                if not np.isfinite(self._params).all():
+                    self._restore(saved)
+                raise TrainingDivergedError(
+                    f"training diverged in epoch {epoch + 1} after {rows} rows: the loss or the "
+                    "weights became NaN or infinite. The model keeps its last finite weights. "
+                    "Lower the learning rate, scale the inputs and targets, or use a bounded "
+                    "loss such as 'huber'.")
+            logs = {"rows": rows, "loss": loss_sum / rows}
+            for callback in callbacks:
+                callback.on_chunk_end(epoch, logs)
+            if interrupted():
+                return None
+        return loss_sum / rows
+
+    # ------------------------------------------------------------------ reporting, files
+    def summary(self, print_fn=print):
+        """Print a Keras-like table of the layers and their parameter counts."""
+        rows = [("Layer (type)", "Output Shape", "Param #")]
+        rows.append(("input (Input)", f"(None, {self.layers[0]})", "0"))
+        for i, ((kernel, bias), act) in enumerate(zip(self._views, self._activation_names)):
+            rows.append((f"dense_{i} (Dense, {act})", f"(None, {kernel.shape[1]})",
+                         f"{kernel.size + bias.size:,}"))
+        widths = [max(len(r[c]) for r in rows) + 2 for c in range(3)]
+        line = "-" * sum(widths)
+
+        def fmt(r):
+            return "".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip()
+
+        text = [f'Model: "fastbp.Network" (backend={self.backend}, dtype={self._dtype.name}, '
+                f'loss={self._loss_name})', line, fmt(rows[0]), "=" * sum(widths)]
+        text += [fmt(r) for r in rows[1:]]
+        text += ["=" * sum(widths), f"Total params: {self.count_params():,}",
+                 f"Trainable params: {self.count_params():,}", line]
+        print_fn("\n".join(text))
+
+    def get_config(self):
+        """The constructor arguments that rebuild this architecture."""
+        return {"layers": list(self.layers), "activations": self._activation_names[:-1],
+                "output_activation": self._activation_names[-1], "loss": self._loss_name,
+                "kernel_initializer": self._kernel_init, "bias_initializer": self._bias_init,
+                "dtype": self._dtype.name, "seed": self._seed}
+
+    def save(self, path):
+        """Write weights, architecture and optimizer state to one file, atomically.
+
+        Load it back with :func:`fastbp.load`.
+        """
+        from ._io import save_network
+
+        save_network(self, path)
+
+    def __repr__(self):
+        return (f"Network({list(self.layers)}, activations={self._activation_names[:-1]}, "
+                f"output_activation={self._activation_names[-1]!r}, loss={self._loss_name!r}, "
+                f"dtype={self._dtype.name!r}, backend={self.backend!r})")
+
+
+@contextlib.contextmanager
+def _deferred_sigint():
+    """Turn the first Ctrl-C into a flag that the loop checks after each chunk.
+
+    The kernels run whole chunks without returning to Python; deferring the
+    interrupt to a chunk boundary keeps weights, optimizer state and step count
+    consistent.  A second Ctrl-C interrupts at once.
+    """
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag.is_set
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if flag.is_set():
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        flag.set()
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # signals unavailable (embedded interpreter)
+        yield flag.is_set
+        return
+    try:
+        yield flag.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
