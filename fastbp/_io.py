@@ -11,6 +11,7 @@ step count, and the SHA-256 of the payload; ``load`` checks all of it and
 opens the payload with ``allow_pickle=False``.
 """
 
+import contextlib
 import hashlib
 import io
 import json
@@ -37,15 +38,9 @@ def _atomic_write(path, chunks):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with_suppressed_unlink(tmp)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
-
-
-def with_suppressed_unlink(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def save_network(network, path, extra=None):
@@ -137,7 +132,5 @@ def load(path, backend="auto"):
             network._step = int(header["step"])
         network._rng.bit_generator.state = header["shuffle_rng"]
     except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, ImportError):
-            raise
         raise _corrupt(path, f"inconsistent contents: {exc}") from None
     return network

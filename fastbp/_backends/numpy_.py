@@ -183,6 +183,15 @@ def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size,
     layers = layer_views(params, sizes)
     grad = np.empty_like(params)
     grads = layer_views(grad, sizes)
+    # Overflow on the way to divergence is reported by the caller as one clear
+    # error; NumPy's per-operation warnings would only be noise.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _train_batches(layers, grads, params, grad, acts, loss, X, Y, order, batch_size,
+                              optimizer, hyper, state, step)
+
+
+def _train_batches(layers, grads, params, grad, acts, loss, X, Y, order, batch_size,
+                   optimizer, hyper, state, step):
     total = 0.0
     n = len(order)
     for start in range(0, n, batch_size):

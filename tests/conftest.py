@@ -1,0 +1,52 @@
+"""Shared fixtures: the backend x dtype matrix and one dtype-aware comparison."""
+
+import numpy as np
+import pytest
+
+from fastbp import _backends
+
+# Tolerances after a fit (DESIGN §5): float64 agrees to rounding, float32 to ~1e-4.
+TOLERANCES = {np.dtype(np.float64): dict(rtol=1e-9, atol=1e-12),
+              np.dtype(np.float32): dict(rtol=1e-4, atol=1e-5)}
+
+
+def assert_close(actual, expected, dtype, scale=1.0):
+    """Compare arrays (or lists of arrays) with the tolerance of ``dtype``."""
+    tol = TOLERANCES[np.dtype(dtype)]
+    if isinstance(actual, (list, tuple)):
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            assert_close(a, e, dtype, scale)
+        return
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64),
+                               np.asarray(expected, dtype=np.float64),
+                               rtol=tol["rtol"] * scale, atol=tol["atol"] * scale)
+
+
+def require_backend(name):
+    """Skip (with the reason) when backend ``name`` cannot be imported here."""
+    error = _backends.import_error(name)
+    if error is not None:
+        pytest.skip(f"backend {name!r} unavailable: {error}")
+
+
+COMPILED = [name for name in _backends.backend_names() if name != "numpy"]
+
+
+@pytest.fixture(params=_backends.backend_names())
+def backend(request):
+    """Every backend fastbp knows; unavailable ones are skipped with the reason."""
+    require_backend(request.param)
+    return request.param
+
+
+@pytest.fixture(params=COMPILED)
+def compiled_backend(request):
+    """Every backend except the NumPy reference."""
+    require_backend(request.param)
+    return request.param
+
+
+@pytest.fixture(params=["float64", "float32"])
+def dtype(request):
+    return request.param

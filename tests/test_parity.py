@@ -1,0 +1,106 @@
+"""Chain of trust: naive oracle -> NumPy backend -> every compiled backend.
+
+The NumPy backend is checked against ``tests/naive.py``; every other backend
+against the NumPy backend, over activation x loss x optimizer x batch size x
+dtype (a covering set rather than the full product, to keep compile counts
+and run time small).
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import fastbp
+
+from . import naive
+from .conftest import assert_close
+
+ACTIVATIONS = ["linear", "relu", "sigmoid", "tanh"]
+LOSSES = ["mse", "mae", "huber", "binary_crossentropy"]
+OPTIMIZERS = {
+    "sgd": (lambda: fastbp.SGD(0.05), ("sgd", dict(learning_rate=0.05))),
+    "momentum": (lambda: fastbp.SGD(0.05, momentum=0.9),
+                 ("sgd", dict(learning_rate=0.05, momentum=0.9))),
+    "nesterov": (lambda: fastbp.SGD(0.05, momentum=0.9, nesterov=True),
+                 ("sgd", dict(learning_rate=0.05, momentum=0.9, nesterov=True))),
+    "adam": (lambda: fastbp.Adam(0.01),
+             ("adam", dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7))),
+    "rmsprop": (lambda: fastbp.RMSprop(0.01),
+                ("rmsprop", dict(learning_rate=0.01, rho=0.9, epsilon=1e-7))),
+    "rmsprop_momentum": (lambda: fastbp.RMSprop(0.01, momentum=0.5),
+                         ("rmsprop", dict(learning_rate=0.01, rho=0.9, momentum=0.5,
+                                          epsilon=1e-7))),
+}
+
+# Every activation meets every loss once; optimizers and batch sizes rotate
+# through those pairs, and every optimizer meets both batch sizes.
+CASES = [(act, loss, opt, batch)
+         for (act, loss), opt, batch in zip(itertools.product(ACTIVATIONS, LOSSES),
+                                            itertools.cycle(sorted(OPTIMIZERS)),
+                                            itertools.cycle([1, 3, 1, 3, 3, 1]))]
+CASES += [("tanh", "mse", opt, batch) for opt in sorted(OPTIMIZERS) for batch in (1, 3)]
+
+
+def _data(loss, n_out, rows=7, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, 3))
+    if loss == "binary_crossentropy":
+        y = (X[:, :n_out] > 0).astype(float)
+    else:
+        y = np.tanh(X[:, :n_out] - X[:, 1:2]) + 0.1
+    return X, y
+
+
+def _network(activation, loss, backend, dtype, layers=(3, 4, 2)):
+    output = "sigmoid" if loss == "binary_crossentropy" else "linear"
+    return fastbp.Network(list(layers), activations=activation, output_activation=output,
+                          loss=loss, backend=backend, dtype=dtype, seed=11)
+
+
+@pytest.mark.parametrize("activation,loss,opt,batch", CASES)
+def test_numpy_backend_matches_oracle(activation, loss, opt, batch, dtype):
+    X, y = _data(loss, 2)
+    net = _network(activation, loss, "numpy", dtype)
+    start = net.get_weights()
+    hist = net.fit(X, y, epochs=2, batch_size=batch, shuffle=False, optimizer=OPTIMIZERS[opt][0](),
+                   verbose=0)
+    kind, hyper = OPTIMIZERS[opt][1]
+    oracle_opt = naive.Optimizer(kind, **hyper)
+    weights, losses = naive.to_lists(start), []
+    output = "sigmoid" if loss == "binary_crossentropy" else "linear"
+    for _ in range(2):
+        weights, epoch_loss = naive.train(weights, [activation, output], loss, X, y,
+                                          list(range(len(X))), batch, oracle_opt)
+        losses.append(epoch_loss)
+    assert_close(net.get_weights(), [np.array(w) for w in weights], dtype)
+    assert_close(hist.history["loss"], losses, dtype)
+
+
+@pytest.mark.parametrize("activation,loss,opt,batch", CASES)
+def test_compiled_backend_matches_numpy(compiled_backend, activation, loss, opt, batch, dtype):
+    X, y = _data(loss, 1, rows=41, seed=1)
+    results = []
+    for backend in ("numpy", compiled_backend):
+        net = _network(activation, loss, backend, dtype, layers=(3, 5, 4, 1))
+        hist = net.fit(X, y, epochs=3, batch_size=batch, optimizer=OPTIMIZERS[opt][0](),
+                       verbose=0)
+        results.append((net.get_weights(), hist.history["loss"], net.predict(X),
+                        net.evaluate(X, y), net.gradients(X, y)))
+    for got, want in zip(results[1], results[0]):
+        assert_close(got, want, dtype)
+
+
+def test_compiled_backend_multi_output_and_long_run(compiled_backend, dtype):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 6))
+    y = np.stack([np.sin(X[:, 0]), X[:, 1] * X[:, 2], np.tanh(X.sum(axis=1))], axis=1)
+    results = []
+    for backend in ("numpy", compiled_backend):
+        net = fastbp.Network([6, 16, 8, 3], activations=["relu", "tanh"], backend=backend,
+                             dtype=dtype, seed=5)
+        hist = net.fit(X, y, epochs=4, batch_size=1, optimizer=fastbp.SGD(0.01, momentum=0.5),
+                       verbose=0)
+        results.append((net.get_weights(), hist.history["loss"]))
+    # longer runs amplify float32 rounding differences a little
+    assert_close(results[1], results[0], dtype, scale=10 if dtype == "float32" else 1)

@@ -1,0 +1,170 @@
+"""Bad input gets a clear error (expected / found / fix) and changes nothing."""
+
+import copy
+
+import numpy as np
+import pytest
+
+import fastbp
+
+
+def _net(**kwargs):
+    kwargs.setdefault("backend", "numpy")
+    return fastbp.Network([3, 4, 1], **kwargs)
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(10, 3)), rng.normal(size=10)
+
+
+def _assert_clear(excinfo):
+    message = str(excinfo.value)
+    assert "expected" in message and "found" in message, message
+
+
+def _bad_fit_cases():
+    X, y = _data()
+    nan_X = X.copy()
+    nan_X[3, 1] = np.nan
+    inf_y = y.copy()
+    inf_y[2] = np.inf
+    return {
+        "nan in X": (dict(X=nan_X, y=y), ValueError),
+        "inf in y": (dict(X=X, y=inf_y), ValueError),
+        "X 1-D": (dict(X=X[:, 0], y=y), ValueError),
+        "X 3-D": (dict(X=X[None], y=y), ValueError),
+        "wrong feature width": (dict(X=X[:, :2], y=y), ValueError),
+        "wrong output width": (dict(X=X, y=np.stack([y, y], 1)), ValueError),
+        "y 3-D": (dict(X=X, y=y[:, None, None]), ValueError),
+        "length mismatch": (dict(X=X, y=y[:7]), ValueError),
+        "zero rows": (dict(X=X[:0], y=y[:0]), ValueError),
+        "object dtype": (dict(X=X.astype(object), y=y), TypeError),
+        "string dtype": (dict(X=X.astype(str), y=y), TypeError),
+        "complex dtype": (dict(X=X.astype(complex), y=y), TypeError),
+        "ragged list": (dict(X=[[1, 2, 3], [1, 2]], y=[1, 2]), TypeError),
+        "epochs 0": (dict(X=X, y=y, epochs=0), ValueError),
+        "batch_size 0": (dict(X=X, y=y, batch_size=0), ValueError),
+        "batch_size float": (dict(X=X, y=y, batch_size=2.5), ValueError),
+        "optimizer string": (dict(X=X, y=y, optimizer="adam"), TypeError),
+        "validation_split 1": (dict(X=X, y=y, validation_split=1.0), ValueError),
+        "validation_data bad width": (dict(X=X, y=y, validation_data=(X[:, :2], y)), ValueError),
+        "verbose 3": (dict(X=X, y=y, verbose=3), ValueError),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_bad_fit_cases()))
+def test_bad_fit_input_is_rejected_and_changes_nothing(case):
+    kwargs, error = _bad_fit_cases()[case]
+    net = _net()
+    weights = net.get_weights()
+    X, y = kwargs["X"], kwargs["y"]
+    snapshots = [copy.deepcopy(a) for a in (X, y)]
+    with pytest.raises(error) as excinfo:
+        net.fit(**kwargs)
+    _assert_clear(excinfo)
+    for before, after in zip(weights, net.get_weights()):
+        assert before.tobytes() == after.tobytes()
+    for before, after in zip(snapshots, (X, y)):
+        if isinstance(after, np.ndarray):
+            assert before.dtype == after.dtype and before.tobytes() == after.tobytes()
+        else:
+            assert before == after
+    assert net.optimizer is None
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(activations="swish"), dict(output_activation="softmax"), dict(loss="hinge"),
+    dict(kernel_initializer="orthogonal"), dict(bias_initializer="ones"),
+    dict(kernel_initializer=float("nan")), dict(dtype="float16"), dict(dtype="int32"),
+    dict(backend="tensorflow"), dict(activations=["relu", "relu"]), dict(seed=-1),
+], ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()))
+def test_bad_constructor_arguments(kwargs):
+    with pytest.raises(ValueError) as excinfo:
+        _net(**kwargs)
+    _assert_clear(excinfo)
+
+
+@pytest.mark.parametrize("layers", [[3], [], [3, 0, 1], [3, 2.5, 1], "3,4,1", None])
+def test_bad_layer_sizes(layers):
+    with pytest.raises(ValueError) as excinfo:
+        fastbp.Network(layers, backend="numpy")
+    _assert_clear(excinfo)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fastbp.SGD(learning_rate=0), lambda: fastbp.SGD(learning_rate=-1),
+    lambda: fastbp.SGD(momentum=1.0), lambda: fastbp.Adam(learning_rate=float("inf")),
+    lambda: fastbp.Adam(beta_1=1.0), lambda: fastbp.RMSprop(rho=0), lambda: fastbp.Adam(epsilon=0),
+])
+def test_bad_optimizer_hyperparameters(make):
+    with pytest.raises(ValueError) as excinfo:
+        make()
+    _assert_clear(excinfo)
+
+
+def test_set_weights_wrong_shapes_change_nothing():
+    net = _net()
+    before = net.get_weights()
+    good = net.get_weights()
+    bad_shape = [w.copy() for w in good]
+    bad_shape[2] = np.zeros((4, 2))
+    nan_weights = [w.copy() for w in good]
+    nan_weights[3][0] = np.nan
+    for weights in (bad_shape, good[:3], nan_weights, 5):
+        with pytest.raises(ValueError) as excinfo:
+            net.set_weights(weights)
+        _assert_clear(excinfo)
+    for a, b in zip(before, net.get_weights()):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_unavailable_backend_says_how_to_install():
+    missing = [name for name in ("cuda", "numba", "cython")
+               if name not in fastbp.available_backends()]
+    if not missing:
+        pytest.skip("every backend is installed here")
+    with pytest.raises(ImportError, match="To fix"):
+        fastbp.Network([2, 1], backend=missing[0])
+
+
+def test_predict_and_evaluate_check_their_input():
+    net = _net()
+    X, y = _data()
+    with pytest.raises(ValueError, match="expected 3 features"):
+        net.predict(X[:, :2])
+    with pytest.raises(ValueError, match="finite"):
+        net.evaluate(np.full((2, 3), np.nan), np.zeros(2))
+
+
+def test_divergence_stops_fit_and_keeps_finite_weights(backend):
+    X = np.full((64, 1), 1e3)
+    y = np.full(64, -1e3)
+    net = fastbp.Network([1, 4, 1], activations="linear", backend=backend)
+    with pytest.raises(fastbp.TrainingDivergedError, match="NaN or infinite"):
+        net.fit(X, y, batch_size=1, optimizer=fastbp.SGD(learning_rate=1.0), verbose=0)
+    assert all(np.isfinite(w).all() for w in net.get_weights())
+
+
+def test_inputs_are_never_written():
+    X, y = _data()
+    X_ro, y_ro = X.copy(), y.copy()
+    X_ro.setflags(write=False)
+    y_ro.setflags(write=False)
+    net = _net()
+    net.fit(X_ro, y_ro, epochs=2, batch_size=3, verbose=0)  # read-only arrays are fine
+    np.testing.assert_array_equal(X_ro, X)
+    np.testing.assert_array_equal(y_ro, y)
+
+
+def test_ints_bools_and_strided_inputs_are_converted_once():
+    X = np.arange(30, dtype=np.int64).reshape(10, 3) % 4
+    y = (np.arange(10) % 2).astype(bool)
+    a, b = _net(dtype="float32"), _net(dtype="float32")
+    a.fit(X, y, epochs=1, batch_size=2, shuffle=False, verbose=0)
+    Xf = np.asfortranarray(np.repeat(X.astype(np.float32), 2, axis=1)[:, ::2])  # strided, F-order
+    b.fit(Xf, y.astype(np.float32), epochs=1, batch_size=2, shuffle=False, verbose=0)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        assert wa.dtype == np.float32
+        np.testing.assert_array_equal(wa, wb)
+    assert a.predict(X).dtype == np.float32
