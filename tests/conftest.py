@@ -30,6 +30,16 @@ def require_backend(name):
         pytest.skip(f"backend {name!r} unavailable: {error}")
 
 
+def pytest_report_header(config):
+    """Say up front which backends run here and why the others are skipped."""
+    lines = []
+    for name in _backends.backend_names():
+        error = _backends.import_error(name)
+        lines.append(f"fastbp backend {name}: " + ("available" if error is None
+                                                   else f"SKIPPED ({error})"))
+    return lines
+
+
 COMPILED = [name for name in _backends.backend_names() if name != "numpy"]
 
 
