@@ -19,11 +19,11 @@ from .conftest import assert_close
 ACTIVATIONS = ["linear", "relu", "sigmoid", "tanh"]
 LOSSES = ["mse", "mae", "huber", "binary_crossentropy"]
 OPTIMIZERS = {
-    "sgd": (lambda: fastbp.SGD(0.05), ("sgd", dict(learning_rate=0.05))),
-    "momentum": (lambda: fastbp.SGD(0.05, momentum=0.9),
-                 ("sgd", dict(learning_rate=0.05, momentum=0.9))),
-    "nesterov": (lambda: fastbp.SGD(0.05, momentum=0.9, nesterov=True),
-                 ("sgd", dict(learning_rate=0.05, momentum=0.9, nesterov=True))),
+    "sgd": (lambda: fastbp.SGD(0.01), ("sgd", dict(learning_rate=0.01))),
+    "momentum": (lambda: fastbp.SGD(0.01, momentum=0.9),
+                 ("sgd", dict(learning_rate=0.01, momentum=0.9))),
+    "nesterov": (lambda: fastbp.SGD(0.01, momentum=0.9, nesterov=True),
+                 ("sgd", dict(learning_rate=0.01, momentum=0.9, nesterov=True))),
     "adam": (lambda: fastbp.Adam(0.01),
              ("adam", dict(learning_rate=0.01, beta_1=0.9, beta_2=0.999, epsilon=1e-7))),
     "rmsprop": (lambda: fastbp.RMSprop(0.01),
