@@ -1,8 +1,40 @@
-"""Benchmark workloads shared by ``fastbp bench`` and the asv suite (DESIGN §4).
+"""Benchmark workloads shared by ``fastbp bench`` and the asv suite (DESIGN §4), and the runner.
 
 Each workload is a network shape, its activations and a batch size; the data
 is a fixed synthetic regression set so that every backend sees the same rows.
+
+``run()`` (also ``python -m fastbp._bench``) prints, for every workload, dtype
+and installed backend:
+
+* **epoch/s**: samples per second of one ``Network.fit(epochs=1,
+  shuffle=True)`` after a warm-up fit, median of ``repeats`` epochs: what a
+  user sees, including the per-epoch shuffle and the per-chunk bookkeeping
+  of ``network.py``;
+* **kernel/s**: the same epoch's ``train_chunk`` calls alone (a pre-drawn
+  permutation, chunks of ``FASTBP_CHUNK_ROWS``): the compiled loop itself;
+* **GFLOP/s** from the kernel rate, counting 2 flops per multiply-add and
+  ``6 x n_params`` flops per sample (forward, backward and update each
+  ~2 flops per parameter), and that figure as a **% of the single-core
+  matmul peak** measured in the same run (NumPy ``matmul`` of 1024x1024 in a
+  subprocess pinned to one thread through the BLAS thread variables);
+* **x numpy**: the epoch rate and the kernel rate over the NumPy backend's,
+  which is measured on fewer rows (its per-sample Python loop is ~1000x
+  slower).  The epoch rate includes ``network.py``'s per-epoch
+  ``rng.permutation`` (~15 ms per million rows), which caps a 2-2-1 epoch
+  well below the kernel rate;
+* the DESIGN §4 target for the compiled backends, and whether the kernel
+  rate meets it.
+
+Timings are wall-clock on a single thread (the kernels are single-threaded);
+run it on a quiet machine.
 """
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
 
 import numpy as np
 
@@ -13,6 +45,23 @@ WORKLOADS = {
     "W3": ((100, 256, 256, 1), "relu", 1, 10_000),
     "W4": ((20, 64, 64, 1), "relu", 32, 200_000),
 }
+
+#: DESIGN §4 / issue 3 targets for the compiled backends: samples/s per dtype.
+TARGETS = {
+    "W1": {"float64": 55e6, "float32": 55e6},
+    "W2": {"float64": 400e3, "float32": 620e3},
+    "W3": {"float64": 22e3, "float32": 45e3},
+    "W4": {"float64": 1.0e6, "float32": 1.5e6},
+}
+
+#: Rows the NumPy backend is timed on (its rate does not depend on the row count).
+NUMPY_ROWS = {"W1": 20_000, "W2": 10_000, "W3": 1_000, "W4": 20_000}
+
+#: Learning rate of the benchmark's plain SGD (small: the weights stay finite).
+LEARNING_RATE = 1e-3
+
+_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def workload_data(name, dtype="float64", rows=None, seed=0):
@@ -32,3 +81,248 @@ def workload_network(name, backend, dtype="float64", seed=0):
 
     sizes, activation, _, _ = WORKLOADS[name]
     return Network(list(sizes), activations=activation, dtype=dtype, backend=backend, seed=seed)
+
+
+def flops_per_sample(name):
+    """The benchmark's flop count per sample: 6 x n_params (see the module docstring)."""
+    from ._backends._layout import n_params
+
+    return 6 * n_params(WORKLOADS[name][0])
+
+
+# ----------------------------------------------------------------------------- measurements
+_PEAK_CODE = """
+import json, time
+import numpy as np
+out = {}
+for name in ("float64", "float32"):
+    a = np.random.default_rng(0).random((1024, 1024)).astype(name)
+    b = a.copy()
+    a @ b
+    best = float("inf")
+    for _ in range(7):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    out[name] = 2 * 1024 ** 3 / best / 1e9
+print(json.dumps(out))
+"""
+
+
+def matmul_peak():
+    """Single-core NumPy matmul GFLOP/s per dtype, measured in a subprocess pinned to one thread.
+
+    Returns ``{"float64": ..., "float32": ...}``, or NaNs if the subprocess failed.
+    """
+    env = dict(os.environ, **{var: "1" for var in _THREAD_VARS})
+    try:
+        out = subprocess.run([sys.executable, "-c", _PEAK_CODE], env=env, capture_output=True,
+                             text=True, timeout=300, check=True)
+        return {k: float(v) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        return {"float64": float("nan"), "float32": float("nan")}
+
+
+def _median_seconds(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def measure(name, backend, dtype="float64", repeats=5, rows=None):
+    """Samples/s of workload ``name`` on ``backend``: ``{"epoch": ..., "kernel": ...}``.
+
+    ``epoch``: ``Network.fit(epochs=1, shuffle=True)`` after a warm-up fit;
+    ``kernel``: the backend's ``train_chunk`` over one epoch's chunks alone.
+    Both are medians of ``repeats`` runs on ``rows`` rows (default: the
+    workload's).
+    """
+    from . import _backends, _config
+    from ._backends import _codes as C
+    from .optimizers import SGD
+
+    sizes, activation, batch_size, default_rows = WORKLOADS[name]
+    rows = default_rows if rows is None else rows
+    X, y = workload_data(name, dtype, rows=rows)
+    net = workload_network(name, backend, dtype)
+    optimizer = SGD(learning_rate=LEARNING_RATE)
+    warm = min(rows, 4 * batch_size + 3)  # compiles (or loads) the kernels
+    net.fit(X[:warm], y[:warm], epochs=1, batch_size=batch_size, optimizer=optimizer, verbose=0)
+
+    def epoch():
+        net.fit(X, y, epochs=1, batch_size=batch_size, optimizer=optimizer, shuffle=True,
+                verbose=0)
+
+    epoch()  # one untimed epoch: caches, page faults, branch predictors
+    epoch_s = _median_seconds(epoch, repeats)
+
+    _, kernels = _backends.resolve(backend)
+    # the flat parameter buffer (Keras layout, see _layout), a copy of the net's
+    params = np.concatenate([w.ravel() for w in net.get_weights()])
+    sizes_a = np.array(sizes, dtype=np.int64)
+    acts = np.array([C.ACTIVATIONS[activation]] * (len(sizes) - 2) + [C.LINEAR], dtype=np.int64)
+    code, hyper = C.SGD, np.array([LEARNING_RATE, 0.0, 0.0, 0.0])
+    state = np.zeros((C.N_STATE_SLOTS, params.size), dtype=params.dtype)
+    chunk = max(1, _config.chunk_rows() // batch_size) * batch_size
+    order = np.random.default_rng(1).permutation(rows)
+
+    def kernel_epoch():
+        for start in range(0, rows, chunk):
+            kernels.train_chunk(params, sizes_a, acts, C.MSE, X, y, order[start:start + chunk],
+                                batch_size, code, hyper, state, 0)
+
+    kernel_epoch()
+    kernel_s = _median_seconds(kernel_epoch, repeats)
+    return {"epoch": rows / epoch_s, "kernel": rows / kernel_s}
+
+
+def _si(x):
+    if not np.isfinite(x):
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.3g}"
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run(backends=None, workloads=None, dtypes=("float64", "float32"), repeats=5, file=None):
+    """Measure the workloads and print the benchmark table.
+
+    Parameters
+    ----------
+    backends : list of str, optional
+        Backends to time; default: every installed CPU backend (NumPy always,
+        as the speedup baseline).
+    workloads : list of str, optional
+        Names from :data:`WORKLOADS`; default all.
+    dtypes : sequence of str
+    repeats : int
+        Timed epochs per figure (the median is reported).
+    file : file-like, optional
+        Where to print (default ``sys.stdout``).
+
+    Returns
+    -------
+    list of dict
+        One row per (workload, dtype, backend) with the printed figures.
+    """
+    from . import __version__
+    from ._backends import available_backends
+
+    out = sys.stdout if file is None else file
+    if backends is None:
+        backends = [b for b in available_backends() if b != "cuda"]
+    backends = list(backends)
+    if "numpy" not in backends:
+        backends.append("numpy")  # the speedup baseline
+    workloads = list(WORKLOADS) if workloads is None else list(workloads)
+    peak = matmul_peak()
+
+    try:
+        import numba
+        numba_version = numba.__version__
+    except ImportError:
+        numba_version = "not installed"
+    print(f"fastbp {__version__} benchmark: numpy {np.__version__}, numba {numba_version}, "
+          f"Python {platform.python_version()}, {_cpu_name()}", file=out)
+    print("single-core matmul peak (NumPy, 1 thread, 1024x1024): "
+          + ", ".join(f"{d} {peak[d]:.1f} GFLOP/s" for d in dtypes), file=out)
+    print(f"epoch/s: fit(epochs=1, shuffle=True), median of {repeats}; kernel/s: the epoch's "
+          "train_chunk calls alone; GFLOP/s from kernel/s at 6 x n_params flops/sample "
+          "(2 per multiply-add)", file=out)
+    print("x numpy: the epoch and the kernel rate over the NumPy backend's; met: kernel/s "
+          "reaches the target", file=out)
+    header = (f"{'workload':<26}{'dtype':<9}{'backend':<9}{'epoch/s':>10}{'kernel/s':>10}"
+              f"{'GFLOP/s':>9}{'%peak':>7}{'x numpy':>16}{'target':>9}  met")
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    results = []
+    for name in workloads:
+        sizes, activation, batch_size, rows = WORKLOADS[name]
+        label = f"{name} {'-'.join(map(str, sizes))} {activation} b{batch_size}"
+        flops = flops_per_sample(name)
+        for dtype in dtypes:
+            rates = {}
+            for backend in ["numpy"] + [b for b in backends if b != "numpy"]:
+                if backend == "numpy":
+                    n_rows = min(rows, NUMPY_ROWS[name])
+                    reps = max(1, min(repeats, 3))
+                else:
+                    n_rows, reps = rows, repeats
+                try:
+                    rates[backend] = measure(name, backend, dtype, reps, rows=n_rows)
+                except ImportError as exc:
+                    print(f"{label:<26}{dtype:<9}{backend:<9}  skipped: {exc}", file=out)
+                    continue
+            base = rates.get("numpy", {"epoch": float("nan"), "kernel": float("nan")})
+            for backend, rate in rates.items():
+                gflops = rate["kernel"] * flops / 1e9
+                pct = 100 * gflops / peak.get(dtype, float("nan"))
+                speedup = rate["epoch"] / base["epoch"]
+                kernel_speedup = rate["kernel"] / base["kernel"]
+                target = TARGETS[name][dtype] if backend != "numpy" else float("nan")
+                met = "" if backend == "numpy" else ("yes" if rate["kernel"] >= target else "NO")
+                row = {"workload": name, "dtype": dtype, "backend": backend,
+                       "epoch_per_s": rate["epoch"], "kernel_per_s": rate["kernel"],
+                       "gflops": gflops, "percent_peak": pct, "speedup": speedup,
+                       "kernel_speedup": kernel_speedup, "target": target,
+                       "peak_gflops": peak.get(dtype)}
+                results.append(row)
+                ratio = f"{speedup:.0f}x / {kernel_speedup:.0f}x"
+                print(f"{label:<26}{dtype:<9}{backend:<9}{_si(rate['epoch']):>10}"
+                      f"{_si(rate['kernel']):>10}{gflops:>9.2f}{pct:>6.1f}%{ratio:>16}"
+                      f"{_si(target):>9}  {met}", file=out)
+                out.flush()
+    return results
+
+
+def _positive_int(text):
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, found {text!r}")
+    return value
+
+
+def main(argv=None, prog="python -m fastbp._bench"):
+    """``fastbp bench [--backends ..] [--workloads ..] [--dtypes ..] [--repeats N]``."""
+    import argparse
+
+    from ._backends import backend_names
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Time one training epoch of workloads W1-W4 on each backend and "
+        "print samples/s, GFLOP/s, %% of the single-core matmul peak and the speedup over NumPy.")
+    parser.add_argument("--backends", nargs="+", default=None,
+                        choices=[name for name in backend_names() if name != "cuda"],
+                        help="backends to time (default: every installed one)")
+    parser.add_argument("--workloads", nargs="+", default=None, choices=list(WORKLOADS))
+    parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"],
+                        choices=["float64", "float32"])
+    parser.add_argument("--repeats", type=_positive_int, default=5,
+                        help="timed epochs per figure; the median is reported (default 5)")
+    args = parser.parse_args(argv)
+    run(args.backends, args.workloads, tuple(args.dtypes), args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,9 +27,10 @@ _BACKENDS = {
                "build the C extension: `pip install --force-reinstall --no-build-isolation .` "
                "from a source checkout with Cython and a C compiler available "
                "(set FASTBP_REQUIRE_EXTENSION=1 to make a failed build an error)."),
+    # Reserved: the name is part of the API, the kernels are not written yet.
     "cuda": ("fastbp._backends.cuda_",
-             "install Numba with CUDA support (`pip install fastbp[cuda]`) on a machine with "
-             "an NVIDIA GPU and driver."),
+             "this release of fastbp has no CUDA backend yet; use backend='auto' (the "
+             "fastest CPU backend)."),
 }
 
 #: The order in which ``"auto"`` tries backends.
@@ -51,6 +52,11 @@ def _try_import(name):
         return None
     try:
         module = importlib.import_module(_BACKENDS[name][0])
+    except ModuleNotFoundError as exc:
+        # the backend's own module is missing: a reserved name, not a broken install
+        _errors[name] = ("not part of this release" if exc.name == _BACKENDS[name][0]
+                         else f"{type(exc).__name__}: {exc}")
+        return None
     except Exception as exc:  # a broken install must not break the fallback chain
         _errors[name] = f"{type(exc).__name__}: {exc}"
         return None

@@ -1,0 +1,948 @@
+"""Numba kernels of the ``numba`` backend, written once for any layer widths.
+
+This file is *source text* for ``fastbp._backends.numba_``, not a module it
+imports directly: the backend reads it, rewrites the header block below
+(dtype, caching) and materialises one module per dtype in the per-user
+cache directory (``fastbp._config.cache_dir()``), so that Numba's
+``cache=True`` stores the compiled code next to it, outside site-packages.
+The architecture-specialised modules that ``_numba_codegen`` writes import
+their helpers from the materialised module of the same dtype.  It must
+therefore stay importable on its own: it imports NumPy, Numba and
+``fastbp._backends._codes`` only.  Its numbers follow ``numpy_.py`` (the
+reference); ``csrc/_ckernels.pyx`` is the Cython twin of the same contract.
+
+Every entry point is compiled for exactly one signature (``SIGNATURES``),
+which keeps Numba's on-disk cache index at one entry per function: that is
+what makes several processes compiling into a cold cache at once safe.
+
+Numerical choices (they mirror ``numpy_.py``):
+
+* All arithmetic runs in the parameter dtype ``DT``; constants are cast to
+  ``DT`` first, as NumPy does with Python scalars (NEP 50).  Only loss sums are
+  accumulated in float64, like ``value.sum(dtype=np.float64)``.
+* ``FASTMATH`` allows reassociation (vectorised reductions), contraction
+  (FMA), no-signed-zeros and reciprocals; it never includes ``nnan`` or
+  ``ninf``, so NaN and inf propagate.  The divergence check is written as a
+  comparison, ``abs(loss) <= F64_MAX`` (see there): Numba's
+  ``math.isfinite`` does not survive these flags.
+
+Performance choices, each measured on the benchmark workloads:
+
+* No array views at all: the kernels index flat buffers at offsets.  A view
+  made in a loop costs two atomic reference-count updates (``NRT_incref`` /
+  ``NRT_decref``, calls into the Numba runtime): at ~30 views per sample they
+  took half the time of a 20-64-64-1 net.  Each view site also costs ~40 ms
+  of compile time (slicing and reshaping code with its error paths).
+* Flat indices are cast to unsigned (``U``): Numba then emits no
+  negative-index wraparound, so ``buf[U(offset + j)]`` stays an affine
+  address and the loop vectorises like a loop over a view.
+* Kernel rows, biases and activation rows start on 64-byte boundaries (see
+  "working layout"): an AVX-512 load that straddles two cache lines costs
+  about twice as much (measured 2x on the minibatch products).
+* Few, flat helpers: every compiled function adds a fixed share to the
+  first-use compile time, and every level of nested helpers is optimised
+  again by LLVM, so helpers call no helpers (bar the scalar ones).
+"""
+
+import math
+
+import numba
+import numpy as np
+from numba import types as _t
+from numba.extending import intrinsic
+
+from fastbp._backends import _codes as C
+
+# ---- header: rewritten when the module is materialised -------------------
+DTYPE = "float64"
+CACHE = False
+# ---- end of header --------------------------------------------------------
+
+DT = np.dtype(DTYPE).type
+ITEMSIZE = np.dtype(DTYPE).itemsize
+_NBT = numba.from_dtype(np.dtype(DTYPE))
+
+#: Index cast (see the module docstring): unsigned, so no wraparound code.
+U = np.uint64
+
+#: LLVM fast-math flags: reassociate / contract / no signed zeros / allow
+#: reciprocals.  Never nnan or ninf: they would delete the NaN checks.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+#: Divergence test: ``not abs(x) <= F64_MAX`` is true exactly for NaN and
+#: +-inf.  ``math.isfinite`` cannot be used under fast-math flags: Numba
+#: implements it as ``(x - x) == (x - x)`` and, with these flags, LLVM folds
+#: ``x - x`` to 0, so the check vanishes (test_numba checks this stays fixed).
+F64_MAX = np.finfo(np.float64).max
+
+#: Output widths below this use the dot form of the forward pass.
+AXPY_MIN_WIDTH = 8
+
+#: The minibatch loops take this many rows at a time; blocks are padded to a
+#: multiple of it with zero inputs and zero deltas, which add nothing.
+ROW_BLOCK = 4
+
+#: Bytes per cache line; at most PREFETCH_LINES lines of a row are prefetched.
+CACHE_LINE = 64
+PREFETCH_LINES = 8
+
+# Argument types of the entry points.  Every array is C-contiguous; arrays the
+# kernels only read are typed read-only, so read-only arrays (e.g. memory-
+# mapped data) reuse the same compiled code.  ``wp``/``wg``/``wst`` are the
+# working parameter, gradient and optimizer-state buffers and ``work`` the
+# activation/delta workspace, all allocated and laid out by numba_.py (``lay``,
+# see "working layout" below).
+_W = _t.Array(_NBT, 1, "C")                      # wp, wg, work
+_ST = _t.Array(_NBT, 2, "C")                     # wst: optimizer state (2, size)
+_X = _t.Array(_NBT, 2, "C", readonly=True)       # X, Y
+_O = _t.Array(_NBT, 2, "C")                      # out
+_I = _t.Array(_t.int64, 1, "C", readonly=True)   # sizes, acts, order
+_L = _t.Array(_t.int64, 2, "C", readonly=True)   # lay
+_H = _t.Array(_t.float64, 1, "C", readonly=True)  # hyper
+_i8 = _t.int64
+_RET_TRAIN = _t.Tuple((_t.float64, _t.int64))
+
+SIGNATURES = {
+    "predict": _t.none(_W, _L, _I, _I, _X, _O, _W, _i8),
+    "loss_sum": _t.float64(_W, _L, _I, _I, _i8, _X, _X, _W, _i8),
+    "loss_and_gradients": _t.float64(_W, _W, _L, _I, _I, _i8, _X, _X, _W, _i8),
+    "train_sgd": _RET_TRAIN(_W, _L, _I, _I, _i8, _X, _X, _I, _H, _W),
+    "train_single": _RET_TRAIN(_W, _W, _ST, _L, _I, _I, _i8, _X, _X, _I, _i8, _H, _i8, _W),
+    "train_batch": _RET_TRAIN(_W, _W, _ST, _L, _I, _I, _i8, _X, _X, _I, _i8, _i8, _i8, _H,
+                              _i8, _W),
+    # the architecture-specialised kernel (generated by _numba_codegen)
+    "train_scalar": _RET_TRAIN(_W, _I, _i8, _X, _X, _I, _H),
+}
+
+
+if numba.config.DISABLE_JIT:
+    def prefetch(arr, index):
+        """No-op stand-in when Numba is disabled."""
+else:
+    @intrinsic
+    def prefetch(typingctx, arr, index):
+        """Hint the CPU to fetch element ``index`` of ``arr``'s flat buffer into cache.
+
+        Lowered to ``llvm.prefetch`` (read, high locality).  Issued a few
+        samples ahead of a shuffled order, so the cache misses of future rows
+        overlap the current sample's work instead of stalling it; a hint
+        never faults, even out of bounds.
+        """
+        from llvmlite import ir
+
+        def codegen(context, builder, signature, args):
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            address = builder.gep(ary.data, [args[1]])
+            i8p = ir.PointerType(ir.IntType(8))
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+            fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
+            builder.call(fn, [builder.bitcast(address, i8p), ir.Constant(i32, 0),
+                              ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return _t.void(arr, index), codegen
+
+
+#: Options of every kernel.  ``error_model="numpy"``: a float division by zero
+#: gives inf/NaN as in NumPy (numpy_ divides arrays) instead of raising, and
+#: the divisions carry no zero test, which would keep their loops scalar.
+_OPTIONS = dict(nogil=True, fastmath=FASTMATH, error_model="numpy")
+
+
+def _entry(fn):
+    """Decorator for entry points: compiled lazily, for ``SIGNATURES`` only."""
+    return numba.njit(cache=CACHE, **_OPTIONS)(fn)
+
+
+def _helper(fn):
+    """Decorator for helpers: inlined by LLVM into the entry points.
+
+    Helpers are not cached themselves (a cached entry point carries their
+    code) and get no Python wrapper.
+    """
+    return numba.njit(no_cpython_wrapper=True, **_OPTIONS)(fn)
+
+
+# --------------------------------------------------------------------- scalar helpers
+# Used by the all-scalar kernels of tiny nets (_numba_codegen); the vector
+# helpers below write the same formulas out per code, so the branch on the
+# code sits outside their loops.
+
+@_helper
+def activate1(z, code):
+    """Activation ``code`` of one value."""
+    if code == C.RELU:
+        return DT(0) if z < 0 else z  # NaN < 0 is False: NaN passes, as in np.maximum
+    if code == C.SIGMOID:
+        # 1 / (exp(-z) + 1): exp overflows to inf for very negative z, and
+        # 1 / inf = 0 is the right limit (numpy_'s order of operations).
+        return DT(1) / (math.exp(-z) + DT(1))
+    if code == C.TANH:
+        return math.tanh(z)
+    return z
+
+
+@_helper
+def derivative1(a, code):
+    """Activation derivative written through the output ``a`` (1 for linear)."""
+    if code == C.RELU:
+        return DT(1) if a > 0 else DT(0)  # relu'(0) = 0, as in Keras
+    if code == C.SIGMOID:
+        return a * (DT(1) - a)
+    if code == C.TANH:
+        return DT(1) - a * a
+    return DT(1)
+
+
+@_helper
+def sign(e):
+    """np.sign: -1, 0 or 1, and NaN for NaN."""
+    if e > 0:
+        return DT(1)
+    if e < 0:
+        return DT(-1)
+    return e  # 0 (or NaN) itself
+
+
+@_helper
+def loss_value(p, y, code):
+    """Element-wise loss (before the mean over outputs)."""
+    e = p - y
+    if code == C.MSE:
+        return e * e
+    if code == C.MAE:
+        return abs(e)
+    if code == C.HUBER:
+        a = abs(e)
+        if a <= DT(C.HUBER_DELTA):
+            return DT(0.5) * e * e
+        return DT(C.HUBER_DELTA) * (a - DT(0.5 * C.HUBER_DELTA))  # NaN lands here
+    # binary cross-entropy on p clipped to [eps, 1 - eps]; NaN passes the clip
+    eps = DT(C.BCE_EPSILON)
+    hi = DT(1) - eps
+    pc = p
+    if pc < eps:
+        pc = eps
+    elif pc > hi:
+        pc = hi
+    return -(y * math.log(pc) + (DT(1) - y) * math.log(DT(1) - pc))
+
+
+@_helper
+def loss_grad(p, y, code):
+    """Element-wise d loss / d p (before the mean over outputs)."""
+    e = p - y
+    if code == C.MSE:
+        return DT(2) * e
+    if code == C.MAE:
+        return sign(e)
+    if code == C.HUBER:
+        if abs(e) <= DT(C.HUBER_DELTA):
+            return e
+        return DT(C.HUBER_DELTA) * sign(e)
+    eps = DT(C.BCE_EPSILON)
+    hi = DT(1) - eps
+    if p >= eps and p <= hi:
+        return -(y / p - (DT(1) - y) / (DT(1) - p))
+    return DT(0)  # the clip passes no gradient (also for NaN p)
+
+
+# --------------------------------------------------------------------- vector helpers
+# Blocks of rows live in flat buffers: element (r, j) of a block at offset
+# ``o`` with row stride ``ld`` is ``buf[U(o + r * ld + j)]`` (one row: r = 0).
+
+@_helper
+def activate_rows(x, z0, ld, m, n, code):
+    """Apply activation ``code`` in place to the first ``n`` columns of ``m`` rows."""
+    if code == C.RELU:
+        for r in range(m):
+            o = z0 + r * ld
+            for j in range(n):
+                if x[U(o + j)] < 0:  # NaN < 0 is False: NaN passes, as in np.maximum
+                    x[U(o + j)] = DT(0)
+    elif code == C.SIGMOID:
+        for r in range(m):
+            o = z0 + r * ld
+            for j in range(n):
+                # 1 / (exp(-z) + 1): exp overflows to inf for very negative z,
+                # and 1 / inf = 0 is the right limit (numpy_'s order of operations)
+                x[U(o + j)] = DT(1) / (math.exp(-x[U(o + j)]) + DT(1))
+    elif code == C.TANH:
+        for r in range(m):
+            o = z0 + r * ld
+            for j in range(n):
+                x[U(o + j)] = math.tanh(x[U(o + j)])
+
+
+@_helper
+def derivative_rows(x, d0, a0, ld, m, n, code):
+    """Deltas at ``d0`` times the activation derivative, written through the outputs at ``a0``.
+
+    A multiply (not a select) for relu, like numpy_: an infinite delta times
+    a zero derivative is NaN, not 0.
+    """
+    if code == C.RELU:
+        for r in range(m):
+            o = r * ld
+            for j in range(n):
+                x[U(d0 + o + j)] = x[U(d0 + o + j)] * (DT(1) if x[U(a0 + o + j)] > 0 else DT(0))
+    elif code == C.SIGMOID:
+        for r in range(m):
+            o = r * ld
+            for j in range(n):
+                a = x[U(a0 + o + j)]
+                x[U(d0 + o + j)] = x[U(d0 + o + j)] * (a * (DT(1) - a))
+    elif code == C.TANH:
+        for r in range(m):
+            o = r * ld
+            for j in range(n):
+                a = x[U(a0 + o + j)]
+                x[U(d0 + o + j)] = x[U(d0 + o + j)] * (DT(1) - a * a)
+
+
+@_helper
+def output_delta(x, z0, d0, ld, Y, y0, m, n, loss, scale):
+    """Losses of ``m`` output rows (at ``z0``) against ``Y[y0:y0 + m]`` and their deltas.
+
+    Writes the delta of row r, column j at ``d0 + r * ld + j``: dloss/dz *
+    ``scale`` (``scale`` = 1 / (rows * outputs) in ``DT``, rounded as numpy_
+    rounds it; before the activation's derivative).  Returns the summed loss
+    in float64.  The formulas are ``loss_value`` / ``loss_grad``'s, written out
+    per loss so the branch sits outside the loops.
+    """
+    total = 0.0
+    if loss == C.MSE:
+        for r in range(m):
+            o = r * ld
+            for j in range(n):
+                e = x[U(z0 + o + j)] - Y[y0 + r, j]
+                total += np.float64(e * e)
+                x[U(d0 + o + j)] = (DT(2) * e) * scale
+    elif loss == C.MAE:
+        for r in range(m):
+            o = r * ld
+            for j in range(n):
+                e = x[U(z0 + o + j)] - Y[y0 + r, j]
+                total += np.float64(abs(e))
+                g = DT(1) if e > 0 else (DT(-1) if e < 0 else e)  # np.sign; NaN stays NaN
+                x[U(d0 + o + j)] = g * scale
+    elif loss == C.HUBER:
+        delta = DT(C.HUBER_DELTA)
+        for r in range(m):
+            o = r * ld
+            for j in range(n):
+                e = x[U(z0 + o + j)] - Y[y0 + r, j]
+                a = abs(e)
+                if a <= delta:
+                    total += np.float64(DT(0.5) * e * e)
+                    x[U(d0 + o + j)] = e * scale
+                else:  # NaN lands here and stays NaN
+                    total += np.float64(delta * (a - DT(0.5 * C.HUBER_DELTA)))
+                    g = DT(1) if e > 0 else (DT(-1) if e < 0 else e)
+                    x[U(d0 + o + j)] = (delta * g) * scale
+    else:
+        # binary cross-entropy on p clipped to [eps, 1 - eps]: the clip passes
+        # no gradient, and NaN passes the clip (comparisons with NaN are False)
+        eps = DT(C.BCE_EPSILON)
+        one = DT(1)
+        hi = one - eps
+        for r in range(m):
+            o = r * ld
+            for j in range(n):
+                p = x[U(z0 + o + j)]
+                y = Y[y0 + r, j]
+                pc = p
+                if pc < eps:
+                    pc = eps
+                elif pc > hi:
+                    pc = hi
+                total += np.float64(-(y * math.log(pc) + (one - y) * math.log(one - pc)))
+                if p >= eps and p <= hi:
+                    x[U(d0 + o + j)] = -(y / p - (one - y) / (one - p)) * scale
+                else:
+                    x[U(d0 + o + j)] = DT(0)
+    return total
+
+
+@_helper
+def apply_update(w, g, s, opt, hyper, t):
+    """One optimizer step over whole working buffers (Keras 3 formulas, see _codes).
+
+    ``w`` parameters, ``g`` gradient, ``s`` state (2, size); ``t`` is the
+    1-based step count of Adam's bias correction.  Scalars are cast to
+    ``DT`` first, as NumPy does with Python floats.  Element-wise, so the
+    layout (and its zero padding) does not matter.
+    """
+    n = w.shape[0]
+    lr = DT(hyper[0])
+    if opt == C.SGD:
+        for k in range(n):
+            w[k] -= lr * g[k]
+    elif opt == C.SGD_MOMENTUM:
+        mu = DT(hyper[1])
+        for k in range(n):
+            v = s[0, k] * mu - lr * g[k]
+            s[0, k] = v
+            w[k] += v
+    elif opt == C.SGD_NESTEROV:
+        mu = DT(hyper[1])
+        for k in range(n):
+            gk = g[k]
+            v = s[0, k] * mu - lr * gk
+            s[0, k] = v
+            w[k] += mu * v - lr * gk
+    elif opt == C.ADAM:
+        b1 = hyper[1]
+        b2 = hyper[2]
+        tf = np.float64(t)
+        # alpha in float64, then rounded to DT: numpy_'s Python float
+        alpha = DT(hyper[0] * math.sqrt(1.0 - b2 ** tf) / (1.0 - b1 ** tf))
+        c1 = DT(1.0 - b1)
+        c2 = DT(1.0 - b2)
+        eps = DT(hyper[3])
+        for k in range(n):
+            gk = g[k]
+            mk = s[0, k] + (gk - s[0, k]) * c1
+            vk = s[1, k] + (gk * gk - s[1, k]) * c2
+            s[0, k] = mk
+            s[1, k] = vk
+            w[k] -= alpha * mk / (math.sqrt(vk) + eps)  # eps outside the root (Keras)
+    else:  # RMSprop (Keras): eps inside the root
+        rho = DT(hyper[1])
+        c = DT(1.0 - hyper[1])
+        eps = DT(hyper[3])
+        if opt == C.RMSPROP_MOMENTUM:
+            mom = DT(hyper[2])
+            for k in range(n):
+                gk = g[k]
+                vk = s[0, k] * rho + c * (gk * gk)
+                s[0, k] = vk
+                bk = s[1, k] * mom + lr * gk / math.sqrt(vk + eps)
+                s[1, k] = bk
+                w[k] -= bk
+        else:
+            for k in range(n):
+                gk = g[k]
+                vk = s[0, k] * rho + c * (gk * gk)
+                s[0, k] = vk
+                w[k] -= lr * gk / math.sqrt(vk + eps)
+
+
+# --------------------------------------------------------------------- dense layers
+# Kernels are (n_in, n_out) row-major (stride ``ld``).  The forward pass of a
+# wide layer runs in "axpy" form, z[:] += a_i * K[i, :], contiguous along the
+# outputs (vectorises without reassociation), unrolled over four inputs so
+# each store of z serves four multiply-adds.  The delta of the layer below,
+# p_i = sum_j K[i, j] d_j, is a contiguous dot product along the same rows (a
+# reduction: it needs "reassoc" to vectorise).  A one-unit head (n_out == 1)
+# keeps a dense kernel, a contiguous column, so its loops run along i.
+
+@_helper
+def dense_flat(x, a0, w, k0, ld, b0, z0, n_in, n_out):
+    """``x[z0:z0+n_out] = x[a0:a0+n_in] @ K + b`` for one row, K at ``w[k0:]``, b at ``w[b0:]``.
+
+    The bias is added after the sum, as numpy_ does.
+    """
+    if n_out >= AXPY_MIN_WIDTH:
+        for j in range(n_out):
+            x[U(z0 + j)] = DT(0)
+        n4 = n_in - n_in % 4
+        for i in range(0, n4, 4):
+            c0 = x[U(a0 + i)]
+            c1 = x[U(a0 + i + 1)]
+            c2 = x[U(a0 + i + 2)]
+            c3 = x[U(a0 + i + 3)]
+            r = k0 + i * ld
+            for j in range(n_out):
+                x[U(z0 + j)] += ((c0 * w[U(r + j)] + c1 * w[U(r + ld + j)])
+                                 + (c2 * w[U(r + 2 * ld + j)] + c3 * w[U(r + 3 * ld + j)]))
+        for i in range(n4, n_in):
+            ci = x[U(a0 + i)]
+            r = k0 + i * ld
+            for j in range(n_out):
+                x[U(z0 + j)] += ci * w[U(r + j)]
+        for j in range(n_out):
+            x[U(z0 + j)] += w[U(b0 + j)]
+    else:  # dot form; a one-unit head's kernel is a contiguous column
+        for j in range(n_out):
+            s = DT(0)
+            for i in range(n_in):
+                s += x[U(a0 + i)] * w[U(k0 + i * ld + j)]
+            x[U(z0 + j)] = s + w[U(b0 + j)]
+
+
+@_helper
+def backward_flat_sgd(x, a0, dx, d0, p0, w, k0, ld, b0, n_in, n_out, lr, propagate):
+    """Backward pass of one layer for one row fused with the plain-SGD update.
+
+    ``x[a0:]`` is the layer's input, ``dx[d0:]`` its output delta; with
+    ``propagate`` the delta of the layer below, ``dx[p0 + i] = sum_j K[i, j]
+    d_j`` from the OLD weights, is written in the same sweep that updates
+    ``K[i, j] -= lr * (a_i * d_j)``: numpy_'s numbers, without a gradient buffer.
+    """
+    if n_out == 1:  # a contiguous column: run along i
+        e = dx[U(d0)]
+        if propagate:
+            for i in range(n_in):
+                k = w[U(k0 + i)]
+                dx[U(p0 + i)] = k * e
+                w[U(k0 + i)] = k - lr * (x[U(a0 + i)] * e)
+        else:
+            for i in range(n_in):
+                w[U(k0 + i)] -= lr * (x[U(a0 + i)] * e)
+    elif propagate:
+        for i in range(n_in):
+            ai = x[U(a0 + i)]
+            r = k0 + i * ld
+            s = DT(0)
+            for j in range(n_out):
+                kij = w[U(r + j)]
+                dj = dx[U(d0 + j)]
+                s += kij * dj
+                w[U(r + j)] = kij - lr * (ai * dj)
+            dx[U(p0 + i)] = s
+    else:
+        for i in range(n_in):
+            ai = x[U(a0 + i)]
+            r = k0 + i * ld
+            for j in range(n_out):
+                w[U(r + j)] -= lr * (ai * dx[U(d0 + j)])
+    for j in range(n_out):
+        w[U(b0 + j)] -= lr * dx[U(d0 + j)]
+
+
+@_helper
+def backward_flat_grad(x, a0, dx, d0, p0, w, g, k0, ld, b0, n_in, n_out, propagate):
+    """Backward pass of one layer for one row: its gradient into ``g`` (same offsets as ``w``)."""
+    if n_out == 1:
+        e = dx[U(d0)]
+        for i in range(n_in):
+            g[U(k0 + i)] = x[U(a0 + i)] * e
+        if propagate:
+            for i in range(n_in):
+                dx[U(p0 + i)] = w[U(k0 + i)] * e
+    else:
+        for i in range(n_in):
+            ai = x[U(a0 + i)]
+            r = k0 + i * ld
+            if propagate:
+                s = DT(0)
+                for j in range(n_out):
+                    dj = dx[U(d0 + j)]
+                    s += w[U(r + j)] * dj
+                    g[U(r + j)] = ai * dj
+                dx[U(p0 + i)] = s
+            else:
+                for j in range(n_out):
+                    g[U(r + j)] = ai * dx[U(d0 + j)]
+    for j in range(n_out):
+        g[U(b0 + j)] = dx[U(d0 + j)]
+
+
+@_helper
+def rows_forward(x, a0, lda, w, k0, ldk, b0, z0, ldz, m, n_in, n_out):
+    """``Z = A @ K + b`` for ``m`` rows (a multiple of ROW_BLOCK: the caller pads).
+
+    A at ``x[a0:]`` (row stride ``lda``), Z at ``x[z0:]`` (``ldz``), K at
+    ``w[k0:]`` (``ldk``), b at ``w[b0:]``.  Wide layers take two rows at a time
+    (axpy form, unrolled over four inputs): each kernel row loaded serves
+    both rows and each store of an output serves four multiply-adds.  The
+    caller applies the activation.
+    """
+    if n_out < AXPY_MIN_WIDTH:
+        for r in range(m):
+            a = a0 + r * lda
+            for j in range(n_out):
+                s = DT(0)
+                for i in range(n_in):
+                    s += x[U(a + i)] * w[U(k0 + i * ldk + j)]
+                x[U(z0 + r * ldz + j)] = s + w[U(b0 + j)]
+        return
+    n4 = n_in - n_in % 4
+    for r in range(0, m, 2):
+        a = a0 + r * lda
+        c = a + lda
+        z = z0 + r * ldz
+        y = z + ldz
+        for j in range(n_out):
+            x[U(z + j)] = DT(0)
+            x[U(y + j)] = DT(0)
+        for i in range(0, n4, 4):
+            a_0 = x[U(a + i)]
+            a_1 = x[U(a + i + 1)]
+            a_2 = x[U(a + i + 2)]
+            a_3 = x[U(a + i + 3)]
+            c_0 = x[U(c + i)]
+            c_1 = x[U(c + i + 1)]
+            c_2 = x[U(c + i + 2)]
+            c_3 = x[U(c + i + 3)]
+            k = k0 + i * ldk
+            for j in range(n_out):
+                w0 = w[U(k + j)]
+                w1 = w[U(k + ldk + j)]
+                w2 = w[U(k + 2 * ldk + j)]
+                w3 = w[U(k + 3 * ldk + j)]
+                x[U(z + j)] += (a_0 * w0 + a_1 * w1) + (a_2 * w2 + a_3 * w3)
+                x[U(y + j)] += (c_0 * w0 + c_1 * w1) + (c_2 * w2 + c_3 * w3)
+        for i in range(n4, n_in):
+            a_i = x[U(a + i)]
+            c_i = x[U(c + i)]
+            k = k0 + i * ldk
+            for j in range(n_out):
+                x[U(z + j)] += a_i * w[U(k + j)]
+                x[U(y + j)] += c_i * w[U(k + j)]
+        for j in range(n_out):
+            x[U(z + j)] += w[U(b0 + j)]
+            x[U(y + j)] += w[U(b0 + j)]
+
+
+@_helper
+def rows_backward(x, a0, lda, d0, ldd, p0, w, g, k0, ldk, b0, m, n_in, n_out, propagate):
+    """Minibatch backward of one layer for ``m`` rows (a multiple of ROW_BLOCK; the
+    caller pads with zero deltas): gK += A.T @ D and gb += the column sums of D.
+
+    A (the layer's input) at ``x[a0:]`` (row stride ``lda``), D (its output
+    delta) at ``x[d0:]`` (``ldd``); K and gK at offset ``k0`` of ``w`` and
+    ``g`` (``ldk``), gb at ``g[b0:]``.  With ``propagate``, also P = D @ K.T
+    (the delta of the layer below, before its activation derivative) at
+    ``x[p0:]`` with A's stride.  Rows go four at a time: each gradient row is
+    loaded and stored once per four rank-1 updates, each kernel row loaded
+    once for four dot products.  A one-unit head, whose kernel is a
+    contiguous column, runs its loops along the inputs instead.
+    """
+    if n_out == 1:
+        for r in range(m):
+            e = x[U(d0 + r * ldd)]
+            a = a0 + r * lda
+            for i in range(n_in):
+                g[U(k0 + i)] += x[U(a + i)] * e
+            g[U(b0)] += e
+            if propagate:
+                p = p0 + r * lda
+                for i in range(n_in):
+                    x[U(p + i)] = w[U(k0 + i)] * e
+        return
+    for r in range(0, m, 4):
+        d_0 = d0 + r * ldd
+        d_1 = d_0 + ldd
+        d_2 = d_1 + ldd
+        d_3 = d_2 + ldd
+        a = a0 + r * lda
+        for i in range(n_in):
+            x0 = x[U(a + i)]
+            x1 = x[U(a + lda + i)]
+            x2 = x[U(a + 2 * lda + i)]
+            x3 = x[U(a + 3 * lda + i)]
+            k = k0 + i * ldk
+            for j in range(n_out):
+                g[U(k + j)] += ((x0 * x[U(d_0 + j)] + x1 * x[U(d_1 + j)])
+                                + (x2 * x[U(d_2 + j)] + x3 * x[U(d_3 + j)]))
+        for j in range(n_out):
+            g[U(b0 + j)] += (x[U(d_0 + j)] + x[U(d_1 + j)]) + (x[U(d_2 + j)] + x[U(d_3 + j)])
+        if propagate:
+            p = p0 + r * lda
+            for i in range(n_in):
+                k = k0 + i * ldk
+                s0 = DT(0)
+                s1 = DT(0)
+                s2 = DT(0)
+                s3 = DT(0)
+                for j in range(n_out):
+                    kj = w[U(k + j)]
+                    s0 += kj * x[U(d_0 + j)]
+                    s1 += kj * x[U(d_1 + j)]
+                    s2 += kj * x[U(d_2 + j)]
+                    s3 += kj * x[U(d_3 + j)]
+                x[U(p + i)] = s0
+                x[U(p + lda + i)] = s1
+                x[U(p + 2 * lda + i)] = s2
+                x[U(p + 3 * lda + i)] = s3
+
+
+# --------------------------------------------------------------------- working layout
+# The kernels never compute on the caller's flat buffer.  numba_.py copies
+# the parameters (and the optimizer state a rule uses) into zeroed, 64-byte-
+# aligned working buffers in which every kernel row, bias and activation row
+# starts on a cache-line boundary, calls one kernel for a whole chunk, and
+# copies back: O(n_params) per call.  ``lay`` (int64, shape (5, n_layers + 1))
+# describes that layout, per layer li:
+#   lay[0, li]  kernel offset in wp / wg / wst[k]; rows of stride lay[2, li]
+#   lay[1, li]  bias offset
+#   lay[2, li]  kernel row stride: the width rounded up to a cache line (a one-
+#               to three-unit layer keeps a dense kernel: a one-unit head is a
+#               contiguous column)
+#   lay[3, li]  row stride of layer li's activations in the workspace
+#   lay[4, li]  offset of layer li's (rows, lay[3, li]) block in the workspace
+# The workspace ``work`` holds the activations in its first half and the
+# deltas, at the same offsets plus ``half``, in its second.  The optimizer
+# update is element-wise, so it runs over the whole working buffer at once;
+# padding starts at zero and is never read.
+
+@_helper
+def load_block(X, x0, m, mp, work, ld, n0):
+    """Copy rows ``x0:x0+m`` of X into layer 0 of the workspace, zeroing rows ``m:mp``."""
+    for r in range(m):
+        for i in range(n0):
+            work[U(r * ld + i)] = X[x0 + r, i]
+    for r in range(m, mp):
+        for i in range(n0):
+            work[U(r * ld + i)] = DT(0)
+
+
+# --------------------------------------------------------------------- entry points
+@_entry
+def predict(wp, lay, sizes, acts, X, out, work, rows):
+    """Network outputs for the rows of ``X`` into ``out``, ``rows`` rows per block."""
+    n_layers = sizes.shape[0] - 1
+    n_out = sizes[n_layers]
+    top = lay[4, n_layers]
+    ldt = lay[3, n_layers]
+    n = X.shape[0]
+    for start in range(0, n, rows):
+        m = min(rows, n - start)
+        mp = (m + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
+        load_block(X, start, m, mp, work, lay[3, 0], sizes[0])
+        for li in range(n_layers):  # forward
+            rows_forward(work, lay[4, li], lay[3, li], wp, lay[0, li], lay[2, li], lay[1, li],
+                         lay[4, li + 1], lay[3, li + 1], mp, sizes[li], sizes[li + 1])
+            if acts[li] != C.LINEAR:
+                activate_rows(work, lay[4, li + 1], lay[3, li + 1], mp, sizes[li + 1],
+                              acts[li])
+        for r in range(m):
+            for j in range(n_out):
+                out[start + r, j] = work[U(top + r * ldt + j)]
+
+
+@_entry
+def loss_sum(wp, lay, sizes, acts, loss, X, Y, work, rows):
+    """Sum over rows of the per-row loss (mean over outputs), ``rows`` rows per block."""
+    n_layers = sizes.shape[0] - 1
+    n_out = sizes[n_layers]
+    half = work.shape[0] // 2
+    top = lay[4, n_layers]
+    ldt = lay[3, n_layers]
+    n = X.shape[0]
+    total = 0.0
+    for start in range(0, n, rows):
+        m = min(rows, n - start)
+        mp = (m + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
+        load_block(X, start, m, mp, work, lay[3, 0], sizes[0])
+        for li in range(n_layers):  # forward
+            rows_forward(work, lay[4, li], lay[3, li], wp, lay[0, li], lay[2, li], lay[1, li],
+                         lay[4, li + 1], lay[3, li + 1], mp, sizes[li], sizes[li + 1])
+            if acts[li] != C.LINEAR:
+                activate_rows(work, lay[4, li + 1], lay[3, li + 1], mp, sizes[li + 1],
+                              acts[li])
+        total += output_delta(work, top, half + top, ldt, Y, start, m, n_out, loss, DT(1))
+    return total / n_out
+
+
+@_entry
+def loss_and_gradients(wp, wg, lay, sizes, acts, loss, X, Y, work, rows):
+    """Loss sum over rows; adds d(loss sum)/d(param) into ``wg`` (working layout).
+
+    Rows go in blocks of ``rows``; each block's gradient is added, so the
+    result is the full-batch gradient numpy_ computes with ``scale = 1``.
+    """
+    n_layers = sizes.shape[0] - 1
+    n_out = sizes[n_layers]
+    half = work.shape[0] // 2
+    top = lay[4, n_layers]
+    ldt = lay[3, n_layers]
+    scale = DT(1.0 / n_out)
+    n = X.shape[0]
+    total = 0.0
+    for start in range(0, n, rows):
+        m = min(rows, n - start)
+        mp = (m + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
+        load_block(X, start, m, mp, work, lay[3, 0], sizes[0])
+        for li in range(n_layers):  # forward
+            rows_forward(work, lay[4, li], lay[3, li], wp, lay[0, li], lay[2, li], lay[1, li],
+                         lay[4, li + 1], lay[3, li + 1], mp, sizes[li], sizes[li + 1])
+            if acts[li] != C.LINEAR:
+                activate_rows(work, lay[4, li + 1], lay[3, li + 1], mp, sizes[li + 1],
+                              acts[li])
+        total += output_delta(work, top, half + top, ldt, Y, start, m, n_out, loss, scale)
+        for r in range(m, mp):  # padding rows: zero deltas add nothing
+            for j in range(n_out):
+                work[U(half + top + r * ldt + j)] = DT(0)
+        for li in range(n_layers - 1, -1, -1):  # backward
+            if acts[li] != C.LINEAR:  # d loss / d z of this layer
+                derivative_rows(work, half + lay[4, li + 1], lay[4, li + 1], lay[3, li + 1],
+                                mp, sizes[li + 1], acts[li])
+            rows_backward(work, lay[4, li], lay[3, li], half + lay[4, li + 1], lay[3, li + 1],
+                          half + lay[4, li], wp, wg, lay[0, li], lay[2, li], lay[1, li], mp,
+                          sizes[li], sizes[li + 1], li > 0)
+    return total / n_out
+
+
+@_entry
+def train_sgd(wp, lay, sizes, acts, loss, X, Y, order, hyper, work):
+    """Batch size 1, plain SGD, any widths: the per-sample training loop.
+
+    Per sample: forward pass, loss, then one sweep per layer that computes
+    the delta below from the old weights and applies the update
+    (``backward_flat_sgd``), so no gradient buffer is touched.  Stops before
+    the update of a sample whose loss is not finite.  Returns
+    ``(loss_sum, rows_done)`` as ``numba_.train_chunk`` documents.
+    """
+    n_layers = sizes.shape[0] - 1
+    half = work.shape[0] // 2  # activations of the current sample, then their deltas
+    n0 = sizes[0]
+    n_out = sizes[n_layers]
+    top = lay[4, n_layers]
+    lr = DT(hyper[0])
+    scale = DT(1.0 / n_out)  # d(mean over outputs)/dp for a batch of one row
+    ahead = 32 if wp.shape[0] <= 256 else (8 if wp.shape[0] <= 8192 else 2)
+    lines = min(PREFETCH_LINES, (n0 * ITEMSIZE + CACHE_LINE - 1) // CACHE_LINE)
+    n = order.shape[0]
+    total = 0.0
+    for q in range(n):
+        if q + ahead < n:  # start the cache misses of a later row now
+            nxt = order[q + ahead]
+            for c in range(lines):
+                prefetch(X, nxt * n0 + c * (CACHE_LINE // ITEMSIZE))
+            prefetch(Y, nxt * n_out)
+        row = order[q]
+        for i in range(n0):
+            work[i] = X[row, i]
+        for li in range(n_layers):
+            dense_flat(work, lay[4, li], wp, lay[0, li], lay[2, li], lay[1, li], lay[4, li + 1],
+                       sizes[li], sizes[li + 1])
+            if acts[li] != C.LINEAR:
+                activate_rows(work, lay[4, li + 1], 0, 1, sizes[li + 1], acts[li])
+        lsum = output_delta(work, top, half + top, 0, Y, row, 1, n_out, loss, scale)
+        if not abs(lsum) <= F64_MAX:  # NaN or inf (see F64_MAX)
+            return total, q  # this sample's update is not applied
+        total += lsum / n_out
+        for li in range(n_layers - 1, -1, -1):
+            if acts[li] != C.LINEAR:  # d loss / d z of this layer
+                derivative_rows(work, half + lay[4, li + 1], lay[4, li + 1], 0, 1,
+                                sizes[li + 1], acts[li])
+            backward_flat_sgd(work, lay[4, li], work, half + lay[4, li + 1], half + lay[4, li],
+                              wp, lay[0, li], lay[2, li], lay[1, li], sizes[li], sizes[li + 1],
+                              lr, li > 0)
+    return total, n
+
+
+@_entry
+def train_single(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, opt, hyper, step, work):
+    """Batch size 1 with momentum, Nesterov, Adam or RMSprop, any widths.
+
+    Per sample: forward pass, loss, the gradient into ``wg``, one update of
+    ``wp`` and ``wst`` over the whole working buffer.  Returns
+    ``(loss_sum, rows_done)``.
+    """
+    n_layers = sizes.shape[0] - 1
+    half = work.shape[0] // 2
+    n0 = sizes[0]
+    n_out = sizes[n_layers]
+    top = lay[4, n_layers]
+    scale = DT(1.0 / n_out)
+    ahead = 32 if wp.shape[0] <= 256 else (8 if wp.shape[0] <= 8192 else 2)
+    lines = min(PREFETCH_LINES, (n0 * ITEMSIZE + CACHE_LINE - 1) // CACHE_LINE)
+    n = order.shape[0]
+    total = 0.0
+    t = step
+    for q in range(n):
+        if q + ahead < n:
+            nxt = order[q + ahead]
+            for c in range(lines):
+                prefetch(X, nxt * n0 + c * (CACHE_LINE // ITEMSIZE))
+            prefetch(Y, nxt * n_out)
+        row = order[q]
+        for i in range(n0):
+            work[i] = X[row, i]
+        for li in range(n_layers):
+            dense_flat(work, lay[4, li], wp, lay[0, li], lay[2, li], lay[1, li], lay[4, li + 1],
+                       sizes[li], sizes[li + 1])
+            if acts[li] != C.LINEAR:
+                activate_rows(work, lay[4, li + 1], 0, 1, sizes[li + 1], acts[li])
+        lsum = output_delta(work, top, half + top, 0, Y, row, 1, n_out, loss, scale)
+        if not abs(lsum) <= F64_MAX:  # NaN or inf (see F64_MAX)
+            return total, q  # this sample's update is not applied
+        total += lsum / n_out
+        for li in range(n_layers - 1, -1, -1):
+            if acts[li] != C.LINEAR:  # d loss / d z of this layer
+                derivative_rows(work, half + lay[4, li + 1], lay[4, li + 1], 0, 1,
+                                sizes[li + 1], acts[li])
+            backward_flat_grad(work, lay[4, li], work, half + lay[4, li + 1], half + lay[4, li],
+                               wp, wg, lay[0, li], lay[2, li], lay[1, li], sizes[li],
+                               sizes[li + 1], li > 0)
+        t += 1
+        apply_update(wp, wg, wst, opt, hyper, t)
+    return total, n
+
+
+@_entry
+def train_batch(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, batch_size, rows, opt, hyper,
+                step, work):
+    """Minibatches, any widths: per batch a forward pass, the mean loss's gradient, one update.
+
+    A batch goes through in blocks of at most ``rows`` rows (a multiple of
+    ROW_BLOCK; all of a small batch at once), gathered into the aligned
+    workspace so every layer is a small matrix product (``rows_forward`` /
+    ``rows_backward``); the blocks' gradients add up in ``wg``, and the
+    update waits until the batch's loss is known to be finite.  The rows of
+    the next block are prefetched meanwhile.  Returns ``(loss_sum, rows_done)``.
+    """
+    n_layers = sizes.shape[0] - 1
+    n = order.shape[0]
+    half = work.shape[0] // 2
+    n0 = sizes[0]
+    ld0 = lay[3, 0]
+    n_out = sizes[n_layers]
+    top = lay[4, n_layers]
+    ldt = lay[3, n_layers]
+    yb = np.empty((rows, n_out), dtype=DT)
+    lines = min(PREFETCH_LINES, (n0 * ITEMSIZE + CACHE_LINE - 1) // CACHE_LINE)
+    total = 0.0
+    t = step
+    for start in range(0, n, batch_size):
+        size = min(batch_size, n - start)
+        scale = DT(1.0 / size / n_out)  # d(batch mean)/dp, rounded like numpy_
+        lsum = 0.0
+        for k in range(wg.shape[0]):
+            wg[k] = DT(0)
+        for first in range(start, start + size, rows):
+            m = min(rows, start + size - first)
+            mp = (m + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
+            for r in range(m):  # gather the block
+                row = order[first + r]
+                for i in range(n0):
+                    work[U(r * ld0 + i)] = X[row, i]
+                for j in range(n_out):
+                    yb[r, j] = Y[row, j]
+            for r in range(m, mp):  # padding rows: zero inputs
+                for i in range(n0):
+                    work[U(r * ld0 + i)] = DT(0)
+            for r in range(first + m, min(first + m + rows, n)):  # the next block
+                nxt = order[r]
+                for c in range(lines):
+                    prefetch(X, nxt * n0 + c * (CACHE_LINE // ITEMSIZE))
+                prefetch(Y, nxt * n_out)
+            for li in range(n_layers):  # forward
+                rows_forward(work, lay[4, li], lay[3, li], wp, lay[0, li], lay[2, li],
+                             lay[1, li], lay[4, li + 1], lay[3, li + 1], mp, sizes[li],
+                             sizes[li + 1])
+                if acts[li] != C.LINEAR:
+                    activate_rows(work, lay[4, li + 1], lay[3, li + 1], mp, sizes[li + 1],
+                                  acts[li])
+            lsum += output_delta(work, top, half + top, ldt, yb, 0, m, n_out, loss, scale)
+            for r in range(m, mp):  # padding rows: zero deltas add nothing
+                for j in range(n_out):
+                    work[U(half + top + r * ldt + j)] = DT(0)
+            for li in range(n_layers - 1, -1, -1):  # backward
+                if acts[li] != C.LINEAR:  # d loss / d z of this layer
+                    derivative_rows(work, half + lay[4, li + 1], lay[4, li + 1],
+                                    lay[3, li + 1], mp, sizes[li + 1], acts[li])
+                rows_backward(work, lay[4, li], lay[3, li], half + lay[4, li + 1],
+                              lay[3, li + 1], half + lay[4, li], wp, wg, lay[0, li],
+                              lay[2, li], lay[1, li], mp, sizes[li], sizes[li + 1], li > 0)
+        if not abs(lsum) <= F64_MAX:  # NaN or inf (see F64_MAX)
+            return total, start  # this batch's update is not applied
+        total += lsum / n_out
+        t += 1
+        apply_update(wp, wg, wst, opt, hyper, t)
+    return total, n

@@ -1,0 +1,571 @@
+"""Numba backend: the NumPy reference's contract, compiled, one call per chunk of rows.
+
+Mirrors ``numpy_.py`` function for function (same names, arguments and
+caller-allocated buffers; see the backend contract in its docstring), and
+``csrc/_ckernels.pyx``, its Cython twin.
+
+Design
+------
+* **One compiled call per chunk.**  ``train_chunk`` runs the forward pass,
+  loss, backward pass and optimizer update of every sample or minibatch of
+  the chunk inside one compiled function, with no Python and no allocation
+  between samples.  Every kernel is compiled with ``nogil=True``: two
+  networks trained from two threads run at once.
+* **Kernels** (``_numba_template.py``): width-generic ``predict``,
+  ``loss_sum``, ``loss_and_gradients`` and three training loops (per-sample
+  plain SGD with the backward pass fused into the update; per-sample with
+  a stateful optimizer; minibatches as small register-blocked matrix
+  products).  Activation, loss and optimizer are run-time integer codes, so
+  one compilation per dtype serves every network: measured, fixing the
+  widths at compile time gained nothing on 20-64-64-1 or 100-256-256-1.
+* **Specialised where it pays** (``_numba_codegen.py``): for tiny nets
+  (at most 128 parameters, widths at most 16) trained per sample with
+  plain SGD, a kernel generated for the architecture keeps every weight in
+  a register for the whole chunk: 15x the generic kernel on 2-2-1.
+* **Working layout.**  The kernels compute on zeroed, 64-byte-aligned
+  copies of the parameters and optimizer state in which every kernel row,
+  bias and activation row starts on a cache line (see "working layout" in
+  the template); this module builds them in NumPy and copies back after
+  the call, O(n_params) per chunk of thousands of rows.
+* **Cached per user.**  Kernel sources are written into
+  ``fastbp._config.cache_dir()`` (per user, keyed by version, never
+  site-packages) under content-hash names and imported from there, so
+  Numba's ``cache=True`` stores the machine code beside them.  Files are
+  created atomically (write, then hard-link or rename), every function has
+  one signature, and compiling a module takes a per-module file lock, so
+  several processes starting on a cold cache all succeed (one compiles,
+  the others load).  ``FASTBP_NO_CACHE=1`` builds the modules in memory and
+  compiles without caching.  Importing this module compiles nothing and
+  writes nothing; each kernel is compiled (or loaded) on first use.
+* ``NUMBA_DISABLE_JIT=1`` runs the same kernels as plain Python (slowly),
+  which lets the test suite check their logic without compiling.
+"""
+
+import contextlib
+import functools
+import importlib.util
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+import types
+import warnings
+
+try:
+    import fcntl
+except ImportError:  # Windows: processes compile side by side (still safe, see _process_lock)
+    fcntl = None
+
+import numba  # noqa: F401  (a missing Numba must fail this import: "auto" then falls back)
+import numpy as np
+
+from .. import _config
+from . import _codes
+from . import _numba_codegen as _gen
+from ._layout import layer_views, n_params
+
+NAME = "numba"
+
+logger = logging.getLogger("fastbp")
+
+_lock = threading.RLock()
+_modules = {}      # (label, dtype name, sizes or None, cache flag) -> module
+_entries = {}      # (module name, function name) -> compiled dispatcher
+_warned_cache = []
+
+#: Seconds a process waits for another one compiling the same kernels.
+LOCK_TIMEOUT = 120.0
+
+
+# ----------------------------------------------------------------------------- module loading
+def _write_atomically(path, text):
+    """Create ``path`` holding ``text`` unless it exists; never expose a partial file."""
+    if path.exists():
+        try:
+            if path.read_text(encoding="utf-8") == text:
+                return
+        except OSError:
+            pass
+        replace = True  # damaged (e.g. a disk that filled up): rewrite it
+    else:
+        replace = False
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from a shared FASTBP_CACHE_DIR
+        if replace:
+            os.replace(tmp, path)
+            return
+        try:
+            # A hard link publishes the complete file atomically and fails if
+            # another process got there first (its file has the same content).
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # no hard links on this file system
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _import_source(name, text, cache):
+    """Import ``text`` as module ``name``: from the cache directory, or from memory."""
+    if cache:
+        directory = _config.cache_dir()
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{name}.py"
+        _write_atomically(path, text)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        # Registered before it runs: Numba resolves a cached function's
+        # globals through sys.modules.
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        return module
+    module = types.ModuleType(name)
+    module.__file__ = f"<fastbp generated {name}>"
+    sys.modules[name] = module
+    exec(compile(text, module.__file__, "exec"), module.__dict__)  # noqa: S102 (our own source)
+    return module
+
+
+def _module(dtype, sizes=None):
+    """The kernel module for ``dtype``: the template (generic kernels, helpers) or ``sizes``'."""
+    cache = _config.cache_enabled()
+    key = (dtype.name, sizes, cache)
+    module = _modules.get(key)
+    if module is not None:
+        return module
+    with _lock:
+        module = _modules.get(key)
+        if module is not None:
+            return module
+        if sizes is None:
+            label = "generic"
+            template = None
+        else:
+            label = "net_" + "x".join(map(str, sizes))[:60]
+            template = _module(dtype)
+            cache = cache and template.CACHE  # the template's decorator decides caching
+
+        def build(cache):
+            if template is None:
+                text = _gen.template_source(dtype.name, cache)
+            else:
+                text = _gen.network_source(sizes, dtype.name, template.__name__)
+            name = f"fastbp_numba_{label}_{dtype.name}_{_gen.digest(text)}"
+            return _import_source(name, text, cache)
+
+        if cache:
+            try:
+                module = build(True)
+            except OSError as exc:
+                if not _warned_cache:
+                    _warned_cache.append(True)
+                    warnings.warn(f"fastbp: cannot use the kernel cache in "
+                                  f"{_config.cache_dir()} ({exc}); compiling without a cache. "
+                                  "Set FASTBP_CACHE_DIR to a writable directory, or "
+                                  "FASTBP_NO_CACHE=1 to silence this.", RuntimeWarning,
+                                  stacklevel=4)
+                module = build(False)
+        else:
+            module = build(False)
+        _modules[key] = module
+        return module
+
+
+@contextlib.contextmanager
+def _process_lock(module):
+    """Serialise compiling ``module`` across processes sharing the cache directory.
+
+    The first process compiles and stores; the others wait, then load the
+    stored code instead of compiling it again.  Correctness does not depend
+    on this lock (cache files are written atomically and hold one signature
+    per function); after ``LOCK_TIMEOUT`` seconds a waiter compiles anyway.
+    """
+    path = getattr(module, "__file__", "") or ""
+    if fcntl is None or not module.CACHE or not os.path.isfile(path):
+        yield
+        return
+    try:
+        handle = open(path[:-3] + ".lock", "a+b")
+    except OSError:
+        yield
+        return
+    with handle:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        locked = False
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    logger.warning("fastbp: compiling %s without the cache lock "
+                                   "(still held after %s s)", module.__name__, LOCK_TIMEOUT)
+                    break
+                time.sleep(0.02)
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _entry(module, name):
+    """Entry point ``name`` of ``module``, compiled for its one signature on first use."""
+    fn = _entries.get((module.__name__, name))
+    if fn is not None:
+        return fn
+    with _lock:
+        fn = getattr(module, name)
+        if hasattr(fn, "compile"):  # absent under NUMBA_DISABLE_JIT=1
+            # One signature per function and module: loads from the on-disk
+            # cache when it is there, else compiles (and stores it).
+            with _process_lock(module):
+                fn.compile(module.SIGNATURES[name])
+            fn.disable_compile()
+        _entries[(module.__name__, name)] = fn
+        return fn
+
+
+def kernel(name, dtype, sizes=None):
+    """The compiled kernel ``name`` for ``dtype`` (and ``sizes`` for training kernels).
+
+    Exposed for tests and benchmarks (e.g. to compile ahead of timing).
+    """
+    sizes = None if sizes is None else tuple(int(s) for s in sizes)
+    return _entry(_module(np.dtype(dtype), sizes), name)
+
+
+# ----------------------------------------------------------------------------- working layout
+# See "working layout" in _numba_template.py: the kernels compute on zeroed,
+# 64-byte-aligned copies in which every kernel row, bias and activation row
+# starts on a cache-line boundary.  Building them here, in NumPy, keeps that
+# bookkeeping out of the compiled code (every compiled helper adds to the
+# first-use compile time) and costs O(n_params) per call, next to a chunk of
+# thousands of rows.
+
+ALIGN = 64
+#: Target bytes of one block of activations in predict / evaluate / gradients.
+BLOCK_BYTES = 1 << 15
+
+
+def _round_up(n, unit):
+    return -(-n // unit) * unit
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(sizes, itemsize, rows):
+    """``(lay, work_size, half)`` for ``sizes`` with ``rows`` rows of workspace per layer."""
+    vl = ALIGN // itemsize
+    n_layers = len(sizes) - 1
+    lay = np.zeros((5, n_layers + 1), dtype=np.int64)
+    offset = 0
+    for li in range(n_layers):
+        n_in, n_out = sizes[li], sizes[li + 1]
+        ld = n_out if n_out < 4 else _round_up(n_out, vl)
+        lay[0, li] = offset
+        offset += _round_up(n_in * ld, vl)
+        lay[1, li] = offset
+        offset += _round_up(n_out, vl)
+        lay[2, li] = ld
+    half = 0
+    for li in range(n_layers + 1):
+        lay[3, li] = _round_up(sizes[li], vl)
+        lay[4, li] = half
+        half += rows * int(lay[3, li])
+    lay.setflags(write=False)
+    return lay, offset, half
+
+
+#: The minibatch kernels take rows in groups of this many (see the template).
+ROW_BLOCK = 4
+
+
+def _block_rows(sizes, itemsize, n):
+    per_row = sum(_round_up(w, ALIGN // itemsize) for w in sizes) * itemsize
+    return _round_up(max(1, min(256, BLOCK_BYTES // per_row, n)), ROW_BLOCK)
+
+
+#: Bytes of activations and deltas per block of a minibatch (about half of L2).
+BATCH_BLOCK_BYTES = 1 << 18
+
+
+def _batch_rows(sizes, itemsize, batch_size, n):
+    """Rows per block of a minibatch: the whole batch when it fits BATCH_BLOCK_BYTES.
+
+    Bounds the workspace (a batch of a million rows is processed 256 at a
+    time, its gradients added up) and keeps a block in cache.
+    """
+    per_row = 2 * sum(_round_up(w, ALIGN // itemsize) for w in sizes) * itemsize
+    cap = max(ROW_BLOCK, min(256, BATCH_BLOCK_BYTES // per_row))
+    return _round_up(min(batch_size, n, cap), ROW_BLOCK)
+
+
+def _aligned_zeros(n, dtype):
+    """Zero-filled 1-D array of ``n`` elements starting on an ALIGN-byte boundary."""
+    extra = ALIGN // dtype.itemsize
+    buf = np.zeros(n + extra, dtype=dtype)
+    shift = (-buf.ctypes.data % ALIGN) // dtype.itemsize
+    return buf[shift:shift + n]
+
+
+def _to_work(flat, sizes, lay, work):
+    """Copy a flat parameter-shaped buffer (Keras layout) into the working layout."""
+    for li, (k, b) in enumerate(layer_views(flat, sizes)):
+        n_in, n_out = k.shape
+        ld = int(lay[2, li])
+        work[lay[0, li]:lay[0, li] + n_in * ld].reshape(n_in, ld)[:, :n_out] = k
+        work[lay[1, li]:lay[1, li] + n_out] = b
+
+
+def _from_work(work, sizes, lay, flat):
+    """Copy the working layout back into a flat parameter-shaped buffer."""
+    for li, (k, b) in enumerate(layer_views(flat, sizes)):
+        n_in, n_out = k.shape
+        ld = int(lay[2, li])
+        k[...] = work[lay[0, li]:lay[0, li] + n_in * ld].reshape(n_in, ld)[:, :n_out]
+        b[...] = work[lay[1, li]:lay[1, li] + n_out]
+
+
+def _state_slots(optimizer):
+    """How many rows of the optimizer state the rule uses (see _codes)."""
+    if optimizer in (_codes.ADAM, _codes.RMSPROP_MOMENTUM):
+        return 2
+    return 0 if optimizer == _codes.SGD else 1
+
+
+# ----------------------------------------------------------------------------- argument checks
+def _dtype_of(params):
+    dtype = params.dtype
+    if dtype not in (np.float32, np.float64) or params.ndim != 1 or not params.flags.c_contiguous:
+        raise TypeError(f"params: expected a 1-D C-contiguous float32 or float64 buffer; found "
+                        f"{dtype} with shape {params.shape} (contiguous: "
+                        f"{params.flags.c_contiguous}).")
+    return dtype
+
+
+def _rows(a, dtype):
+    """A C-contiguous 2-D array in ``dtype`` (no copy when it already is one)."""
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _ints(a):
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _sizes(sizes):
+    return tuple(int(s) for s in sizes)
+
+
+def _writable(buf, dtype, what, shape):
+    if (buf.dtype != dtype or buf.shape != shape or not buf.flags.writeable
+            or not buf.flags.c_contiguous):
+        raise TypeError(f"{what}: expected a writable C-contiguous {dtype} array of shape "
+                        f"{shape}; found {buf.dtype} {buf.shape} (writeable: "
+                        f"{buf.flags.writeable}, contiguous: {buf.flags.c_contiguous}).")
+    return buf
+
+
+def _check(params, shape, acts, X, Y=None, order=None):
+    """Shapes the compiled code relies on (it does no bounds checks): a mismatch
+    raises here instead of reading or writing out of bounds."""
+    if len(shape) < 2 or min(shape) < 1 or params.shape[0] != n_params(shape):
+        raise ValueError(f"params: {params.shape[0]} values do not fit layer sizes {shape}.")
+    if acts.shape != (len(shape) - 1,):
+        raise ValueError(f"acts: expected {len(shape) - 1} codes; found shape {acts.shape}.")
+    if X.ndim != 2 or X.shape[1] != shape[0]:
+        raise ValueError(f"X: expected shape (n, {shape[0]}); found {X.shape}.")
+    if Y is not None and (Y.ndim != 2 or Y.shape != (X.shape[0], shape[-1])):
+        raise ValueError(f"Y: expected shape ({X.shape[0]}, {shape[-1]}); found {Y.shape}.")
+    if order is not None and len(order) and (order.min() < 0 or order.max() >= X.shape[0]):
+        raise IndexError(f"order: row indices must lie in [0, {X.shape[0]}).")
+
+
+def _working_params(params, shape, lay, wsize):
+    wp = _aligned_zeros(wsize, params.dtype)
+    _to_work(params, shape, lay, wp)
+    return wp
+
+
+# ----------------------------------------------------------------------------- the contract
+def predict(params, sizes, acts, X, out):
+    """Write the network's outputs for the rows of ``X`` into ``out``.
+
+    Parameters
+    ----------
+    params : ndarray, float32 or float64, shape (n_params,)
+        Flat parameters: per layer the kernel ``(n_in, n_out)`` row-major, then the bias.
+    sizes : ndarray of int64, shape (n_layers + 1,)
+        Layer widths, inputs first.
+    acts : ndarray of int64, shape (n_layers,)
+        Activation code per layer (``_codes``).
+    X : ndarray, shape (n_rows, sizes[0])
+        Inputs in the parameter dtype.
+    out : ndarray, shape (n_rows, sizes[-1])
+        Written with the outputs.
+    """
+    dtype = _dtype_of(params)
+    shape = _sizes(sizes)
+    X, acts = _rows(X, dtype), _ints(acts)
+    _check(params, shape, acts, X)
+    if out.shape != (X.shape[0], shape[-1]):
+        raise ValueError(f"out: expected shape {(X.shape[0], shape[-1])}; found {out.shape}.")
+    rows = _block_rows(shape, dtype.itemsize, X.shape[0])
+    lay, wsize, half = _layout(shape, dtype.itemsize, rows)
+    wp = _working_params(params, shape, lay, wsize)
+    target = out
+    if out.dtype != dtype or not out.flags.c_contiguous or not out.flags.writeable:
+        target = np.empty(out.shape, dtype=dtype)
+    kernel("predict", dtype)(wp, lay, _ints(sizes), acts, X, target,
+                             _aligned_zeros(2 * half, dtype), rows)
+    if target is not out:
+        out[...] = target
+
+
+def loss_sum(params, sizes, acts, loss, X, Y):
+    """Sum over rows of the per-row loss (each row's loss is a mean over outputs).
+
+    Parameters
+    ----------
+    params, sizes, acts : see :func:`predict`
+    loss : int
+        Loss code (``_codes``).
+    X, Y : ndarray, shapes (n_rows, sizes[0]) and (n_rows, sizes[-1])
+
+    Returns
+    -------
+    float
+        The sum, accumulated in float64.
+    """
+    dtype = _dtype_of(params)
+    shape = _sizes(sizes)
+    X, Y, acts = _rows(X, dtype), _rows(Y, dtype), _ints(acts)
+    _check(params, shape, acts, X, Y)
+    rows = _block_rows(shape, dtype.itemsize, X.shape[0])
+    lay, wsize, half = _layout(shape, dtype.itemsize, rows)
+    wp = _working_params(params, shape, lay, wsize)
+    return float(kernel("loss_sum", dtype)(wp, lay, _ints(sizes), acts, int(loss), X, Y,
+                                           _aligned_zeros(2 * half, dtype), rows))
+
+
+def loss_and_gradients(params, sizes, acts, loss, X, Y, grad):
+    """Return the loss sum over rows and write d(loss sum)/d(param) into ``grad``.
+
+    Parameters
+    ----------
+    params, sizes, acts, loss, X, Y : see :func:`loss_sum`
+    grad : ndarray, shaped and typed like ``params``
+        Overwritten with the gradient of the summed per-row losses.
+
+    Returns
+    -------
+    float
+        The loss sum, as :func:`loss_sum` returns it.
+    """
+    dtype = _dtype_of(params)
+    _writable(grad, dtype, "grad", params.shape)
+    shape = _sizes(sizes)
+    X, Y, acts = _rows(X, dtype), _rows(Y, dtype), _ints(acts)
+    _check(params, shape, acts, X, Y)
+    rows = _block_rows(shape, dtype.itemsize, X.shape[0])
+    lay, wsize, half = _layout(shape, dtype.itemsize, rows)
+    wp = _working_params(params, shape, lay, wsize)
+    wg = _aligned_zeros(wsize, dtype)
+    total = kernel("loss_and_gradients", dtype)(wp, wg, lay, _ints(sizes), acts, int(loss), X,
+                                                Y, _aligned_zeros(2 * half, dtype), rows)
+    _from_work(wg, shape, lay, grad)
+    return float(total)
+
+
+def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size,
+                optimizer, hyper, state, step):
+    """Train on the rows ``order`` in consecutive batches of ``batch_size``.
+
+    One compiled call runs every batch of the chunk: forward pass, loss,
+    backward pass and one optimizer step per batch.  ``params`` and
+    ``state`` are updated in place.
+
+    Parameters
+    ----------
+    params, sizes, acts, loss, X, Y : see :func:`loss_sum`
+        ``params`` is updated in place.
+    order : ndarray of int64
+        Row indices into ``X``/``Y`` (already range-checked), in training order.
+    batch_size : int
+        Rows per optimizer step; the last batch may be short.
+    optimizer : int
+        Update rule code (``_codes``).
+    hyper : ndarray of float64, shape (4,)
+        ``[learning_rate, h1, h2, epsilon]`` (see ``_codes``).
+    state : ndarray, shape (2, n_params), parameter dtype
+        Optimizer state, updated in place.
+    step : int
+        Optimizer steps taken before this call (Adam uses ``t = step + 1``
+        for the first batch here).
+
+    Returns
+    -------
+    loss_sum : float
+        Sum of the per-row losses, each taken before its batch's update.
+    rows_done : int
+        Rows in completed batches.  Less than ``len(order)`` when a batch's
+        loss was not finite: that batch was not applied and training stopped.
+    """
+    dtype = _dtype_of(params)
+    if not params.flags.writeable:
+        raise TypeError("params: expected a writable buffer.")
+    _writable(state, dtype, "state", (_codes.N_STATE_SLOTS, params.shape[0]))
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer; found {batch_size}.")
+    shape = _sizes(sizes)
+    acts, X, Y, order = _ints(acts), _rows(X, dtype), _rows(Y, dtype), _ints(order)
+    _check(params, shape, acts, X, Y, order)
+    hyper = np.ascontiguousarray(hyper, dtype=np.float64)
+    if hyper.shape != (_codes.N_HYPER,):
+        raise ValueError(f"hyper: expected {_codes.N_HYPER} values; found shape {hyper.shape}.")
+    loss, optimizer, step = int(loss), int(optimizer), int(step)
+    if len(order) == 0:
+        return 0.0, 0
+    if batch_size == 1 and optimizer == _codes.SGD and _gen.wants_scalar(shape):
+        # tiny net: the architecture-specialised kernel, weights in registers
+        fn = _entry(_module(dtype, shape), "train_scalar")
+        total, done = fn(params, acts, loss, X, Y, order, hyper)
+        return float(total), int(done)
+    rows = 1 if batch_size == 1 else _batch_rows(shape, dtype.itemsize, batch_size, len(order))
+    lay, wsize, half = _layout(shape, dtype.itemsize, rows)
+    wp = _working_params(params, shape, lay, wsize)
+    work = _aligned_zeros(2 * half, dtype)
+    sizes = _ints(sizes)
+    if batch_size == 1 and optimizer == _codes.SGD:
+        total, done = kernel("train_sgd", dtype)(wp, lay, sizes, acts, loss, X, Y, order, hyper,
+                                                 work)
+        _from_work(wp, shape, lay, params)
+        return float(total), int(done)
+    wg = _aligned_zeros(wsize, dtype)
+    wst = _aligned_zeros(2 * wsize, dtype).reshape(2, wsize)
+    slots = _state_slots(optimizer)
+    for k in range(slots):
+        _to_work(state[k], shape, lay, wst[k])
+    if batch_size == 1:
+        total, done = kernel("train_single", dtype)(wp, wg, wst, lay, sizes, acts, loss, X, Y,
+                                                    order, optimizer, hyper, step, work)
+    else:
+        total, done = kernel("train_batch", dtype)(wp, wg, wst, lay, sizes, acts, loss, X, Y,
+                                                   order, batch_size, rows, optimizer, hyper,
+                                                   step, work)
+    _from_work(wp, shape, lay, params)
+    for k in range(slots):
+        _from_work(wst[k], shape, lay, state[k])
+    return float(total), int(done)
