@@ -1,5 +1,31 @@
 """Shared fixtures: the backend x dtype matrix and one dtype-aware comparison."""
 
+# --- no-numba mode ---
+# FASTBP_TEST_BLOCK_NUMBA=1 runs the suite as on a machine without Numba: before
+# fastbp is first imported, a meta-path finder makes ``import numba`` (and its
+# submodules, and llvmlite) raise ImportError, so backend "auto" must fall back to
+# "cython" (tests/test_cython.py checks that) and Numba's tests are skipped.
+import os as _os
+import sys as _sys
+
+if _os.environ.get("FASTBP_TEST_BLOCK_NUMBA", "").strip().lower() in ("1", "true", "yes", "on"):
+    class _BlockNumba:
+        """A ``sys.meta_path`` finder that refuses numba and llvmlite."""
+
+        BLOCKED = ("numba", "llvmlite")
+
+        @classmethod
+        def find_spec(cls, name, path=None, target=None):
+            if name.split(".", 1)[0] in cls.BLOCKED:
+                raise ImportError(f"{name} is blocked by FASTBP_TEST_BLOCK_NUMBA=1",
+                                  name=name)
+            return None
+
+    for _name in [m for m in _sys.modules if m.split(".", 1)[0] in _BlockNumba.BLOCKED]:
+        del _sys.modules[_name]
+    _sys.meta_path.insert(0, _BlockNumba)
+# --- end of no-numba mode ---
+
 import numpy as np
 import pytest
 
