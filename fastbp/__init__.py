@@ -12,9 +12,10 @@ from .callbacks import Callback, EarlyStopping, History, ProgbarLogger
 from .network import Network, TrainingDivergedError
 from .optimizers import SGD, Adam, Optimizer, RMSprop
 from ._info import show_config
+from . import datasets
 
 __all__ = [
     "Adam", "Callback", "EarlyStopping", "History", "Network", "Optimizer", "ProgbarLogger",
-    "RMSprop", "SGD", "TrainingDivergedError", "__version__", "available_backends", "load",
-    "show_config",
+    "RMSprop", "SGD", "TrainingDivergedError", "__version__", "available_backends", "datasets",
+    "load", "show_config",
 ]

@@ -7,11 +7,33 @@ permutation.  Streamed, ``X`` is one block read from the file and ``order`` a
 permutation of that block: blocks are visited in a fresh random order each
 epoch and shuffled within, so the shuffle stays honest without random access
 to the whole file.  Files are only ever read.
+
+Resident memory while streaming stays about two blocks (converted to the
+network dtype) however large the file: each block is copied out of the
+mapping and its pages are then released from this process with
+``madvise(MADV_DONTNEED)``, which for a shared file mapping only drops the
+page-table entries (the data stays in the OS page cache and in the file).  The
+next block is announced with ``MADV_WILLNEED`` so the OS reads it from disk
+while the kernels train on the current one.
 """
+
+import hashlib
+import mmap
 
 import numpy as np
 
 from . import _validation as V
+
+try:  # numpy >= 2
+    from numpy.lib.array_utils import byte_bounds as _byte_bounds
+except ImportError:  # numpy 1.x
+    _byte_bounds = np.byte_bounds
+
+# Bytes beyond each end of a block whose pages are released with it (see _Pager.done).
+_RELEASE_MARGIN = 1 << 20
+# Rows at each end of the training data hashed into a source's fingerprint.
+_FINGERPRINT_ROWS = 64
+
 
 class ArraySource:
     """Validated rows held in memory in the network dtype."""
@@ -23,7 +45,11 @@ class ArraySource:
         self.n_rows = X.shape[0]
 
     def chunks(self, rng, shuffle, chunk_rows, start_row=0):
-        """Yield ``(X, Y, order)`` for one epoch, skipping the first ``start_row`` rows."""
+        """Yield ``(X, Y, order)`` for one epoch, skipping the first ``start_row`` rows.
+
+        The epoch's permutation is drawn even when rows are skipped, so the
+        generator ends the epoch in the same state as an uninterrupted one.
+        """
         order = rng.permutation(self.n_rows) if shuffle else np.arange(self.n_rows)
         for start in range(start_row, self.n_rows, chunk_rows):
             yield self.X, self.Y, order[start:start + chunk_rows]
@@ -33,6 +59,23 @@ class ArraySource:
         for start in range(0, self.n_rows, block_rows):
             yield self.X[start:start + block_rows], self.Y[start:start + block_rows]
 
+    def _rows(self, start, stop):
+        """Rows ``start:stop`` of X and Y in the network dtype."""
+        return self.X[start:stop], self.Y[start:stop]
+
+    def fingerprint(self):
+        """A short hash of the shape and the first and last rows (in the network dtype).
+
+        Stored with a training checkpoint, it catches resuming on other data
+        without reading the whole set.
+        """
+        k = min(self.n_rows, _FINGERPRINT_ROWS)
+        digest = hashlib.sha256(repr((self.n_rows, self.X.shape[1], self.Y.shape[1])).encode())
+        for start, stop in ((0, k), (self.n_rows - k, self.n_rows)):
+            for part in self._rows(start, stop):
+                digest.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
+        return digest.hexdigest()[:32]
+
     def split(self, fraction):
         """Keras's validation_split: the last ``fraction`` of rows, before shuffling."""
         n_val = int(self.n_rows * fraction)
@@ -41,15 +84,72 @@ class ArraySource:
                              f"and {n_val} validation rows of {self.n_rows}; both need at "
                              "least one. Pass more data or another fraction.")
         cut = self.n_rows - n_val
-        return (type(self)(self.X[:cut], self.Y[:cut]),
-                type(self)(self.X[cut:], self.Y[cut:]))
+        return self._subset(0, cut), self._subset(cut, self.n_rows)
+
+    def _subset(self, start, stop):
+        return ArraySource(self.X[start:stop], self.Y[start:stop])
+
+
+class _Pager:
+    """Advises the OS about the pages of one memory-mapped array: needed soon, or done with.
+
+    Only shared mappings (``mode`` "r", "r+", "w+") are advised: there
+    ``MADV_DONTNEED`` merely unmaps pages whose data lives on in the page
+    cache.  On a private copy-on-write mapping (``mode="c"``) it would discard
+    the caller's in-memory changes, so such arrays, and anything that is not an
+    ``np.memmap`` of a Python ``mmap``, are left alone.
+    """
+
+    def __init__(self, array):
+        self._mm = None
+        mm = getattr(array, "_mmap", None)
+        if (not isinstance(mm, mmap.mmap) or getattr(array, "mode", None) not in ("r", "r+", "w+")
+                or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED")):
+            return
+        try:
+            probe = np.frombuffer(mm, dtype=np.uint8)
+            self._base = probe.ctypes.data
+            self._size = probe.size
+            del probe  # release the buffer export at once: it would block mm.close()
+        except (TypeError, ValueError, BufferError):
+            return
+        self._mm = mm
+
+    def _advise(self, view, option, margin=0):
+        if self._mm is None or view.size == 0:
+            return
+        low, high = _byte_bounds(view)
+        start, stop = low - self._base, high - self._base
+        if start < 0 or stop > self._size:  # not inside this mapping: never touch it
+            return
+        start = max(0, start - margin)
+        stop = min(self._size, stop + margin)
+        start -= start % mmap.PAGESIZE
+        try:
+            self._mm.madvise(option, start, stop - start)
+        except (OSError, ValueError):
+            pass  # advice only; a refusal changes nothing but speed and memory
+
+    def done(self, view):
+        """Drop ``view``'s pages from this process (they stay in the page cache).
+
+        A page fault also maps the already-cached pages around it ("fault-around",
+        64 KiB by default), which can lie outside ``view``: the margin releases
+        those too, else they would pile up block after block.
+        """
+        self._advise(view, mmap.MADV_DONTNEED, margin=_RELEASE_MARGIN)
+
+    def soon(self, view):
+        """Ask the OS to start reading ``view``'s pages from disk in the background."""
+        if hasattr(mmap, "MADV_WILLNEED"):
+            self._advise(view, mmap.MADV_WILLNEED)
 
 
 class StreamSource(ArraySource):
     """Rows read block by block from (memory-mapped) arrays, converted and checked per block.
 
-    Peak memory is about one block of ``X`` and ``Y`` in the network dtype
-    plus the pages the OS keeps cached, independent of the file size.
+    Peak memory is about two blocks of ``X`` and ``Y`` in the network dtype,
+    independent of the file size (see the module docstring).
     """
 
     streamed = True
@@ -57,27 +157,57 @@ class StreamSource(ArraySource):
     def __init__(self, X, Y, dtype):
         super().__init__(X, Y)
         self.dtype = dtype
+        self._pagers = (_Pager(X), _Pager(Y))
+
+    def _rows(self, start, stop):
+        return tuple(np.asarray(a[start:stop], dtype=self.dtype) for a in (self.X, self.Y))
+
+    def _prefetch(self, start, stop):
+        for array, pager in zip((self.X, self.Y), self._pagers):
+            pager.soon(array[start:stop])
 
     def _read(self, start, stop):
-        X = V.to_dtype(self.X[start:stop], self.dtype, "X")
-        Y = V.to_dtype(self.Y[start:stop], self.dtype, "y")
-        return X, Y
+        """A private, C-contiguous, finite copy of rows ``start:stop``; their pages released."""
+        out = []
+        for array, pager, name in zip((self.X, self.Y), self._pagers, ("X", "y")):
+            view = array[start:stop]
+            block = np.empty(view.shape, dtype=self.dtype)
+            # Always copy, even when the dtype matches: the kernels then touch
+            # private memory, and the mapped pages can be released right away.
+            np.copyto(block, view, casting="unsafe")
+            pager.done(view)
+            finite = np.isfinite(block)
+            if not finite.all():
+                row, col = (int(i) for i in np.argwhere(~finite)[0])
+                raise ValueError(
+                    f"{name}: expected finite numbers; found {block[row, col]!r} (in "
+                    f"{self.dtype}) at row {start + row}, column {col} of the streamed array. "
+                    f"Remove or impute NaN/inf rows in the file first (e.g. keep rows where "
+                    f"np.isfinite({name}).all(axis=1)).")
+            out.append(block)
+        return tuple(out)
 
     def chunks(self, rng, shuffle, chunk_rows, start_row=0):
+        """Yield one epoch's ``(X_block, Y_block, order)``, skipping ``start_row`` rows.
+
+        ``start_row`` counts rows already trained this epoch, in visiting order.
+        Skipped blocks still draw their within-block permutation, so the
+        generator's stream is the same as in an uninterrupted epoch.
+        """
         n_blocks = -(-self.n_rows // chunk_rows)
         blocks = rng.permutation(n_blocks) if shuffle else np.arange(n_blocks)
-        # start_row counts rows already trained this epoch, in visiting order.
+        bounds = [(int(b) * chunk_rows, min(int(b) * chunk_rows + chunk_rows, self.n_rows))
+                  for b in blocks]
         done = 0
-        for block in blocks:
-            start = int(block) * chunk_rows
-            stop = min(start + chunk_rows, self.n_rows)
+        for i, (start, stop) in enumerate(bounds):
             if done + (stop - start) <= start_row:
-                # keep the generator's draws identical to an uninterrupted epoch
                 if shuffle:
                     rng.permutation(stop - start)
                 done += stop - start
                 continue
             X, Y = self._read(start, stop)
+            if i + 1 < len(bounds):
+                self._prefetch(*bounds[i + 1])
             order = rng.permutation(stop - start) if shuffle else np.arange(stop - start)
             skip = max(0, start_row - done)
             done += stop - start
@@ -85,12 +215,14 @@ class StreamSource(ArraySource):
 
     def blocks(self, block_rows):
         for start in range(0, self.n_rows, block_rows):
-            yield self._read(start, min(start + block_rows, self.n_rows))
+            stop = min(start + block_rows, self.n_rows)
+            block = self._read(start, stop)
+            if stop < self.n_rows:
+                self._prefetch(stop, min(stop + block_rows, self.n_rows))
+            yield block
 
-    def split(self, fraction):
-        train, val = ArraySource.split(self, fraction)
-        return (StreamSource(train.X, train.Y, self.dtype),
-                StreamSource(val.X, val.Y, self.dtype))
+    def _subset(self, start, stop):
+        return StreamSource(self.X[start:stop], self.Y[start:stop], self.dtype)
 
 
 def make_source(X, y, n_features, n_outputs, dtype):

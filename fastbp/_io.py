@@ -24,6 +24,8 @@ import numpy as np
 MAGIC = b"FASTBP-MODEL\n"
 FORMAT_VERSION = 1
 _MAX_HEADER_BYTES = 1 << 20
+# Payload arrays of a training position (callback states) carry this prefix.
+_TRAINING_PREFIX = "training."
 
 
 def _atomic_write(path, chunks):
@@ -44,10 +46,25 @@ def _atomic_write(path, chunks):
 
 
 def save_network(network, path, extra=None):
-    """Write ``network`` (and an optional JSON-able ``extra`` dict) to ``path``."""
+    """Write ``network`` (and an optional JSON-able ``extra`` dict) to ``path``.
+
+    ``extra`` defaults to ``network._extra`` (what the file it was loaded from
+    carried, or what the command line attached).  A network whose ``fit`` was
+    interrupted also carries its training position (``network._position``,
+    see ``_checkpoint``); it is written too, so ``fastbp.load`` followed by
+    ``fit(..., resume=True)`` continues that training exactly.
+    """
+    if extra is None:
+        extra = getattr(network, "_extra", None)
     arrays = {"params": network._params}
     if network._state is not None:
         arrays["optimizer_state"] = network._state
+    position = getattr(network, "_position", None)
+    training = None
+    if position is not None:
+        training = {key: value for key, value in position.items() if key != "arrays"}
+        for name, array in position["arrays"].items():
+            arrays[_TRAINING_PREFIX + name] = array
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     payload = buffer.getvalue()
@@ -59,6 +76,7 @@ def save_network(network, path, extra=None):
         "step": network._step,
         "shuffle_rng": network._rng.bit_generator.state,
         "extra": extra,
+        "training": training,
         "payload_bytes": len(payload),
         "sha256": hashlib.sha256(payload).hexdigest(),
     }
@@ -113,7 +131,9 @@ def load(path, backend="auto"):
     -------
     Network
         With the saved weights, optimizer, optimizer state and shuffle state,
-        so that a further ``fit`` continues the saved training.
+        so that a further ``fit`` continues the saved training.  A file written
+        by ``fit(checkpoint=...)`` also restores the training position, which
+        ``fit(..., resume=True)`` continues.
     """
     from .network import Network
     from .optimizers import Optimizer
@@ -131,6 +151,18 @@ def load(path, backend="auto"):
                 network._state[...] = arrays["optimizer_state"]
             network._step = int(header["step"])
         network._rng.bit_generator.state = header["shuffle_rng"]
+        network._extra = header.get("extra")
+        training = header.get("training")  # absent from files of older fastbp versions
+        if training is not None:
+            training = dict(training)
+            training["arrays"] = {name[len(_TRAINING_PREFIX):]: array
+                                  for name, array in arrays.items()
+                                  if name.startswith(_TRAINING_PREFIX)}
+            for key in ("epoch", "rows", "loss_sum", "epoch_rng", "settings", "history",
+                        "callbacks", "chunk_rows"):
+                if key not in training:
+                    raise KeyError(f"training position lacks {key!r}")
+        network._position = training
     except (KeyError, TypeError, ValueError) as exc:
         raise _corrupt(path, f"inconsistent contents: {exc}") from None
     return network

@@ -106,21 +106,59 @@ class EarlyStopping(Callback):
         if self.restore_best_weights and self.best_weights is not None:
             self.network.set_weights(self.best_weights)
 
+    # A checkpoint written by fit(checkpoint=...) keeps this state, so a
+    # resumed fit stops at the same epoch and restores the same weights.
+    def _get_state(self):
+        state = {"wait": self.wait, "best": None if math.isinf(self.best) else self.best,
+                 "best_epoch": self.best_epoch, "stopped_epoch": self.stopped_epoch}
+        weights = {} if self.best_weights is None else \
+            {f"best_weights.{i}": w for i, w in enumerate(self.best_weights)}
+        return state, weights
+
+    def _set_state(self, state, arrays):
+        self.wait = int(state["wait"])
+        self.best = math.inf if state["best"] is None else float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        self.stopped_epoch = int(state["stopped_epoch"])
+        self.best_weights = [arrays[f"best_weights.{i}"] for i in range(len(arrays))] or None
+
 
 class ProgbarLogger(Callback):
-    """A tqdm progress bar per epoch showing rows/s and the running loss (``verbose=1``)."""
+    """A tqdm progress bar per epoch showing rows/s and the running loss.
 
-    def __init__(self, epochs=None, rows=None):
+    ``fit(verbose=1)`` adds one; pass it in ``callbacks`` to choose where it
+    writes.  It updates once per chunk of rows (not per batch), so it costs
+    nothing measurable.
+
+    Parameters
+    ----------
+    epochs, rows : int, optional
+        The epoch count and rows per epoch; ``fit`` fills them in when omitted.
+    file : file-like, optional
+        Where the bar is drawn; tqdm's default (``sys.stderr``) when omitted.
+    """
+
+    def __init__(self, epochs=None, rows=None, file=None):
         self.epochs = epochs
         self.rows = rows
+        self.file = file
         self._bar = None
+
+    def set_params(self, epochs, rows):
+        """Called by ``fit`` with its epoch count and training rows (unless given here)."""
+        if self.epochs is None:
+            self.epochs = epochs
+        if self.rows is None:
+            self.rows = rows
 
     def on_epoch_begin(self, epoch, logs=None):
         from tqdm.auto import tqdm  # imported only when a bar is shown
 
-        self._bar = tqdm(total=self.rows, unit="rows", unit_scale=True, leave=True,
-                         desc=f"epoch {epoch + 1}/{self.epochs}", dynamic_ncols=True)
-        self._done = 0
+        # a resumed epoch starts with rows already done; tqdm's rate excludes them
+        self._done = (logs or {}).get("rows", 0)
+        self._bar = tqdm(total=self.rows, initial=self._done, unit="rows", unit_scale=True,
+                         leave=True, desc=f"epoch {epoch + 1}/{self.epochs}",
+                         dynamic_ncols=True, file=self.file)
 
     def on_chunk_end(self, epoch, logs=None):
         self._bar.update(logs["rows"] - self._done)

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 
-from . import _backends, _config
+from . import _backends, _checkpoint, _config
 from . import _validation as V
 from ._backends import _codes as C
 from ._backends._layout import layer_views, n_params
@@ -102,6 +102,10 @@ class Network:
         self._state = None
         self._step = 0
         self.stop_training = False
+        # Where an interrupted fit stopped (see _checkpoint), and JSON metadata
+        # that travels with the model file (the command line's arguments).
+        self._position = None
+        self._extra = None
 
     # ------------------------------------------------------------------ parameters
     def _initialize(self, rng):
@@ -220,7 +224,8 @@ class Network:
         self._state = state
 
     def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, shuffle=True,
-            validation_data=None, validation_split=0.0, callbacks=None, verbose="auto"):
+            validation_data=None, validation_split=0.0, callbacks=None, verbose="auto",
+            checkpoint=None, resume=False):
         """Train with minibatch gradient descent; Keras's semantics.
 
         Parameters
@@ -244,6 +249,16 @@ class Network:
         callbacks : list of Callback, optional
         verbose : {"auto", 0, 1}
             1 shows a progress bar; "auto" shows it when stderr is a terminal.
+        checkpoint : str or path-like, optional
+            Write the model with its training position to this file, atomically,
+            after every epoch and when Ctrl-C interrupts the fit.
+        resume : bool, default False
+            Continue the fit that was interrupted (in this process, or in the
+            one that wrote the checkpoint now loaded with :func:`fastbp.load`):
+            the same epoch, skipping the rows it had done, with its history and
+            callback states.  Pass the same data, ``batch_size``, ``shuffle``
+            and validation split; ``epochs`` counts from the start of the
+            original fit.  The final weights equal an uninterrupted run's.
 
         Returns
         -------
@@ -256,6 +271,11 @@ class Network:
         ------
         TrainingDivergedError
             The loss became NaN or inf; the model keeps its last finite weights.
+        KeyboardInterrupt
+            Ctrl-C stops training after the chunk of rows in progress (a second
+            Ctrl-C at once, undoing that chunk).  The model keeps the state after
+            the last completed chunk and its training position, so that
+            ``fit(..., resume=True)`` (or ``save`` and later ``load``) continues it.
         """
         epochs = V.check_positive_int(epochs, "epochs")
         batch_size = V.check_positive_int(batch_size, "batch_size")
@@ -266,6 +286,7 @@ class Network:
             verbose = 1 if sys.stderr.isatty() else 0
         if verbose not in (0, 1, True, False):
             raise ValueError(f"verbose: expected 0, 1 or 'auto'; found {verbose!r}.")
+        checkpoint = _checkpoint.check_path(checkpoint)
         callbacks = list(callbacks or [])
         train = self._source(X, y)
         val = None
@@ -276,60 +297,114 @@ class Network:
                 raise ValueError("validation_data: expected a tuple (X_val, y_val); found "
                                  f"{len(validation_data)} items.")
             val = self._source(*validation_data)
+        call = _checkpoint.settings(train, val, batch_size, shuffle, validation_split)
+        position = None
+        if resume:
+            _checkpoint.check_resume(self._position, call, optimizer, self.optimizer)
+            position = self._position
 
         before = self._snapshot()
         self._bind_optimizer(optimizer)
         history = History()
-        if verbose:
-            callbacks.append(ProgbarLogger(epochs=epochs, rows=train.n_rows))
+        if verbose and not any(isinstance(c, ProgbarLogger) for c in callbacks):
+            callbacks.append(ProgbarLogger())
+        for callback in callbacks:
+            if isinstance(callback, ProgbarLogger):
+                callback.set_params(epochs, train.n_rows)
         callbacks = [history, *callbacks]
         for callback in callbacks:
             callback.set_network(self)
         self.stop_training = False
         chunk_rows = max(1, _config.chunk_rows() // batch_size) * batch_size
+        epoch, start_row, loss_sum = 0, 0, 0.0
+        if position is not None:
+            # Continue inside the interrupted epoch: its chunk size (which fixes
+            # the order of streamed blocks), its shuffle redrawn from the state
+            # at its start, the rows already trained skipped.
+            chunk_rows = position["chunk_rows"]
+            epoch, start_row, loss_sum = position["epoch"], position["rows"], position["loss_sum"]
+            self._rng.bit_generator.state = position["epoch_rng"]
+            history.history = {key: list(values) for key, values in position["history"].items()}
+            history.epoch = list(range(len(history.history.get("loss", []))))
+            self.stop_training = bool(position.get("stopped", False))
 
+        def keep_position(**where):
+            self._position = _checkpoint.capture(epochs=epochs, chunk_rows=chunk_rows, call=call,
+                                                 history=history.history, callbacks=callbacks,
+                                                 **where)
+            if checkpoint is not None:
+                self.save(checkpoint)
+
+        stopped = self.stop_training
         for callback in callbacks:
             callback.on_train_begin()
-        with _deferred_sigint() as interrupted:
-            for epoch in range(epochs):
-                for callback in callbacks:
-                    callback.on_epoch_begin(epoch)
-                try:
-                    loss = self._train_epoch(train, shuffle, batch_size, chunk_rows, epoch,
-                                             callbacks, interrupted)
-                except ValueError:
-                    # bad data found in a streamed block: leave the model as it was
-                    if train.streamed and epoch == 0:
-                        self._restore(before)
-                    raise
-                if loss is None:  # Ctrl-C: stopped at a chunk boundary, state consistent
+        if position is not None:
+            _checkpoint.restore_callbacks(position, callbacks)
+        self.stop_training = stopped
+        try:
+            with _deferred_sigint() as interrupted:
+                while epoch < epochs and not self.stop_training:
+                    epoch_rng = self._rng.bit_generator.state
                     for callback in callbacks:
-                        if isinstance(callback, ProgbarLogger):
-                            callback.on_train_end()
-                    raise KeyboardInterrupt
-                logs = {"loss": loss}
-                if val is not None:
-                    logs["val_loss"] = self._mean_loss(val)
-                for callback in callbacks:
-                    callback.on_epoch_end(epoch, logs)
-                if self.stop_training:
-                    break
+                        callback.on_epoch_begin(epoch, {"rows": start_row})
+                    try:
+                        rows, loss_sum, finished = self._train_epoch(
+                            train, shuffle, batch_size, chunk_rows, epoch, callbacks,
+                            interrupted, start_row, loss_sum)
+                    except ValueError:
+                        # bad data found in a streamed block: leave the model as it was
+                        if train.streamed and epoch == 0:
+                            self._restore(before)
+                        raise
+                    if not finished:  # Ctrl-C: stopped at a chunk boundary, state consistent
+                        keep_position(epoch=epoch, rows=rows, loss_sum=loss_sum,
+                                      epoch_rng=epoch_rng, stopped=False)
+                        raise KeyboardInterrupt
+                    logs = {"loss": loss_sum / rows}
+                    if val is not None:
+                        logs["val_loss"] = self._mean_loss(val)
+                    for callback in callbacks:
+                        callback.on_epoch_end(epoch, logs)
+                    epoch, start_row, loss_sum = epoch + 1, 0, 0.0
+                    if checkpoint is not None or interrupted():
+                        keep_position(epoch=epoch, rows=0, loss_sum=0.0,
+                                      epoch_rng=self._rng.bit_generator.state,
+                                      stopped=self.stop_training)
+                    if interrupted():  # Ctrl-C during validation or callbacks
+                        raise KeyboardInterrupt
+        except BaseException:
+            for callback in callbacks:  # don't leave a half-drawn bar behind
+                if isinstance(callback, ProgbarLogger):
+                    callback.on_train_end()
+            raise
         for callback in callbacks:
             callback.on_train_end()
+        self._position = None
         return history
 
     def _train_epoch(self, source, shuffle, batch_size, chunk_rows, epoch, callbacks,
-                     interrupted):
-        """One epoch; returns its mean loss, or None if interrupted."""
-        loss_sum = 0.0
-        rows = 0
-        for X, Y, order in source.chunks(self._rng, shuffle, chunk_rows):
+                     interrupted, start_row=0, loss_sum=0.0):
+        """One epoch from row ``start_row`` on; ``loss_sum`` is the loss of the rows before.
+
+        Returns ``(rows, loss_sum, finished)``.  ``finished`` is False when
+        Ctrl-C stopped the epoch at a chunk boundary: the model then holds the
+        state after the last completed chunk, and ``rows``/``loss_sum`` say how
+        far the epoch got.
+        """
+        rows = start_row
+        for X, Y, order in source.chunks(self._rng, shuffle, chunk_rows, start_row):
             # Cheap next to a chunk of training: lets a chunk whose last update
             # overflowed the weights roll back to finite ones.
             saved = self._snapshot()
-            chunk_loss, done = self._kernels.train_chunk(
-                self._params, self._sizes, self._acts, self._loss, X, Y, order, batch_size,
-                self._opt_code, self._hyper, self._state, self._step)
+            try:
+                chunk_loss, done = self._kernels.train_chunk(
+                    self._params, self._sizes, self._acts, self._loss, X, Y, order, batch_size,
+                    self._opt_code, self._hyper, self._state, self._step)
+            except KeyboardInterrupt:
+                # A second Ctrl-C inside a long chunk (the NumPy backend loops in
+                # Python): undo the partial chunk so model and position agree.
+                self._restore(saved)
+                return rows, loss_sum, False
             self._step += -(-done // batch_size)
             loss_sum += chunk_loss
             rows += done
@@ -345,8 +420,8 @@ class Network:
             for callback in callbacks:
                 callback.on_chunk_end(epoch, logs)
             if interrupted():
-                return None
-        return loss_sum / rows
+                return rows, loss_sum, False
+        return rows, loss_sum, True
 
     # ------------------------------------------------------------------ reporting, files
     def summary(self, print_fn=print):

@@ -1,0 +1,117 @@
+"""Training positions: where a ``fit`` stopped, so that ``fit(resume=True)`` continues it exactly.
+
+A position is a JSON-able dict plus a few arrays, kept on the network as
+``network._position`` and written into model files by ``_io.save_network``
+(header field ``"training"``; arrays in the payload).  It records
+
+- where in the data training stood: ``epoch`` (0-based, the one in progress),
+  ``rows`` trained in it and their ``loss_sum`` (for the epoch's mean loss);
+- ``epoch_rng``: the shuffle generator's state at the START of that epoch, so
+  the resumed run redraws the same permutation and skips the rows done;
+- ``settings`` of the interrupted call that must not change on resume (data
+  size and fingerprint, batch size, shuffle, validation split) and the chunk
+  size, which fixes the visiting order of streamed blocks;
+- the history so far and the state of callbacks that keep any
+  (``EarlyStopping``'s best value, patience counter and best weights).
+
+Weights, optimizer state and step count are saved with the model as always.
+"""
+
+import numpy as np
+
+# Settings that must match between the interrupted fit and the resuming one.
+_MUST_MATCH = {
+    "source": "kind of data source (in memory vs memory-mapped file)",
+    "n_rows": "number of training rows",
+    "n_val": "number of validation rows",
+    "fingerprint": "training data (its first and last rows differ)",
+    "batch_size": "batch_size",
+    "shuffle": "shuffle",
+}
+
+
+def settings(train, val, batch_size, shuffle, validation_split):
+    """The parts of a ``fit`` call that a resumed call must repeat."""
+    return {"source": "stream" if train.streamed else "memory", "n_rows": int(train.n_rows),
+            "n_val": None if val is None else int(val.n_rows), "fingerprint": train.fingerprint(),
+            "batch_size": int(batch_size), "shuffle": bool(shuffle),
+            "validation_split": float(validation_split)}
+
+
+def capture(*, epoch, rows, loss_sum, epoch_rng, stopped, epochs, chunk_rows, call, history,
+            callbacks):
+    """A position (dict with an ``"arrays"`` entry) from the training loop's state."""
+    states, arrays = [], {}
+    for callback in callbacks:
+        get_state = getattr(callback, "_get_state", None)
+        if get_state is None:
+            continue
+        state, cb_arrays = get_state()
+        index = len(states)
+        states.append({"class": type(callback).__name__, "state": state,
+                       "arrays": sorted(cb_arrays)})
+        for name, array in cb_arrays.items():
+            arrays[f"callback{index}.{name}"] = np.array(array)
+    return {"epoch": int(epoch), "rows": int(rows), "loss_sum": float(loss_sum),
+            "epoch_rng": epoch_rng, "stopped": bool(stopped), "epochs": int(epochs),
+            "chunk_rows": int(chunk_rows), "settings": dict(call),
+            "history": {key: [float(v) for v in values] for key, values in history.items()},
+            "callbacks": states, "arrays": arrays}
+
+
+def check_resume(position, call, optimizer, current_optimizer):
+    """Raise ValueError unless ``position`` can be continued by a call with settings ``call``."""
+    if position is None:
+        raise ValueError(
+            "fit(resume=True): expected a network holding an unfinished training position "
+            "(one whose fit was interrupted, or loaded with fastbp.load() from a file written "
+            "by fit(checkpoint=...)); found none. Load the checkpoint first, or drop "
+            "resume=True to start a new fit.")
+    saved = position["settings"]
+    for key, what in _MUST_MATCH.items():
+        if saved.get(key) != call[key]:
+            raise ValueError(
+                f"fit(resume=True): the interrupted fit was run with {what} = {saved.get(key)!r}; "
+                f"this call has {call[key]!r}. Resume with the same data, batch_size, shuffle "
+                "and validation split as the interrupted call (only epochs may change).")
+    if optimizer is not None and optimizer != current_optimizer:
+        raise ValueError(
+            f"fit(resume=True): the interrupted fit used {current_optimizer!r}; this call "
+            f"passes {optimizer!r}, which would start a fresh optimizer state. Pass "
+            "optimizer=None (or the same optimizer) to resume.")
+
+
+def restore_callbacks(position, callbacks):
+    """Give callbacks their saved state, matched by class name and order of appearance."""
+    saved = {}
+    for i, entry in enumerate(position["callbacks"]):
+        arrays = {name: position["arrays"][f"callback{i}.{name}"] for name in entry["arrays"]}
+        saved.setdefault(entry["class"], []).append((entry["state"], arrays))
+    for callback in callbacks:
+        if getattr(callback, "_set_state", None) is None:
+            continue
+        queue = saved.get(type(callback).__name__)
+        if queue:
+            callback._set_state(*queue.pop(0))
+
+
+def check_path(path, what="checkpoint"):
+    """``None`` or a ``Path`` whose directory exists; checked before training starts."""
+    import os
+    from pathlib import Path
+
+    if path is None:
+        return None
+    try:
+        path = Path(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"{what}: expected a file path (str or os.PathLike); found "
+                        f"{type(path).__name__}. Pass e.g. {what}='run.ckpt'.") from None
+    if path.is_dir():
+        raise IsADirectoryError(f"{what}: expected a file path; found the directory {path}. "
+                                f"Pass a file name inside it, e.g. {path / 'run.ckpt'}.")
+    parent = path.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{what}: the directory {parent} of {path} does not exist. "
+                                "Create it first or pass another path.")
+    return path

@@ -1,0 +1,203 @@
+"""The `fastbp` command line: each command works; bad arguments: one clear line, exit != 0."""
+
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import cli
+from fastbp.datasets import make_regression
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # "auto chose numpy"
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    monkeypatch.setenv("FASTBP_CHUNK_ROWS", "256")
+
+
+def run(capsys, *argv):
+    """``(exit status, stdout, stderr)`` of ``fastbp ARGV`` run in this process."""
+    try:
+        status = cli.main([str(a) for a in argv])
+    except SystemExit as exc:        # argparse: --help, usage errors
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+FAST = ["--backend", "numpy", "--hidden", "8", "--quiet"]
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["make-data"], ["demo"], ["info"],
+                                     ["bench"]])
+def test_help(capsys, command):
+    status, out, _ = run(capsys, *command, "--help")
+    assert status == 0 and "usage: fastbp" in out
+
+
+def test_version_and_info(capsys):
+    status, out, _ = run(capsys, "--version")
+    assert status == 0 and fastbp.__version__ in out
+    status, out, _ = run(capsys, "info")
+    assert status == 0 and "numpy" in out and "active backend" in out
+
+
+def test_train_synthetic_reports_r2_against_the_linear_baseline(capsys, tmp_path):
+    status, out, err = run(capsys, "train", "--synthetic", 3000, "--epochs", 2, *FAST,
+                           "--save", tmp_path / "m.fbp")
+    assert status == 0, err
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    net_r2, lin_r2 = float(lines["network"][1]), float(lines["linear"][3])
+    assert net_r2 > lin_r2 + 0.3          # a small net beats a linear fit by a wide margin
+    assert "held-out" in out and "rows/s" in out and "time:" in out
+    model = fastbp.load(tmp_path / "m.fbp", backend="numpy")
+    assert model.layers == (20, 8, 1)
+
+
+def test_train_on_npy_files_streams_them_and_leaves_them_unchanged(capsys, tmp_path):
+    X, y = make_regression(1000, 5, n_outputs=2, seed=1, dtype="float32")
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    digest = {p: hashlib.sha256((tmp_path / p).read_bytes()).hexdigest()
+              for p in ("X.npy", "y.npy")}
+    status, out, err = run(capsys, "train", "--x", tmp_path / "X.npy", "--y", tmp_path / "y.npy",
+                           *FAST, "--epochs", 1, "--optimizer", "adam", "--learning-rate", 0.01,
+                           "--beta1", 0.8, "--validation-split", 0.2, "--dtype", "float32")
+    assert status == 0, err
+    assert "memory-mapped" in out and "200 held-out rows" in out
+    assert digest == {p: hashlib.sha256((tmp_path / p).read_bytes()).hexdigest()
+                      for p in digest}
+
+
+def test_train_on_csv_with_header_and_two_targets(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(300, 5))
+    path = tmp_path / "d.csv"
+    np.savetxt(path, data, delimiter=",", header="a,b,c,t1,t2", comments="")
+    status, out, err = run(capsys, "train", "--csv", path, "--targets", 2, *FAST,
+                           "--validation-split", 0, "--save", tmp_path / "m")
+    assert status == 0, err
+    assert "3 features, 2 target(s)" in out and "no validation split" in out
+    assert fastbp.load(tmp_path / "m", backend="numpy").layers == (3, 8, 2)
+
+
+def test_early_stopping_and_plot(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    status, out, err = run(capsys, "train", "--synthetic", 600, *FAST, "--epochs", 30,
+                           "--learning-rate", 0.1, "--patience", 1, "--plot",
+                           tmp_path / "loss.png")
+    assert status == 0, err
+    assert "early stopping after epoch" in out
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_without_matplotlib_fails_before_training(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # import matplotlib -> ImportError
+    status, out, err = run(capsys, "train", "--synthetic", 500, *FAST, "--plot",
+                           tmp_path / "p.png", "--save", tmp_path / "m")
+    assert status == 1
+    assert "pip install 'fastbp[plot]'" in err and len(err.strip().splitlines()) == 1
+    assert out == "" and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--synthetic", "100", "--epochs", "0"], "--epochs: expected an integer >= 1"),
+    (["train", "--synthetic", "100", "--bogus"], "unrecognized arguments"),
+    (["train"], "exactly one data source"),
+    (["train", "--synthetic", "10", "--csv", "a.csv"], "exactly one data source"),
+    (["train", "--x", "X.npy"], "--x and --y go together"),
+    (["train", "--synthetic", "10", "--beta1", "0.9"], "--beta1 applies to --optimizer adam"),
+    (["train", "--synthetic", "10", "--optimizer", "adam", "--rho", "0.9"], "--rho applies"),
+    (["train", "--synthetic", "10", "--nesterov"], "--nesterov needs --momentum"),
+    (["train", "--synthetic", "10", "--layers", "20"], "at least two widths"),
+    (["train", "--synthetic", "10", "--activation", "gelu"], "found 'gelu'"),
+    (["train", "--synthetic", "10", "--loss", "hinge"], "invalid choice"),
+    (["train", "--synthetic", "10", "--validation-split", "1.5"], "[0, 1)"),
+    (["train", "--synthetic", "10", "--min-delta", "0.1"], "--min-delta needs --patience"),
+    (["train", "--synthetic", "10", "--targets", "2"], "--targets applies to --csv"),
+    (["train", "--synthetic", "10", "--layers", "20,1", "--hidden", "3"], "not both"),
+    (["train", "--synthetic", "10", "--activation", "relu,tanh,relu"], "one per hidden layer"),
+    (["make-data", "--samples", "10"], "required: --out"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_usage_errors_exit_2_with_a_clear_message(capsys, argv, message):
+    status, out, err = run(capsys, *argv)
+    assert status == 2
+    assert message in err and "usage: fastbp" in err
+
+
+def test_runtime_errors_exit_1_with_one_line(capsys, tmp_path):
+    X, y = make_regression(100, 3, seed=0)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y[:50])
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("1,2,3\n4,oops,6\n")
+    cases = [
+        (["--x", tmp_path / "missing.npy", "--y", tmp_path / "y.npy"], "no such file"),
+        (["--x", tmp_path / "X.npy", "--y", tmp_path / "y.npy"], "to match the 100 rows"),
+        (["--csv", bad_csv], "expected comma-separated numbers"),
+        (["--synthetic", 100, "--features", 7, "--layers", "5,4,1"], "expected 7 inputs"),
+        (["--synthetic", 100, "--save", tmp_path / "nodir" / "m"], "does not exist"),
+        (["--resume", tmp_path / "nothing.ckpt"], "no such file"),
+    ]
+    for args, message in cases:
+        status, out, err = run(capsys, "train", *args, "--backend", "numpy", "--quiet")
+        assert status == 1, (args, err)
+        assert message in err and err.startswith("fastbp train: error:"), err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_resume_of_a_model_without_position_is_refused(capsys, tmp_path):
+    status, _, err = run(capsys, "train", "--synthetic", 300, *FAST, "--epochs", 1,
+                         "--save", tmp_path / "m")
+    assert status == 0, err
+    status, _, err = run(capsys, "train", "--resume", tmp_path / "m")
+    assert status == 1 and "without a training position" in err
+    status, _, err = run(capsys, "train", "--resume", tmp_path / "m", "--layers", "20,1")
+    assert status == 2 and "drop --layers" in err
+
+
+def test_make_data_writes_the_generator_rows(capsys, tmp_path):
+    status, out, err = run(capsys, "make-data", "--samples", 1000, "--features", 3,
+                           "--outputs", 2, "--seed", 4, "--out", tmp_path / "d", "--quiet")
+    assert status == 0, err
+    X, y = make_regression(1000, 3, n_outputs=2, seed=4, dtype="float32")
+    assert np.load(tmp_path / "d" / "X.npy").tobytes() == X.tobytes()
+    assert np.load(tmp_path / "d" / "y.npy").tobytes() == y.tobytes()
+    assert "fastbp train --x" in out
+    status, _, err = run(capsys, "make-data", "--samples", 10, "--out", tmp_path / "d")
+    assert status == 1 and "--force" in err
+    status, _, err = run(capsys, "make-data", "--samples", 10, "--out", tmp_path / "d",
+                         "--force", "--quiet")
+    assert status == 0, err
+
+
+def test_demo_runs_small(capsys):
+    status, out, err = run(capsys, "demo", "--samples", 3000, "--epochs", 1, "--backend",
+                           "numpy", "--quiet")
+    assert status == 0, err
+    assert "network" in out and "linear least squares" in out and "demo finished" in out
+
+
+def test_bench_passes_its_options_to_the_runner(capsys, monkeypatch):
+    from fastbp import _bench
+
+    calls = []
+    monkeypatch.setattr(_bench, "run", lambda *args: calls.append(args) or [])
+    status, _, _ = run(capsys, "bench", "--workloads", "W2", "--dtypes", "float32",
+                       "--repeats", 2, "--backends", "numpy")
+    assert status == 0 and calls == [(["numpy"], ["W2"], ("float32",), 2)]
+    for bad in (["--repeats", 0], ["--workloads", "W9"], ["--x"]):
+        status, _, err = run(capsys, "bench", *bad)
+        assert status == 2 and "usage: fastbp bench" in err
+    assert len(calls) == 1
+
+
+def test_module_entry_point_exit_status():
+    result = subprocess.run([sys.executable, "-m", "fastbp", "train", "--epochs", "-1"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--epochs" in result.stderr

@@ -1,0 +1,119 @@
+"""fastbp.datasets: deterministic, blockwise == one-shot, learnable but not linear, safe writes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fastbp import datasets
+from fastbp.datasets import make_regression, write_regression
+
+
+def test_same_seed_same_rows_other_seed_other_rows():
+    X1, y1 = make_regression(500, 7, seed=3)
+    X2, y2 = make_regression(500, 7, seed=3)
+    X3, y3 = make_regression(500, 7, seed=4)
+    assert X1.tobytes() == X2.tobytes() and y1.tobytes() == y2.tobytes()
+    assert not np.array_equal(X1, X3) and not np.array_equal(y1, y3)
+    assert X1.shape == (500, 7) and y1.shape == (500,)
+    assert X1.min() >= -1 and X1.max() <= 1
+
+
+def test_smaller_set_is_a_prefix_across_block_boundaries(monkeypatch):
+    monkeypatch.setattr(datasets, "BLOCK_ROWS", 64)
+    X_big, y_big = make_regression(1000, 5, n_outputs=2, seed=1)
+    for n in (1, 63, 64, 65, 300):
+        X, y = make_regression(n, 5, n_outputs=2, seed=1)
+        assert X.tobytes() == X_big[:n].tobytes() and y.tobytes() == y_big[:n].tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_written_files_equal_the_one_shot_set(tmp_path, monkeypatch, dtype):
+    monkeypatch.setattr(datasets, "BLOCK_ROWS", 100)   # many blocks, one of them short
+    X, y = make_regression(1234, 6, noise=0.2, seed=9, dtype=dtype)
+    x_path, y_path = write_regression(tmp_path, 1234, 6, noise=0.2, seed=9, dtype=dtype)
+    Xf, yf = np.load(x_path), np.load(y_path)
+    assert Xf.dtype == np.dtype(dtype) and Xf.shape == (1234, 6) and yf.shape == (1234,)
+    assert Xf.tobytes() == X.tobytes() and yf.tobytes() == y.tobytes()
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["seed"] == 9 and meta["n_samples"] == 1234
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X.npy", "meta.json", "y.npy"]
+
+
+def test_real_block_size_blockwise_equals_one_shot(tmp_path):
+    n = datasets.BLOCK_ROWS + 17
+    X, y = make_regression(n, 2, n_outputs=2, seed=5, dtype="float32")
+    write_regression(tmp_path, n, 2, n_outputs=2, seed=5, dtype="float32")
+    assert np.load(tmp_path / "X.npy").tobytes() == X.tobytes()
+    assert np.load(tmp_path / "y.npy").tobytes() == y.tobytes()
+    assert y.shape == (n, 2)
+
+
+def test_float32_is_float64_rounded():
+    X64, y64 = make_regression(300, 4, seed=2)
+    X32, y32 = make_regression(300, 4, seed=2, dtype="float32")
+    assert X32.tobytes() == X64.astype(np.float32).tobytes()
+    assert y32.tobytes() == y64.astype(np.float32).tobytes()
+
+
+def test_target_is_nonlinear_with_unit_scale():
+    X, y = make_regression(20_000, 20, seed=0, noise=0.0)
+    assert 0.6 < y.var() < 1.6
+    A = np.c_[X, np.ones(len(X))]
+    w = np.linalg.lstsq(A, y, rcond=None)[0]
+    r2 = 1 - np.mean((A @ w - y) ** 2) / y.var()
+    assert 0.02 < r2 < 0.35   # a linear fit explains little of it
+
+
+def test_noise_has_the_requested_scale():
+    X, clean = make_regression(5000, 3, seed=1, noise=0.0)
+    _, noisy = make_regression(5000, 3, seed=1, noise=0.5)
+    assert abs(np.std(noisy - clean) - 0.5) < 0.03
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n_samples=0), "n_samples"), (dict(n_samples=10, n_features=0), "n_features"),
+    (dict(n_samples=10, noise=-1.0), "noise"), (dict(n_samples=10, noise=float("nan")), "noise"),
+    (dict(n_samples=10, seed=-1), "seed"), (dict(n_samples=10, seed=1.5), "seed"),
+    (dict(n_samples=10, dtype="int32"), "dtype"), (dict(n_samples=10, n_outputs=0), "n_outputs"),
+])
+def test_bad_arguments_are_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_regression(**kwargs)
+
+
+def test_existing_files_are_kept_unless_overwrite(tmp_path):
+    write_regression(tmp_path, 50, 3, seed=0)
+    before = (tmp_path / "X.npy").read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_regression(tmp_path, 60, 3, seed=1)
+    assert (tmp_path / "X.npy").read_bytes() == before
+    write_regression(tmp_path, 60, 3, seed=1, overwrite=True)
+    assert np.load(tmp_path / "X.npy").shape == (60, 3)
+
+
+def test_interrupted_write_leaves_no_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "BLOCK_ROWS", 10)
+    real = datasets._block
+    calls = []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(datasets, "_block", failing)
+    with pytest.raises(KeyboardInterrupt):
+        write_regression(tmp_path / "d", 100, 3, progress=True)
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_not_enough_disk_space_is_refused_before_writing(tmp_path, monkeypatch):
+    import collections
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(datasets.shutil, "disk_usage", lambda path: usage(1, 1, 1000))
+    with pytest.raises(OSError, match="free"):
+        write_regression(tmp_path, 10_000_000, 20)
+    assert list(tmp_path.iterdir()) == []
