@@ -4,9 +4,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
-SOURCES := pyproject.toml setup.py $(wildcard csrc/*.pyx csrc/*.pxd)
+SOURCES := pyproject.toml setup.py $(wildcard csrc/*.pyx csrc/*.pxd csrc/*.h)
+# asv runs from benchmarks/ against the package installed in .venv (--python=same)
+ASV    := cd benchmarks && $(abspath $(PY)) -m asv
+# the smoke run fails when one of these backends is missing instead of skipping it
+BENCH_REQUIRE ?= numpy,numba,cython
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench bench-smoke clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +30,20 @@ demo: install
 test: install
 	$(PY) -m pytest tests
 
+# The full asv suite against the installed package, then the HTML pages
+# (benchmarks/html; `python -m asv preview` serves them).
 bench: install
 	$(PIP) install -e '.[bench]'
-	cd benchmarks && ../$(VENV)/bin/asv run --python=same --launch-method spawn --show-stderr
+	$(ASV) machine --yes >/dev/null
+	$(ASV) run --python=same --set-commit-hash $$(git rev-parse HEAD) $(BENCH_ARGS)
+	$(ASV) publish
+
+# Every benchmark once, quickly: a broken benchmark fails here.
+bench-smoke: install
+	$(ASV) machine --yes >/dev/null
+	$(ASV) check --python=same
+	cd benchmarks && FASTBP_BENCH_REPEATS=1 FASTBP_BENCH_REQUIRE=$(BENCH_REQUIRE) \
+	  $(abspath $(PY)) -m asv run --python=same --quick --durations 5 $(BENCH_ARGS)
 
 clean:
 	rm -rf build *.egg-info fastbp/_ckernels*.so csrc/*.c .pytest_cache

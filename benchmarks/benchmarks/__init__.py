@@ -1,0 +1,1 @@
+"""fastbp's asv benchmark suite (run from ``benchmarks/``; see ``benchmarks/README.md``)."""

@@ -1,0 +1,118 @@
+"""Smoke tests of the asv suite in ``benchmarks/``: every benchmark runs, tiny and untimed.
+
+These call the benchmark classes the way asv does (setup_cache, setup,
+benchmark, teardown) on a few rows, so a suite broken by an API change fails
+here in seconds.  The timed run is ``asv run --quick`` (see benchmarks/README.md).
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastbp import _backends
+from fastbp._bench import WORKLOADS
+
+from .conftest import require_backend
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def suite():
+    """The suite's modules, imported as asv imports them (package ``benchmarks``)."""
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        return {name: importlib.import_module(f"benchmarks.{name}")
+                for name in ("common", "bench_training", "bench_startup")}
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+
+
+@pytest.fixture
+def tiny(suite, monkeypatch, tmp_path):
+    """Few rows and one repeat everywhere; the data files go to a temporary directory."""
+    common = suite["common"]
+    monkeypatch.setattr(common, "ROWS", {name: (96, 48) for name in WORKLOADS})
+    monkeypatch.setattr(suite["bench_training"], "REPEATS", 1)
+    monkeypatch.setattr(suite["bench_training"], "BASELINE_REPEATS", 1)
+    monkeypatch.setattr(suite["bench_startup"], "FIRST_FIT_ROWS", 16)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FASTBP_BENCH_REQUIRE", raising=False)
+    common._loaded.clear()
+    return common.make_datasets()
+
+
+def run_benchmark(cls, method, paths, *params):
+    bench = cls()
+    bench.setup(paths, *params)
+    try:
+        return getattr(bench, method)(paths, *params)
+    finally:
+        getattr(bench, "teardown", lambda *a: None)(paths, *params)
+
+
+def test_parameters_follow_the_registry(suite):
+    common = suite["common"]
+    expected = [n for n in _backends.backend_names() if n != "cuda"]
+    assert [n for n in common.BACKENDS if n != "cuda"] == expected
+    assert common.WORKLOAD_NAMES == list(WORKLOADS)
+    assert set(common.ROWS) == set(WORKLOADS)
+    for compiled, baseline in common.ROWS.values():
+        assert baseline <= compiled  # NumPy trains on a leading slice of the same rows
+    training = suite["bench_training"]
+    assert training.TrainEpoch.params == [common.BACKENDS, list(WORKLOADS),
+                                          ["float64", "float32"]]
+    assert "numpy" not in training.SpeedupOverNumpy.params[0]
+
+
+@pytest.mark.parametrize("workload", ["W2", "W4"])
+def test_training_benchmarks_run(suite, tiny, backend, workload):
+    training = suite["bench_training"]
+    paths = tiny
+    run_benchmark(training.TrainEpoch, "time_epoch", paths, backend, workload, "float64")
+    run_benchmark(training.FitPeakMemory, "peakmem_fit", paths, backend, workload, "float64")
+    rate = run_benchmark(training.Throughput, "track_samples_per_second", paths, backend,
+                         workload, "float64")
+    assert rate > 0
+    if backend == "numpy":
+        with pytest.raises(NotImplementedError):
+            training.SpeedupOverNumpy().setup(paths, backend, workload, "float64")
+    else:
+        speedup = run_benchmark(training.SpeedupOverNumpy, "track_speedup_vs_numpy", paths,
+                                backend, workload, "float64")
+        assert speedup > 0
+
+
+def test_missing_backend_is_skipped_or_required(suite, tiny, monkeypatch):
+    training = suite["bench_training"]
+    monkeypatch.setattr(_backends, "import_error", lambda name: "ImportError: gone")
+    with pytest.raises(NotImplementedError, match="gone"):
+        training.TrainEpoch().setup(tiny, "numba", "W1", "float64")
+    monkeypatch.setenv("FASTBP_BENCH_REQUIRE", "numpy,numba")
+    with pytest.raises(RuntimeError, match="FASTBP_BENCH_REQUIRE"):
+        training.TrainEpoch().setup(tiny, "numba", "W1", "float64")
+
+
+@pytest.mark.parametrize("cache", ["cold", "warm"])
+def test_startup_benchmarks_run(suite, tiny, cache):
+    startup = suite["bench_startup"]
+    require_backend("numpy")
+    bench = startup.FirstFit()
+    bench.setup("numpy", cache)
+    bench.time_first_fit("numpy", cache)
+    bench.teardown("numpy", cache)
+    startup.ImportTime().time_import_fastbp()
+
+
+def test_asv_check_passes():
+    """asv itself finds and accepts every benchmark (signatures, params, setup_cache)."""
+    pytest.importorskip("asv", reason="asv is in the 'bench' and 'test' extras")
+    proc = subprocess.run([sys.executable, "-m", "asv", "check", "--python=same"],
+                          cwd=BENCH_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=dict(os.environ, FASTBP_BENCH_REQUIRE=""))
+    assert proc.returncode == 0, proc.stdout
+    assert "No problems found" in proc.stdout, proc.stdout
