@@ -116,3 +116,30 @@ def test_asv_check_passes():
                           text=True, env=dict(os.environ, FASTBP_BENCH_REQUIRE=""))
     assert proc.returncode == 0, proc.stdout
     assert "No problems found" in proc.stdout, proc.stdout
+
+
+# ------------------------------------------------------------- the `fastbp bench` runner
+def test_flops_per_sample_by_hand():
+    from fastbp._bench import flops_per_sample
+
+    # W1 2-2-1: weights 4 + 2 = 6, first layer 4, parameters 9, batch 1:
+    # forward 12, weight gradients 12, error to the hidden layer 2 * 2 = 4, update 18
+    assert flops_per_sample("W1") == 12 + 12 + 4 + 18
+    # W4 20-64-64-1, batch 32: weights 1280 + 4096 + 64 = 5440, parameters 5569
+    assert flops_per_sample("W4") == 4 * 5440 + 2 * (5440 - 1280) + 2 * 5569 / 32
+
+
+def test_runner_prints_a_row_per_backend(monkeypatch):
+    import io
+
+    from fastbp import _bench
+
+    monkeypatch.setattr(_bench, "WORKLOADS", {"W2": ((5, 4, 1), "relu", 1, 300)})
+    monkeypatch.setattr(_bench, "NUMPY_ROWS", {"W2": 100})
+    monkeypatch.setattr(_bench, "matmul_peak", lambda: {"float64": 10.0, "float32": 20.0})
+    out = io.StringIO()
+    backends = [b for b in ("numba", "cython") if b in _backends.available_backends()]
+    rows = _bench.run(backends=backends, dtypes=("float64",), repeats=1, file=out)
+    assert sorted(r["backend"] for r in rows) == sorted(["numpy", *backends])
+    printed = [line.split()[5] for line in out.getvalue().splitlines() if line.startswith("W2 ")]
+    assert sorted(printed) == sorted(["numpy", *backends])
