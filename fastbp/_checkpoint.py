@@ -95,7 +95,7 @@ def restore_callbacks(position, callbacks):
             callback._set_state(*queue.pop(0))
 
 
-def check_path(path, what="checkpoint"):
+def check_path(path, what="checkpoint", example="run.ckpt"):
     """``None`` or a ``Path`` whose directory exists; checked before training starts."""
     import os
     from pathlib import Path
@@ -106,10 +106,10 @@ def check_path(path, what="checkpoint"):
         path = Path(os.fspath(path))
     except TypeError:
         raise TypeError(f"{what}: expected a file path (str or os.PathLike); found "
-                        f"{type(path).__name__}. Pass e.g. {what}='run.ckpt'.") from None
+                        f"{type(path).__name__}. Pass e.g. {what}='{example}'.") from None
     if path.is_dir():
         raise IsADirectoryError(f"{what}: expected a file path; found the directory {path}. "
-                                f"Pass a file name inside it, e.g. {path / 'run.ckpt'}.")
+                                f"Pass a file name inside it, e.g. {path / example}.")
     parent = path.parent
     if not parent.is_dir():
         raise FileNotFoundError(f"{what}: the directory {parent} of {path} does not exist. "

@@ -1,6 +1,6 @@
 """Defaults and ``FASTBP_*`` environment settings, read in one place.
 
-``FASTBP_BACKEND``     backend used when ``Network(backend="auto")`` (default ``auto``).
+``FASTBP_BACKEND``     forces every ``Network`` onto this backend (default ``auto``: no force).
 ``FASTBP_CHUNK_ROWS``  rows handed to one compiled call (default 32768). Chunks keep the
                        progress bar live and Ctrl-C responsive at no measurable cost.
 ``FASTBP_NO_CACHE``    ``1`` turns the on-disk cache of compiled kernels off.
@@ -21,7 +21,7 @@ def _flag(name):
 
 
 def backend():
-    """The backend that ``"auto"`` stands for: ``FASTBP_BACKEND`` or ``"auto"``."""
+    """The backend ``FASTBP_BACKEND`` forces, or ``"auto"`` when it is not set."""
     return os.environ.get("FASTBP_BACKEND", "").strip().lower() or "auto"
 
 

@@ -154,9 +154,13 @@ class StreamSource(ArraySource):
 
     streamed = True
 
-    def __init__(self, X, Y, dtype):
+    def __init__(self, X, Y, dtype, names=("X", "y"), offset=0):
         super().__init__(X, Y)
         self.dtype = dtype
+        self.names = names
+        # row of the caller's array where this source starts (a validation split
+        # is a tail of it): error messages give the row in the caller's array
+        self.offset = offset
         self._pagers = (_Pager(X), _Pager(Y))
 
     def _rows(self, start, stop):
@@ -169,7 +173,7 @@ class StreamSource(ArraySource):
     def _read(self, start, stop):
         """A private, C-contiguous, finite copy of rows ``start:stop``; their pages released."""
         out = []
-        for array, pager, name in zip((self.X, self.Y), self._pagers, ("X", "y")):
+        for array, pager, name in zip((self.X, self.Y), self._pagers, self.names):
             view = array[start:stop]
             block = np.empty(view.shape, dtype=self.dtype)
             # Always copy, even when the dtype matches: the kernels then touch
@@ -181,7 +185,8 @@ class StreamSource(ArraySource):
                 row, col = (int(i) for i in np.argwhere(~finite)[0])
                 raise ValueError(
                     f"{name}: expected finite numbers; found {block[row, col]!r} (in "
-                    f"{self.dtype}) at row {start + row}, column {col} of the streamed array. "
+                    f"{self.dtype}) at row {self.offset + start + row}, column {col} of the streamed "
+                    "array. "
                     f"Remove or impute NaN/inf rows in the file first (e.g. keep rows where "
                     f"np.isfinite({name}).all(axis=1)).")
             out.append(block)
@@ -222,19 +227,20 @@ class StreamSource(ArraySource):
             yield block
 
     def _subset(self, start, stop):
-        return StreamSource(self.X[start:stop], self.Y[start:stop], self.dtype)
+        return StreamSource(self.X[start:stop], self.Y[start:stop], self.dtype, self.names,
+                            self.offset + start)
 
 
-def make_source(X, y, n_features, n_outputs, dtype):
+def make_source(X, y, n_features, n_outputs, dtype, names=("X", "y")):
     """Check ``X``/``y`` and wrap them: in memory, or streamed when ``X`` is a memory-map.
 
     In-memory data is converted and checked for NaN/inf here, before training
     starts.  Streamed data is checked block by block as it is read; the
     caller rolls the model back if a bad block turns up.
     """
-    X = V.check_features(X, n_features)
-    y = V.check_targets(y, n_outputs)
-    V.check_same_length(X, y)
+    X = V.check_features(X, n_features, names[0])
+    y = V.check_targets(y, n_outputs, names[1])
+    V.check_same_length(X, y, names)
     if isinstance(X, np.memmap):
-        return StreamSource(X, y, dtype)
-    return ArraySource(V.to_dtype(X, dtype, "X"), V.to_dtype(y, dtype, "y"))
+        return StreamSource(X, y, dtype, names)
+    return ArraySource(V.to_dtype(X, dtype, names[0]), V.to_dtype(y, dtype, names[1]))

@@ -27,7 +27,7 @@ def show_config(file=None):
     requested = _config.backend()
     try:
         chosen, _ = _backends.resolve(requested)
-    except ImportError as exc:
+    except (ImportError, ValueError) as exc:
         chosen = f"none ({exc})"
     source = "FASTBP_BACKEND" if requested != "auto" else f"auto chain {_backends.AUTO_CHAIN}"
     lines.append(f"active backend: {chosen} (from {source})")

@@ -54,6 +54,9 @@ def save_network(network, path, extra=None):
     see ``_checkpoint``); it is written too, so ``fastbp.load`` followed by
     ``fit(..., resume=True)`` continues that training exactly.
     """
+    from ._checkpoint import check_path
+
+    path = check_path(path, "path", "model.fbp")  # before anything is written
     if extra is None:
         extra = getattr(network, "_extra", None)
     arrays = {"params": network._params}

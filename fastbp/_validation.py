@@ -169,11 +169,12 @@ def check_targets(y, n_outputs, name="y"):
     return y
 
 
-def check_same_length(X, y):
+def check_same_length(X, y, names=("X", "y")):
     """X and y must have the same number of rows."""
     if X.shape[0] != y.shape[0]:
-        raise ValueError(f"X and y: expected the same number of rows; found {X.shape[0]} rows "
-                         f"in X and {y.shape[0]} in y. Pass matching arrays.")
+        a, b = names
+        raise ValueError(f"{a} and {b}: expected the same number of rows; found {X.shape[0]} "
+                         f"rows in {a} and {y.shape[0]} in {b}. Pass matching arrays.")
 
 
 def to_dtype(array, dtype, name):

@@ -10,6 +10,7 @@ import numbers
 import signal
 import sys
 import threading
+import warnings
 
 import numpy as np
 
@@ -18,11 +19,27 @@ from . import _validation as V
 from ._backends import _codes as C
 from ._backends._layout import layer_views, n_params
 from ._data import make_source
-from .callbacks import History, ProgbarLogger
+from .callbacks import Callback, EarlyStopping, History, ProgbarLogger
 from .optimizers import SGD, Optimizer
 
 KERNEL_INITIALIZERS = ("glorot_uniform", "he_uniform", "zeros")
 BIAS_INITIALIZERS = ("zeros",)
+
+
+def _check_callbacks(callbacks):
+    """``callbacks`` as a list of :class:`Callback` instances, or a clear error."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+        raise TypeError(f"callbacks: expected a list of fastbp callbacks; found "
+                        f"{type(callbacks).__name__}. Pass e.g. "
+                        "callbacks=[fastbp.EarlyStopping(patience=3)].")
+    for callback in callbacks:
+        if not isinstance(callback, Callback):
+            raise TypeError(f"callbacks: expected instances of fastbp.Callback; found "
+                            f"{type(callback).__name__}. Subclass fastbp.Callback and pass "
+                            "an instance.")
+    return list(callbacks)
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -47,8 +64,10 @@ class Network:
     dtype : {"float64", "float32"}
         Parameters, arithmetic and converted inputs all use this type.
     backend : {"auto", "numpy", "numba", "cython", "cuda"}
-        ``"auto"`` (or the ``FASTBP_BACKEND`` setting) picks the fastest
-        installed backend; a named backend that is missing raises an error.
+        ``"auto"`` picks the fastest installed backend; a named backend that
+        is missing raises an error.  The ``FASTBP_BACKEND`` setting, when
+        set, forces its backend over this argument (with a warning if they
+        differ).
     seed : int or None, default 0
         Seeds the initial weights and the per-epoch shuffles.
 
@@ -77,10 +96,14 @@ class Network:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
                                  or seed < 0):
             raise ValueError(f"seed: expected a non-negative integer or None; found {seed!r}.")
-        requested = V.check_choice(backend, ("auto", *_backends.backend_names()), "backend")
-        if requested == "auto":
-            requested = V.check_choice(_config.backend(), ("auto", *_backends.backend_names()),
-                                       "backend (from FASTBP_BACKEND)")
+        choices = ("auto", *_backends.backend_names())
+        requested = V.check_choice(backend, choices, "backend")
+        forced = V.check_choice(_config.backend(), choices, "backend (from FASTBP_BACKEND)")
+        if forced != "auto":  # the setting forces a backend, e.g. to rerun a script on numpy
+            if requested not in ("auto", forced):
+                warnings.warn(f"FASTBP_BACKEND={forced} overrides backend={requested!r}.",
+                              RuntimeWarning, stacklevel=2)
+            requested = forced
         self.backend, self._kernels = _backends.resolve(requested)
 
         self._sizes = np.array(sizes, dtype=np.int64)
@@ -162,8 +185,8 @@ class Network:
             target[...] = source
 
     # ------------------------------------------------------------------ inference
-    def _source(self, X, y):
-        return make_source(X, y, self.layers[0], self.layers[-1], self._dtype)
+    def _source(self, X, y, names=("X", "y")):
+        return make_source(X, y, self.layers[0], self.layers[-1], self._dtype, names)
 
     def predict(self, X):
         """Network outputs for the rows of ``X``; shape ``(n_samples, n_outputs)``."""
@@ -216,12 +239,14 @@ class Network:
 
     def _snapshot(self):
         state = None if self._state is None else self._state.copy()
-        return self._params.copy(), state, self._step, self.optimizer, self._opt_code, self._hyper
+        return (self._params.copy(), state, self._step, self.optimizer, self._opt_code,
+                self._hyper, self._rng.bit_generator.state)
 
     def _restore(self, snapshot):
-        params, state, self._step, self.optimizer, self._opt_code, self._hyper = snapshot
+        params, state, self._step, self.optimizer, self._opt_code, self._hyper, rng = snapshot
         self._params[...] = params
         self._state = state
+        self._rng.bit_generator.state = rng
 
     def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, shuffle=True,
             validation_data=None, validation_split=0.0, callbacks=None, verbose="auto",
@@ -244,6 +269,8 @@ class Network:
         shuffle : bool, default True
             A fresh seeded permutation each epoch.
         validation_data : (X_val, y_val), optional
+            Rows to compute ``val_loss`` on after each epoch; when given,
+            ``validation_split`` is ignored (as in Keras).
         validation_split : float in [0, 1), default 0
             Hold out the last fraction of the rows (before shuffling).
         callbacks : list of Callback, optional
@@ -287,16 +314,26 @@ class Network:
         if verbose not in (0, 1, True, False):
             raise ValueError(f"verbose: expected 0, 1 or 'auto'; found {verbose!r}.")
         checkpoint = _checkpoint.check_path(checkpoint)
-        callbacks = list(callbacks or [])
+        callbacks = _check_callbacks(callbacks)
         train = self._source(X, y)
         val = None
-        if validation_split:
-            train, val = train.split(validation_split)
-        if validation_data is not None:
-            if len(validation_data) != 2:
+        if validation_data is not None:  # it overrides validation_split, as in Keras
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                found = (f"{len(validation_data)} items" if isinstance(validation_data,
+                                                                        (tuple, list))
+                         else type(validation_data).__name__)
                 raise ValueError("validation_data: expected a tuple (X_val, y_val); found "
-                                 f"{len(validation_data)} items.")
-            val = self._source(*validation_data)
+                                 f"{found}. Pass validation_data=(X_val, y_val).")
+            val = self._source(*validation_data,
+                               names=("validation_data[0]", "validation_data[1]"))
+        elif validation_split:
+            train, val = train.split(validation_split)
+        for callback in callbacks:
+            if isinstance(callback, EarlyStopping) and callback.monitor == "val_loss" \
+                    and val is None:
+                raise ValueError("EarlyStopping(monitor='val_loss'): expected validation rows; "
+                                 "found neither validation_data nor validation_split. Pass "
+                                 "one of them, or monitor='loss'.")
         call = _checkpoint.settings(train, val, batch_size, shuffle, validation_split)
         position = None
         if resume:
@@ -336,6 +373,8 @@ class Network:
                 self.save(checkpoint)
 
         stopped = self.stop_training
+        first_epoch = epoch
+        streamed = train.streamed or (val is not None and val.streamed)
         for callback in callbacks:
             callback.on_train_begin()
         if position is not None:
@@ -351,18 +390,21 @@ class Network:
                         rows, loss_sum, finished = self._train_epoch(
                             train, shuffle, batch_size, chunk_rows, epoch, callbacks,
                             interrupted, start_row, loss_sum)
+                        if finished:
+                            logs = {"loss": loss_sum / rows}
+                            if val is not None:
+                                logs["val_loss"] = self._mean_loss(val)
                     except ValueError:
-                        # bad data found in a streamed block: leave the model as it was
-                        if train.streamed and epoch == 0:
+                        # Bad data in a streamed block, training or validation. The first
+                        # epoch reads every block, so it is the only one that can find
+                        # one: leave the model as it was before this fit.
+                        if streamed and epoch == first_epoch:
                             self._restore(before)
                         raise
                     if not finished:  # Ctrl-C: stopped at a chunk boundary, state consistent
                         keep_position(epoch=epoch, rows=rows, loss_sum=loss_sum,
                                       epoch_rng=epoch_rng, stopped=False)
                         raise KeyboardInterrupt
-                    logs = {"loss": loss_sum / rows}
-                    if val is not None:
-                        logs["val_loss"] = self._mean_loss(val)
                     for callback in callbacks:
                         callback.on_epoch_end(epoch, logs)
                     epoch, start_row, loss_sum = epoch + 1, 0, 0.0

@@ -147,3 +147,32 @@ def test_streamed_epochs_are_reproducible_with_shuffle(tmp_path):
     ha = a.fit(Xm, ym, epochs=2, batch_size=2, verbose=0)
     hb = b.fit(Xm, ym, epochs=2, batch_size=2, verbose=0)
     assert _same(a, b) and ha.history == hb.history
+
+
+@pytest.mark.parametrize("how", ["split", "validation_data"])
+def test_bad_value_in_streamed_validation_rows_changes_nothing(tmp_path, how):
+    """Validation blocks are read after the first epoch has trained: that epoch is undone."""
+    X, y = make_regression(100, 4, seed=0)
+    X[95, 1] = np.inf   # in the last 10%: a validation row
+    np.save(tmp_path / "X.npy", X)
+    Xm = np.load(tmp_path / "X.npy", mmap_mode="r")
+    net = _net()
+    net.fit(X[:50], y[:50], epochs=1, batch_size=4, optimizer=fastbp.Adam(0.01), verbose=0)
+    before, state, step = net.get_weights(), net._state.copy(), net._step
+    if how == "split":   # the error names the row of the array passed
+        train, kwargs, name, row = (Xm, y), dict(validation_split=0.1), "X", 95
+    else:
+        train, kwargs = (Xm[:90], y[:90]), dict(validation_data=(Xm[90:], y[90:]))
+        name, row = r"validation_data\[0\]", 5
+    with pytest.raises(ValueError, match=fr"{name}: .* at row {row}, column 1"):
+        net.fit(*train, epochs=2, batch_size=1, optimizer=fastbp.SGD(0.01), verbose=0,
+                **kwargs)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(before, net.get_weights()))
+    assert net.optimizer == fastbp.Adam(0.01) and net._step == step
+    assert net._state.tobytes() == state.tobytes()
+    # the shuffle generator is rewound too: the next fit is the one a twin makes
+    twin = _net()
+    twin.fit(X[:50], y[:50], epochs=1, batch_size=4, optimizer=fastbp.Adam(0.01), verbose=0)
+    for model in (net, twin):
+        model.fit(X[:90], y[:90], epochs=1, batch_size=1, verbose=0)
+    assert _same(net, twin)

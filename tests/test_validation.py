@@ -168,3 +168,47 @@ def test_ints_bools_and_strided_inputs_are_converted_once():
         assert wa.dtype == np.float32
         np.testing.assert_array_equal(wa, wb)
     assert a.predict(X).dtype == np.float32
+
+
+def test_validation_data_overrides_validation_split():
+    """As in Keras: with validation_data, validation_split holds nothing out."""
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(40, 3)), rng.normal(size=40)
+    val = (rng.normal(size=(8, 3)), rng.normal(size=8))
+    a, b = _net(seed=3), _net(seed=3)
+    ha = a.fit(X, y, epochs=2, batch_size=4, validation_data=val, validation_split=0.5,
+               verbose=0)
+    hb = b.fit(X, y, epochs=2, batch_size=4, validation_data=val, verbose=0)
+    assert ha.history == hb.history
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        assert wa.tobytes() == wb.tobytes()
+
+
+@pytest.mark.parametrize("callbacks,error", [
+    (fastbp.EarlyStopping(), TypeError),               # not a list
+    ([lambda epoch: None], TypeError),                 # not a Callback
+    ([fastbp.EarlyStopping(monitor="val_loss")], ValueError),  # nothing to monitor
+])
+def test_bad_callbacks_are_refused_before_anything_changes(callbacks, error):
+    X, y = _data()
+    net = _net()
+    net.fit(X, y, epochs=1, batch_size=2, optimizer=fastbp.Adam(0.01), verbose=0)
+    before, state, step = net.get_weights(), net._state.copy(), net._step
+    with pytest.raises(error) as excinfo:
+        net.fit(X, y, epochs=2, optimizer=fastbp.SGD(0.1), callbacks=callbacks, verbose=0)
+    _assert_clear(excinfo)
+    assert net.optimizer == fastbp.Adam(0.01) and net._step == step
+    assert net._state.tobytes() == state.tobytes()
+    for a, b in zip(before, net.get_weights()):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_forced_backend_setting_overrides_the_argument(monkeypatch):
+    monkeypatch.setenv("FASTBP_BACKEND", "numpy")
+    with pytest.warns(RuntimeWarning, match="FASTBP_BACKEND=numpy overrides"):
+        net = fastbp.Network([2, 1], backend="cython")
+    assert net.backend == "numpy"
+    monkeypatch.setenv("FASTBP_BACKEND", "bogus")
+    buffer = __import__("io").StringIO()
+    fastbp.show_config(file=buffer)   # a diagnosis tool must not crash on a bad setting
+    assert "found 'bogus'" in buffer.getvalue()

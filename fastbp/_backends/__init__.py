@@ -104,6 +104,9 @@ def resolve(name):
                 return candidate, module
             skipped.append(candidate)
         raise ImportError("no fastbp backend could be imported; NumPy is required")
+    if name not in _BACKENDS:
+        raise ValueError(f"backend: expected one of {('auto', *_BACKENDS)}; found {name!r}. "
+                         "Pass one of those names (or fix the FASTBP_BACKEND setting).")
     module = _try_import(name)
     if module is None:
         raise ImportError(
