@@ -249,6 +249,18 @@ cdef enum:
 cdef double BCE_EPSILON = 1e-7
 cdef double HUBER_DELTA = 1.0
 
+# The clip bounds of binary cross-entropy per dtype, rounded as NumPy rounds
+# them (``one - eps`` in the dtype).  They are set at import from a value the
+# C compiler cannot see, on purpose: with the build's -fassociative-math, GCC
+# would fold ``1 - (1 - eps)`` (the loss at a saturated prediction) to ``eps``,
+# while NumPy and Keras compute it in the dtype (in float32, 1.19e-7, not 1e-7:
+# a loss of 15.94 instead of 16.12).
+cdef double _one = float("1")   # an opaque 1.0: a Python call at import time
+cdef float BCE_LO_F = <float> BCE_EPSILON
+cdef float BCE_HI_F = <float> _one - BCE_LO_F
+cdef double BCE_LO_D = BCE_EPSILON
+cdef double BCE_HI_D = _one - BCE_LO_D
+
 #: The codes compiled in, for the consistency test against ``_codes.py``.
 CODES = {
     "activations": {"linear": LINEAR, "relu": RELU, "sigmoid": SIGMOID, "tanh": TANH},
@@ -483,8 +495,10 @@ cdef inline floating loss_value(floating p, floating y, int code) noexcept nogil
         # NaN lands here and stays NaN
         return <floating> HUBER_DELTA * (a - <floating> (0.5 * HUBER_DELTA))
     # binary cross-entropy on p clipped to [eps, 1 - eps]; NaN passes the clip
-    eps = <floating> BCE_EPSILON
-    hi = one - eps
+    if floating is float:
+        eps, hi = BCE_LO_F, BCE_HI_F
+    else:
+        eps, hi = BCE_LO_D, BCE_HI_D
     pc = p
     if pc < eps:
         pc = eps
@@ -508,8 +522,10 @@ cdef inline floating loss_grad(floating p, floating y, int code) noexcept nogil:
         if absval(e) <= <floating> HUBER_DELTA:
             return e
         return <floating> HUBER_DELTA * sign(e)
-    eps = <floating> BCE_EPSILON
-    hi = one - eps
+    if floating is float:
+        eps, hi = BCE_LO_F, BCE_HI_F
+    else:
+        eps, hi = BCE_LO_D, BCE_HI_D
     if p >= eps and p <= hi:
         return -(y / p - (one - y) / (one - p))
     return 0  # the clip passes no gradient (NaN p included)

@@ -213,3 +213,25 @@ def test_xor_is_learned(backend):
     hist = net.fit(X, y, epochs=500, batch_size=4, optimizer=fastbp.Adam(0.05), verbose=0)
     assert hist.history["loss"][-1] < 0.1 < hist.history["loss"][0]
     np.testing.assert_array_equal(net.predict(X)[:, 0] > 0.5, y > 0.5)
+
+
+@pytest.mark.parametrize("bias,target", [(2.0, 0.0), (-2.0, 1.0)])
+def test_cross_entropy_at_saturated_predictions(backend, dtype, bias, target):
+    """A prediction outside [eps, 1 - eps] is clipped in the network dtype, as Keras does.
+
+    With a linear output the prediction is the bias: 2 is clipped to 1 - eps
+    and the loss of target 0 is -log(1 - (1 - eps)), formed in the dtype (in
+    float32 that is -log(1.19e-7), not -log(1e-7)); -2 is clipped to eps and
+    the loss of target 1 is -log(eps).  No gradient flows through the clip.
+    """
+    t = np.dtype(dtype).type
+    eps, one = t(1e-7), t(1)
+    clipped = one - eps if bias > 0 else eps
+    expected = -np.log(one - clipped) if target == 0.0 else -np.log(clipped)
+    net = fastbp.Network([1, 1], output_activation="linear", loss="binary_crossentropy",
+                         kernel_initializer=0.0, bias_initializer=bias, dtype=dtype,
+                         backend=backend)
+    X, y = np.zeros((1, 1)), np.array([target])
+    assert net.evaluate(X, y) == pytest.approx(float(expected), rel=1e-6)
+    kernel_grad, bias_grad = net.gradients(X, y)
+    assert kernel_grad[0, 0] == 0 and bias_grad[0] == 0
