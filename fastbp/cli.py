@@ -521,9 +521,10 @@ def _load_npy(path, option):
     except FileNotFoundError:
         raise CommandError(f"{option} {path}: no such file. Pass the path of a .npy file, e.g. "
                            "one written by `fastbp make-data`.") from None
-    except ValueError as exc:
+    except (ValueError, EOFError, OSError) as exc:  # not .npy, empty or truncated, unreadable
         raise CommandError(f"{option} {path}: expected a .npy file of numbers; found something "
-                           f"numpy cannot memory-map ({_one_line(exc)}).") from None
+                           f"numpy cannot memory-map ({_one_line(exc) or type(exc).__name__}). "
+                           "Write it with np.save or `fastbp make-data`.") from None
     if not isinstance(array, np.ndarray):  # an .npz archive
         raise CommandError(f"{option} {path}: expected a .npy file holding one array; found an "
                            ".npz archive. Save each array with np.save.")
@@ -594,6 +595,16 @@ def _check_output_paths(opts):
             raise CommandError("--plot needs matplotlib, which is not installed. Install it "
                                "with `pip install 'fastbp[plot]'` (or `pip install matplotlib`), "
                                "or drop --plot.")
+        from matplotlib.figure import Figure
+
+        # checked now, not after a long training run
+        formats = Figure().canvas.get_supported_filetypes()
+        suffix = Path(opts["plot"]).suffix.lower().lstrip(".")
+        if suffix not in formats:
+            raise CommandError(f"--plot {opts['plot']}: expected a file name ending in one of "
+                               f"{', '.join('.' + f for f in sorted(formats))}; found "
+                               f"{'.' + suffix if suffix else 'no extension'}. Pass e.g. "
+                               "--plot loss.png.")
 
 
 def _stored_options(opts):
@@ -630,6 +641,11 @@ def _run_training(opts, network=None, resume_from=None, banner=None):
     network._extra = {"train_options": stored}
     n_rows = len(X)
     n_val = int(n_rows * opts["validation_split"])
+    if n_val >= n_rows:  # e.g. a single row: nothing left to train on
+        raise CommandError(f"--validation-split {opts['validation_split']} leaves no training "
+                           f"rows of {n_rows}. Pass more data or a smaller --validation-split.")
+    # too few rows to hold any out: train on all, as the banner says
+    split = opts["validation_split"] if n_val else 0.0
     n_train = n_rows - n_val
 
     callbacks = []
@@ -663,7 +679,7 @@ def _run_training(opts, network=None, resume_from=None, banner=None):
         history = network.fit(
             X, Y, epochs=opts["epochs"], batch_size=opts["batch_size"],
             optimizer=None if resume_from is not None else optimizer, shuffle=opts["shuffle"],
-            validation_split=opts["validation_split"], callbacks=callbacks,
+            validation_split=split, callbacks=callbacks,
             verbose=0 if opts["quiet"] else 1, checkpoint=opts["checkpoint"],
             resume=resume_from is not None)
     except KeyboardInterrupt:

@@ -143,7 +143,9 @@ def test_runtime_errors_exit_1_with_one_line(capsys, tmp_path):
         (["--synthetic", 100, "--features", 7, "--layers", "5,4,1"], "expected 7 inputs"),
         (["--synthetic", 100, "--save", tmp_path / "nodir" / "m"], "does not exist"),
         (["--resume", tmp_path / "nothing.ckpt"], "no such file"),
+        (["--x", tmp_path / "empty.npy", "--y", tmp_path / "y.npy"], "expected a .npy file"),
     ]
+    (tmp_path / "empty.npy").write_bytes(b"")
     for args, message in cases:
         status, out, err = run(capsys, "train", *args, "--backend", "numpy", "--quiet")
         assert status == 1, (args, err)
@@ -201,3 +203,17 @@ def test_module_entry_point_exit_status():
     result = subprocess.run([sys.executable, "-m", "fastbp", "train", "--epochs", "-1"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--epochs" in result.stderr
+
+
+def test_unwritable_plot_format_fails_before_training(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    status, out, err = run(capsys, "train", "--synthetic", 300, *FAST, "--save",
+                           tmp_path / "m.fbp", "--plot", tmp_path / "loss.xyz")
+    assert status == 1 and "expected a file name ending in one of" in err
+    assert not (tmp_path / "m.fbp").exists() and "loss per epoch" not in out
+
+
+def test_too_few_rows_to_hold_out_trains_on_all(capsys):
+    status, out, err = run(capsys, "train", "--synthetic", 5, *FAST, "--epochs", 1)
+    assert status == 0, err
+    assert "no validation split" in out and "5 rows" in out
