@@ -28,10 +28,11 @@ Numerical choices (they mirror ``numpy_.py``):
 
 Performance choices, each measured on the benchmark workloads:
 
-* No array views at all: the kernels index flat buffers at offsets.  A view
-  made in a loop costs two atomic reference-count updates (``NRT_incref`` /
-  ``NRT_decref``, calls into the Numba runtime): at ~30 views per sample they
-  took half the time of a 20-64-64-1 net.  Each view site also costs ~40 ms
+* No array views (bar one per call, ``transpose_scratch``): the kernels
+  index flat buffers at offsets.  A view made in a loop costs two atomic
+  reference-count updates (``NRT_incref`` / ``NRT_decref``, calls into the
+  Numba runtime): at ~30 views per sample they took half the time of a
+  20-64-64-1 net.  Each view site also costs ~40 ms
   of compile time (slicing and reshaping code with its error paths).
 * Flat indices are cast to unsigned (``U``): Numba then emits no
   negative-index wraparound, so ``buf[U(offset + j)]`` stays an affine
@@ -42,6 +43,11 @@ Performance choices, each measured on the benchmark workloads:
 * Few, flat helpers: every compiled function adds a fixed share to the
   first-use compile time, and every level of nested helpers is optimised
   again by LLVM, so helpers call no helpers (bar the scalar ones).
+* The minibatch products run in register tiles (``gemm_tile``, LLVM IR
+  written through an intrinsic, as ``csrc/_gemm.h`` is the Cython twin's one
+  piece of C): 1.4x (float64) and 1.6x (float32) the axpy form on a
+  20-64-64-1 net in batches of 32, level with the Cython twin, for a few
+  tenths of a second on a ~4 s cold compile.
 """
 
 import math
@@ -85,6 +91,27 @@ ROW_BLOCK = 4
 #: Bytes per cache line; at most PREFETCH_LINES lines of a row are prefetched.
 CACHE_LINE = 64
 PREFETCH_LINES = 8
+
+
+def _vector_bytes():
+    """Bytes per SIMD register of the CPU Numba compiles for (honours NUMBA_CPU_FEATURES)."""
+    try:
+        from numba.core.codegen import get_host_cpu_features
+        features = numba.config.CPU_FEATURES or get_host_cpu_features()
+    except Exception:  # an unknown platform: the narrowest common width
+        return 16
+    if "+avx512f" in features:
+        return 64
+    return 32 if "+avx" in features else 16
+
+
+#: The register tile of the minibatch products (``gemm_tile``): TILE_ROWS rows
+#: by two SIMD vectors of columns, 8 accumulators, plus two vectors of B and a
+#: broadcast of A: 11 of the 16 (AVX2) or 32 (AVX-512) vector registers.
+#: ROW_BLOCK is a multiple of TILE_ROWS, so a padded block has full row tiles.
+VECTOR = _vector_bytes() // ITEMSIZE
+TILE_ROWS = 4
+TILE_WIDTH = 2 * VECTOR
 
 # Argument types of the entry points.  Every array is C-contiguous; arrays the
 # kernels only read are typed read-only, so read-only arrays (e.g. memory-
@@ -142,6 +169,93 @@ else:
             return context.get_dummy_value()
 
         return _t.void(arr, index), codegen
+
+
+if numba.config.DISABLE_JIT:
+    def gemm_tile(A, a, rsa, csa, B, b, ldb, Z, z, ldz, kc, accumulate):
+        """Plain-Python stand-in of the register tile (same sums, same order)."""
+        for r in range(TILE_ROWS):
+            for n in range(TILE_WIDTH):
+                s = DT(0)
+                for k in range(kc):
+                    s += A[a + r * rsa + k * csa] * B[b + k * ldb + n]
+                if accumulate:
+                    s += Z[z + r * ldz + n]
+                Z[z + r * ldz + n] = s
+else:
+    @intrinsic
+    def gemm_tile(typingctx, A, a, rsa, csa, B, b, ldb, Z, z, ldz, kc, accumulate):
+        """One TILE_ROWS x TILE_WIDTH tile of ``Z (+)= A @ B`` over the whole ``k`` range.
+
+        ``A[r, k]`` is ``A[a + r * rsa + k * csa]`` (strides make a transposed
+        operand free), ``B[k, :]`` the TILE_WIDTH values from ``B[b + k *
+        ldb]`` and ``Z[r, :]`` those from ``Z[z + r * ldz]``; ``accumulate``
+        (a constant) adds the tile to ``Z`` instead of overwriting it.  Per
+        ``k``: two vector loads of B, TILE_ROWS broadcasts of A and eight
+        FMAs into accumulators that stay in registers for the whole loop.
+
+        Written as LLVM IR because Numba cannot express it: with its SLP
+        vectoriser off, scalar accumulators stay scalar, and under
+        ``reassoc`` the loop vectoriser vectorises the ``k`` reduction
+        instead, spilling every accumulator; a tile in memory (``Z``) cannot
+        stay in registers because Z may alias A and B.  Each element of Z is
+        summed over ``k`` in order with fused multiply-adds, as in the
+        Cython twin (csrc/_gemm.h); loads are unaligned-safe (aligned rows
+        just make them faster).
+        """
+        from llvmlite import ir
+        from numba.core import cgutils
+
+        def codegen(context, builder, signature, args):
+            pa, pb, pz = (context.make_array(signature.args[i])(context, builder, args[i]).data
+                          for i in (0, 4, 7))
+            a, rsa, csa, _, b, ldb, _, z, ldz, kc, accumulate = args[1:]
+            i64 = ir.IntType(64)
+            vt = ir.VectorType(pa.type.pointee, VECTOR)
+            vp = vt.as_pointer()
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vt, [vt, vt, vt]),
+                "llvm.fma.v%d%s" % (VECTOR, "f64" if ITEMSIZE == 8 else "f32"))
+            splat = ir.Constant(ir.VectorType(ir.IntType(32), VECTOR), None)
+            undef = ir.Constant(vt, ir.Undefined)
+            lane0 = ir.Constant(ir.IntType(32), 0)
+            # accumulators as stack slots: LLVM promotes them to registers
+            acc = []
+            for _ in range(TILE_ROWS * 2):
+                slot = cgutils.alloca_once(builder, vt)
+                builder.store(ir.Constant(vt, None), slot)
+                acc.append(slot)
+            rows = [builder.add(a, builder.mul(rsa, ir.Constant(i64, r)))
+                    for r in range(TILE_ROWS)]
+            with cgutils.for_range(builder, kc) as loop:
+                k = loop.index
+                bk = builder.add(b, builder.mul(k, ldb))
+                bv = [builder.load(builder.bitcast(
+                    builder.gep(pb, [builder.add(bk, ir.Constant(i64, v * VECTOR))]), vp),
+                    align=ITEMSIZE) for v in range(2)]
+                ak = builder.mul(k, csa)
+                for r in range(TILE_ROWS):
+                    s = builder.load(builder.gep(pa, [builder.add(rows[r], ak)]))
+                    av = builder.shuffle_vector(builder.insert_element(undef, s, lane0),
+                                                undef, splat)
+                    for v in range(2):
+                        slot = acc[2 * r + v]
+                        builder.store(builder.call(fma, [av, bv[v], builder.load(slot)]), slot)
+            add = builder.icmp_unsigned("!=", accumulate, ir.Constant(accumulate.type, 0))
+            for r in range(TILE_ROWS):
+                zr = builder.add(z, builder.mul(ldz, ir.Constant(i64, r)))
+                for v in range(2):
+                    ptr = builder.bitcast(
+                        builder.gep(pz, [builder.add(zr, ir.Constant(i64, v * VECTOR))]), vp)
+                    slot = acc[2 * r + v]
+                    with builder.if_then(add):  # folded away: accumulate is a constant
+                        builder.store(builder.fadd(builder.load(slot),
+                                                   builder.load(ptr, align=ITEMSIZE)), slot)
+                    builder.store(builder.load(slot), ptr, align=ITEMSIZE)
+            return context.get_dummy_value()
+
+        i8 = _t.int64  # offsets and strides, cast by the caller
+        return _t.void(A, i8, i8, i8, B, i8, i8, Z, i8, i8, i8, _t.boolean), codegen
 
 
 #: Options of every kernel.  ``error_model="numpy"``: a float division by zero
@@ -436,7 +550,9 @@ def apply_update(w, g, s, opt, hyper, t):
 # each store of z serves four multiply-adds.  The delta of the layer below,
 # p_i = sum_j K[i, j] d_j, is a contiguous dot product along the same rows (a
 # reduction: it needs "reassoc" to vectorise).  A one-unit head (n_out == 1)
-# keeps a dense kernel, a contiguous column, so its loops run along i.
+# keeps a dense kernel, a contiguous column, so its loops run along i.  The
+# minibatch forms (rows_*) hand the full tiles of their products to
+# ``gemm_tile`` and keep these loops for the edges.
 
 @_helper
 def dense_flat(x, a0, w, k0, ld, b0, z0, n_in, n_out):
@@ -545,10 +661,12 @@ def rows_forward(x, a0, lda, w, k0, ldk, b0, z0, ldz, m, n_in, n_out):
     """``Z = A @ K + b`` for ``m`` rows (a multiple of ROW_BLOCK: the caller pads).
 
     A at ``x[a0:]`` (row stride ``lda``), Z at ``x[z0:]`` (``ldz``), K at
-    ``w[k0:]`` (``ldk``), b at ``w[b0:]``.  Wide layers take two rows at a time
-    (axpy form, unrolled over four inputs): each kernel row loaded serves
-    both rows and each store of an output serves four multiply-adds.  The
-    caller applies the activation.
+    ``w[k0:]`` (``ldk``), b at ``w[b0:]``.  Wide layers go through register
+    tiles (``gemm_tile``: TILE_ROWS rows x TILE_WIDTH outputs, the K panel
+    staying in L1 across the row tiles); the outputs past the last full tile
+    take two rows at a time in axpy form, unrolled over four inputs.  The
+    bias is added after the sum, as numpy_ does; the caller applies the
+    activation.
     """
     if n_out < AXPY_MIN_WIDTH:
         for r in range(m):
@@ -559,46 +677,53 @@ def rows_forward(x, a0, lda, w, k0, ldk, b0, z0, ldz, m, n_in, n_out):
                     s += x[U(a + i)] * w[U(k0 + i * ldk + j)]
                 x[U(z0 + r * ldz + j)] = s + w[U(b0 + j)]
         return
-    n4 = n_in - n_in % 4
-    for r in range(0, m, 2):
-        a = a0 + r * lda
-        c = a + lda
+    nt = n_out - n_out % TILE_WIDTH  # outputs in full tiles
+    for j in range(0, nt, TILE_WIDTH):
+        for r in range(0, m, TILE_ROWS):
+            gemm_tile(x, a0 + r * lda, lda, 1, w, k0 + j, ldk, x, z0 + r * ldz + j, ldz, n_in,
+                      False)
+    if nt < n_out:
+        n4 = n_in - n_in % 4
+        for r in range(0, m, 2):
+            a = a0 + r * lda
+            c = a + lda
+            z = z0 + r * ldz
+            y = z + ldz
+            for j in range(nt, n_out):
+                x[U(z + j)] = DT(0)
+                x[U(y + j)] = DT(0)
+            for i in range(0, n4, 4):
+                a_0 = x[U(a + i)]
+                a_1 = x[U(a + i + 1)]
+                a_2 = x[U(a + i + 2)]
+                a_3 = x[U(a + i + 3)]
+                c_0 = x[U(c + i)]
+                c_1 = x[U(c + i + 1)]
+                c_2 = x[U(c + i + 2)]
+                c_3 = x[U(c + i + 3)]
+                k = k0 + i * ldk
+                for j in range(nt, n_out):
+                    w0 = w[U(k + j)]
+                    w1 = w[U(k + ldk + j)]
+                    w2 = w[U(k + 2 * ldk + j)]
+                    w3 = w[U(k + 3 * ldk + j)]
+                    x[U(z + j)] += (a_0 * w0 + a_1 * w1) + (a_2 * w2 + a_3 * w3)
+                    x[U(y + j)] += (c_0 * w0 + c_1 * w1) + (c_2 * w2 + c_3 * w3)
+            for i in range(n4, n_in):
+                a_i = x[U(a + i)]
+                c_i = x[U(c + i)]
+                k = k0 + i * ldk
+                for j in range(nt, n_out):
+                    x[U(z + j)] += a_i * w[U(k + j)]
+                    x[U(y + j)] += c_i * w[U(k + j)]
+    for r in range(m):
         z = z0 + r * ldz
-        y = z + ldz
-        for j in range(n_out):
-            x[U(z + j)] = DT(0)
-            x[U(y + j)] = DT(0)
-        for i in range(0, n4, 4):
-            a_0 = x[U(a + i)]
-            a_1 = x[U(a + i + 1)]
-            a_2 = x[U(a + i + 2)]
-            a_3 = x[U(a + i + 3)]
-            c_0 = x[U(c + i)]
-            c_1 = x[U(c + i + 1)]
-            c_2 = x[U(c + i + 2)]
-            c_3 = x[U(c + i + 3)]
-            k = k0 + i * ldk
-            for j in range(n_out):
-                w0 = w[U(k + j)]
-                w1 = w[U(k + ldk + j)]
-                w2 = w[U(k + 2 * ldk + j)]
-                w3 = w[U(k + 3 * ldk + j)]
-                x[U(z + j)] += (a_0 * w0 + a_1 * w1) + (a_2 * w2 + a_3 * w3)
-                x[U(y + j)] += (c_0 * w0 + c_1 * w1) + (c_2 * w2 + c_3 * w3)
-        for i in range(n4, n_in):
-            a_i = x[U(a + i)]
-            c_i = x[U(c + i)]
-            k = k0 + i * ldk
-            for j in range(n_out):
-                x[U(z + j)] += a_i * w[U(k + j)]
-                x[U(y + j)] += c_i * w[U(k + j)]
         for j in range(n_out):
             x[U(z + j)] += w[U(b0 + j)]
-            x[U(y + j)] += w[U(b0 + j)]
 
 
 @_helper
-def rows_backward(x, a0, lda, d0, ldd, p0, w, g, k0, ldk, b0, m, n_in, n_out, propagate):
+def rows_backward(x, a0, lda, d0, ldd, p0, w, g, k0, ldk, b0, m, n_in, n_out, propagate, t):
     """Minibatch backward of one layer for ``m`` rows (a multiple of ROW_BLOCK; the
     caller pads with zero deltas): gK += A.T @ D and gb += the column sums of D.
 
@@ -606,10 +731,15 @@ def rows_backward(x, a0, lda, d0, ldd, p0, w, g, k0, ldk, b0, m, n_in, n_out, pr
     delta) at ``x[d0:]`` (``ldd``); K and gK at offset ``k0`` of ``w`` and
     ``g`` (``ldk``), gb at ``g[b0:]``.  With ``propagate``, also P = D @ K.T
     (the delta of the layer below, before its activation derivative) at
-    ``x[p0:]`` with A's stride.  Rows go four at a time: each gradient row is
-    loaded and stored once per four rank-1 updates, each kernel row loaded
-    once for four dot products.  A one-unit head, whose kernel is a
-    contiguous column, runs its loops along the inputs instead.
+    ``x[p0:]`` with A's stride; ``t`` is scratch for K.T
+    (``transpose_scratch``).  Both products go through register tiles (``gemm_tile``):
+    gK's tiles read A transposed through its strides (four inputs per tile
+    row, adjacent in A's rows) and D's rows as B; P's read D as A and the
+    transposed kernel as B, since the tile needs B contiguous along its
+    outputs.  The edges past the last full tiles use the plain loops: four
+    rows of rank-1 updates per gradient row, four dot products per kernel
+    row.  A one-unit head, whose kernel is a contiguous column, runs its
+    loops along the inputs instead.
     """
     if n_out == 1:
         for r in range(m):
@@ -623,41 +753,77 @@ def rows_backward(x, a0, lda, d0, ldd, p0, w, g, k0, ldk, b0, m, n_in, n_out, pr
                 for i in range(n_in):
                     x[U(p + i)] = w[U(k0 + i)] * e
         return
+    nt = n_out - n_out % TILE_WIDTH  # gK columns in full tiles
+    it = n_in - n_in % TILE_ROWS     # gK rows in full tiles
+    for j in range(0, nt, TILE_WIDTH):
+        for i in range(0, it, TILE_ROWS):
+            gemm_tile(x, a0 + i, 1, lda, x, d0 + j, ldd, g, k0 + i * ldk + j, ldk, m, True)
     for r in range(0, m, 4):
         d_0 = d0 + r * ldd
         d_1 = d_0 + ldd
         d_2 = d_1 + ldd
         d_3 = d_2 + ldd
         a = a0 + r * lda
-        for i in range(n_in):
+        # the edges: columns nt: of the tiled rows (if any), then every column of the rest
+        for i in range(0 if nt < n_out else it, n_in):
             x0 = x[U(a + i)]
             x1 = x[U(a + lda + i)]
             x2 = x[U(a + 2 * lda + i)]
             x3 = x[U(a + 3 * lda + i)]
             k = k0 + i * ldk
-            for j in range(n_out):
+            for j in range(nt if i < it else 0, n_out):
                 g[U(k + j)] += ((x0 * x[U(d_0 + j)] + x1 * x[U(d_1 + j)])
                                 + (x2 * x[U(d_2 + j)] + x3 * x[U(d_3 + j)]))
         for j in range(n_out):
             g[U(b0 + j)] += (x[U(d_0 + j)] + x[U(d_1 + j)]) + (x[U(d_2 + j)] + x[U(d_3 + j)])
-        if propagate:
-            p = p0 + r * lda
-            for i in range(n_in):
-                k = k0 + i * ldk
-                s0 = DT(0)
-                s1 = DT(0)
-                s2 = DT(0)
-                s3 = DT(0)
-                for j in range(n_out):
-                    kj = w[U(k + j)]
-                    s0 += kj * x[U(d_0 + j)]
-                    s1 += kj * x[U(d_1 + j)]
-                    s2 += kj * x[U(d_2 + j)]
-                    s3 += kj * x[U(d_3 + j)]
-                x[U(p + i)] = s0
-                x[U(p + lda + i)] = s1
-                x[U(p + 2 * lda + i)] = s2
-                x[U(p + 3 * lda + i)] = s3
+    if not propagate:
+        return
+    # K.T into the scratch, rows a multiple of a cache line apart
+    ldt = (n_in + VECTOR - 1) // VECTOR * VECTOR
+    for i in range(n_in):
+        for j in range(n_out):
+            t[U(j * ldt + i)] = w[U(k0 + i * ldk + j)]
+    pt = n_in - n_in % TILE_WIDTH  # P columns in full tiles
+    for i in range(0, pt, TILE_WIDTH):
+        for r in range(0, m, TILE_ROWS):
+            gemm_tile(x, d0 + r * ldd, ldd, 1, t, i, ldt, x, p0 + r * lda + i, lda, n_out,
+                      False)
+    for r in range(0, m, 4):
+        d_0 = d0 + r * ldd
+        d_1 = d_0 + ldd
+        d_2 = d_1 + ldd
+        d_3 = d_2 + ldd
+        p = p0 + r * lda
+        for i in range(pt, n_in):
+            k = k0 + i * ldk
+            s0 = DT(0)
+            s1 = DT(0)
+            s2 = DT(0)
+            s3 = DT(0)
+            for j in range(n_out):
+                kj = w[U(k + j)]
+                s0 += kj * x[U(d_0 + j)]
+                s1 += kj * x[U(d_1 + j)]
+                s2 += kj * x[U(d_2 + j)]
+                s3 += kj * x[U(d_3 + j)]
+            x[U(p + i)] = s0
+            x[U(p + lda + i)] = s1
+            x[U(p + 2 * lda + i)] = s2
+            x[U(p + 3 * lda + i)] = s3
+
+
+@_helper
+def transpose_scratch(sizes):
+    """``rows_backward``'s scratch for K.T: the widest propagating layer's, cache-line aligned.
+
+    Allocated once per call of an entry point (Numba's arrays are 32-byte
+    aligned; the tile's 64-byte loads of K.T rows should not straddle lines).
+    """
+    n = 1
+    for li in range(1, sizes.shape[0] - 1):
+        n = max(n, sizes[li + 1] * ((sizes[li] + VECTOR - 1) // VECTOR * VECTOR))
+    t = np.empty(n + CACHE_LINE // ITEMSIZE, dtype=DT)
+    return t[(-t.ctypes.data) % CACHE_LINE // ITEMSIZE:]
 
 
 # --------------------------------------------------------------------- working layout
@@ -751,6 +917,7 @@ def loss_and_gradients(wp, wg, lay, sizes, acts, loss, X, Y, work, rows):
     top = lay[4, n_layers]
     ldt = lay[3, n_layers]
     scale = DT(1.0 / n_out)
+    kt = transpose_scratch(sizes)
     n = X.shape[0]
     total = 0.0
     for start in range(0, n, rows):
@@ -773,7 +940,7 @@ def loss_and_gradients(wp, wg, lay, sizes, acts, loss, X, Y, work, rows):
                                 mp, sizes[li + 1], acts[li])
             rows_backward(work, lay[4, li], lay[3, li], half + lay[4, li + 1], lay[3, li + 1],
                           half + lay[4, li], wp, wg, lay[0, li], lay[2, li], lay[1, li], mp,
-                          sizes[li], sizes[li + 1], li > 0)
+                          sizes[li], sizes[li + 1], li > 0, kt)
     return total / n_out
 
 
@@ -896,6 +1063,7 @@ def train_batch(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, batch_size, ro
     top = lay[4, n_layers]
     ldt = lay[3, n_layers]
     yb = np.empty((rows, n_out), dtype=DT)
+    kt = transpose_scratch(sizes)
     lines = min(PREFETCH_LINES, (n0 * ITEMSIZE + CACHE_LINE - 1) // CACHE_LINE)
     total = 0.0
     t = step
@@ -939,7 +1107,7 @@ def train_batch(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, batch_size, ro
                                     lay[3, li + 1], mp, sizes[li + 1], acts[li])
                 rows_backward(work, lay[4, li], lay[3, li], half + lay[4, li + 1],
                               lay[3, li + 1], half + lay[4, li], wp, wg, lay[0, li],
-                              lay[2, li], lay[1, li], mp, sizes[li], sizes[li + 1], li > 0)
+                              lay[2, li], lay[1, li], mp, sizes[li], sizes[li + 1], li > 0, kt)
         if not abs(lsum) <= F64_MAX:  # NaN or inf (see F64_MAX)
             return total, start  # this batch's update is not applied
         total += lsum / n_out
