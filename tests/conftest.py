@@ -69,17 +69,36 @@ def pytest_report_header(config):
 COMPILED = [name for name in _backends.backend_names() if name != "numpy"]
 
 
+def _flag(name):
+    return _os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _require_shared(name):
+    """``require_backend`` for the shared suites: "cuda" on the simulator only when asked.
+
+    On Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1, one Python thread per
+    CUDA thread) the shared suites would take many minutes; tests/test_cuda.py
+    covers the backend there, and CI runs a subset of the shared suites with
+    FASTBP_TEST_CUDA=1.  On a real GPU they always run.
+    """
+    simulator = _os.environ.get("NUMBA_ENABLE_CUDASIM", "").strip() not in ("", "0")
+    if name == "cuda" and simulator and not _flag("FASTBP_TEST_CUDA"):
+        pytest.skip("backend 'cuda' on the CUDA simulator runs the shared suites only with "
+                    "FASTBP_TEST_CUDA=1 (tests/test_cuda.py covers it)")
+    require_backend(name)
+
+
 @pytest.fixture(params=_backends.backend_names())
 def backend(request):
     """Every backend fastbp knows; unavailable ones are skipped with the reason."""
-    require_backend(request.param)
+    _require_shared(request.param)
     return request.param
 
 
 @pytest.fixture(params=COMPILED)
 def compiled_backend(request):
     """Every backend except the NumPy reference."""
-    require_backend(request.param)
+    _require_shared(request.param)
     return request.param
 
 

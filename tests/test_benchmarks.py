@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fastbp import _backends
@@ -84,7 +85,9 @@ def test_training_benchmarks_run(suite, tiny, backend, workload):
     else:
         speedup = run_benchmark(training.SpeedupOverNumpy, "track_speedup_vs_numpy", paths,
                                 backend, workload, "float64")
-        assert speedup > 0
+        # a number, not a judgement: under NUMBA_DISABLE_JIT or the CUDA simulator a
+        # "compiled" backend is slower than NumPy and the reported ratio rounds to 0
+        assert np.isfinite(speedup) and speedup >= 0
 
 
 def test_missing_backend_is_skipped_or_required(suite, tiny, monkeypatch):

@@ -27,10 +27,11 @@ _BACKENDS = {
                "build the C extension: `pip install --force-reinstall --no-build-isolation .` "
                "from a source checkout with Cython and a C compiler available "
                "(set FASTBP_REQUIRE_EXTENSION=1 to make a failed build an error)."),
-    # Reserved: the name is part of the API, the kernels are not written yet.
     "cuda": ("fastbp._backends.cuda_",
-             "this release of fastbp has no CUDA backend yet; use backend='auto' (the "
-             "fastest CPU backend)."),
+             "the CUDA backend needs Numba (`pip install numba`) and an NVIDIA GPU with its "
+             "driver, so that numba.cuda.is_available() is True; to run its kernels on the "
+             "CPU instead (slowly, e.g. for tests), set NUMBA_ENABLE_CUDASIM=1 before "
+             "starting Python."),
 }
 
 #: The order in which ``"auto"`` tries backends.

@@ -1,0 +1,656 @@
+"""CUDA backend: the reference semantics of ``numpy_.py`` as one ``numba.cuda`` kernel.
+
+Every contract call copies its inputs to the GPU, launches ONE kernel with
+ONE thread block and copies the results back.  Inside the kernel the rows
+are processed one after another -- per-sample SGD is sequential by nature --
+and the threads of the block share the work within a row: each thread owns
+some units of a layer (forward, deltas), some weights (gradient
+accumulation) and some parameters (optimizer update), striding when a layer
+is wider than the block.  ``cuda.syncthreads()`` separates the steps, so
+every thread sees the values the others wrote.
+
+Per batch the kernel runs the forward pass of each row, adds that row's loss
+(float64) to the batch loss and its gradient to a gradient buffer, then --
+only if the batch loss is finite -- applies the optimizer to every
+parameter with exactly ``numpy_._apply_update``'s formulas.  A non-finite
+batch loss raises a shared flag and every thread stops before the update,
+so ``rows_done`` excludes that batch, as in the reference.
+
+Arithmetic runs in the parameter dtype (float32 or float64); the constants
+the kernel needs (learning rate, ``1 - beta``, the gradient scale, Adam's
+bias-corrected step sizes ...) are computed on the host the way NumPy
+computes them and handed over as an array in that dtype, so that one
+compiled kernel serves both dtypes without mixing in float64 literals.
+
+The activations and deltas of one row live in small device scratch arrays
+allocated once per call.  The design favours correctness and the exact
+reference semantics over speed: a single block uses one streaming
+multiprocessor, which suits small per-sample nets; large batches would want
+a GEMM-shaped kernel instead.
+
+Importing this module raises ``ImportError`` unless ``numba.cuda`` reports a
+usable GPU (or the CPU simulator, ``NUMBA_ENABLE_CUDASIM=1``, is enabled);
+the registry turns that into "how to get it working".
+"""
+
+import math
+
+import numpy as np
+
+try:
+    from numba import cuda
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(f"Numba is not installed ({exc}); install it with `pip install numba`."
+                      ) from exc
+
+if not cuda.is_available():
+    raise ImportError("numba.cuda.is_available() is False: no usable NVIDIA GPU/driver was "
+                      "found (set NUMBA_ENABLE_CUDASIM=1 to run the CUDA kernels on the CPU "
+                      "simulator)")
+
+import sys  # noqa: E402
+import warnings  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
+from numba import config as _numba_config  # noqa: E402
+from numba import int32  # noqa: E402
+
+#: True when the kernels run on Numba's CPU simulator (NUMBA_ENABLE_CUDASIM=1).
+SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
+
+from . import _codes as C  # noqa: E402
+from ._layout import n_params as _n_params  # noqa: E402
+
+NAME = "cuda"
+
+#: At most this many threads in the one block (the CUDA limit per block).
+MAX_THREADS = 1024
+_WARP = 32
+
+# Kernel modes: what one launch computes.
+_PREDICT, _LOSS, _GRADIENTS, _TRAIN = 0, 1, 2, 3
+
+# Slots of the ``consts`` array (parameter dtype).
+(_ZERO, _ONE, _HALF, _BCE_LO, _BCE_HI, _HUBER, _HUBER_HALF, _COEF, _COEF_LAST,
+ _LR, _H1, _H2, _EPS, _ONE_MINUS_H1, _ONE_MINUS_H2, _N_CONSTS) = range(16)
+
+
+# ---------------------------------------------------------------------------- device code
+@cuda.jit(device=True)
+def _activate(z, code, zero, one):
+    """Activation ``code`` of ``z``; NaN propagates as through ``numpy_._activate``."""
+    if code == C.RELU:
+        if z < zero:  # not ``max``: a NaN must stay NaN, as with np.maximum
+            return zero
+        return z
+    if code == C.SIGMOID:
+        # Two branches so that exp never overflows; the same function as
+        # 1 / (1 + exp(-z)) up to rounding.
+        if z >= zero:
+            return one / (one + math.exp(-z))
+        e = math.exp(z)
+        return e / (one + e)
+    if code == C.TANH:
+        return math.tanh(z)
+    return z
+
+
+@cuda.jit(device=True)
+def _derivative(a, code, zero, one):
+    """d act / d z through the activation's output ``a`` (relu'(0) = 0)."""
+    if code == C.RELU:
+        if a > zero:
+            return one
+        return zero
+    if code == C.SIGMOID:
+        return a * (one - a)
+    if code == C.TANH:
+        return one - a * a
+    return one  # linear: multiplying by one is exact
+
+
+@cuda.jit(device=True)
+def _sign(e, zero, one):
+    """np.sign: -1, 0 or 1, and NaN for NaN."""
+    if e > zero:
+        return one
+    if e < zero:
+        return -one
+    if e == zero:
+        return zero
+    return e
+
+
+@cuda.jit(device=True)
+def _loss_value(p, y, loss, consts):
+    """Element-wise loss (not yet averaged), as ``numpy_._loss_terms``."""
+    e = p - y
+    if loss == C.MSE:
+        return e * e
+    if loss == C.MAE:
+        return abs(e)
+    if loss == C.HUBER:
+        a = abs(e)
+        if a <= consts[_HUBER]:
+            return consts[_HALF] * e * e
+        return consts[_HUBER] * (a - consts[_HUBER_HALF])
+    one = consts[_ONE]
+    pc = p  # clip to [eps, 1 - eps]; comparisons keep a NaN as NaN
+    if pc < consts[_BCE_LO]:
+        pc = consts[_BCE_LO]
+    if pc > consts[_BCE_HI]:
+        pc = consts[_BCE_HI]
+    return -(y * math.log(pc) + (one - y) * math.log(one - pc))
+
+
+@cuda.jit(device=True)
+def _loss_gradient(p, y, loss, consts):
+    """d loss / d p (not yet averaged), as ``numpy_._loss_terms``."""
+    zero = consts[_ZERO]
+    one = consts[_ONE]
+    e = p - y
+    if loss == C.MSE:
+        return e + e  # 2 e, exactly
+    if loss == C.MAE:
+        return _sign(e, zero, one)
+    if loss == C.HUBER:
+        if abs(e) <= consts[_HUBER]:
+            return e
+        return consts[_HUBER] * _sign(e, zero, one)
+    # binary cross-entropy: no gradient where the clip is active
+    if p >= consts[_BCE_LO] and p <= consts[_BCE_HI]:
+        return -(y / p - (one - y) / (one - p))
+    return zero
+
+
+@cuda.jit(device=True)
+def _update(i, params, grad, optimizer, consts, alpha, state):
+    """One optimizer step on parameter ``i`` (``numpy_._apply_update``, element-wise)."""
+    g = grad[i]
+    lr = consts[_LR]
+    if optimizer == C.SGD:
+        params[i] = params[i] - lr * g
+    elif optimizer == C.SGD_MOMENTUM or optimizer == C.SGD_NESTEROV:
+        momentum = consts[_H1]
+        velocity = state[0, i] * momentum
+        velocity = velocity - lr * g
+        state[0, i] = velocity
+        if optimizer == C.SGD_NESTEROV:
+            params[i] = params[i] + (momentum * velocity - lr * g)
+        else:
+            params[i] = params[i] + velocity
+    elif optimizer == C.ADAM:
+        m = state[0, i]
+        v = state[1, i]
+        m = m + (g - m) * consts[_ONE_MINUS_H1]
+        v = v + (g * g - v) * consts[_ONE_MINUS_H2]
+        state[0, i] = m
+        state[1, i] = v
+        params[i] = params[i] - alpha * m / (math.sqrt(v) + consts[_EPS])
+    else:  # RMSprop, epsilon inside the square root (Keras)
+        v = state[0, i] * consts[_H1]
+        v = v + consts[_ONE_MINUS_H1] * (g * g)
+        state[0, i] = v
+        increment = lr * g / math.sqrt(v + consts[_EPS])
+        if optimizer == C.RMSPROP_MOMENTUM:
+            buffer = state[1, i] * consts[_H2]
+            buffer = buffer + increment
+            state[1, i] = buffer
+            params[i] = params[i] - buffer
+        else:
+            params[i] = params[i] - increment
+
+
+@cuda.jit
+def _kernel(mode, params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, batch_size,
+            optimizer, consts, alphas, state, units, deltas, losses, grad, out, result):
+    """Run ``mode`` over the rows of ``X`` in batches of ``batch_size`` (one block).
+
+    ``units``/``deltas`` hold one row's activations/deltas of every layer
+    (layer ``l`` at ``unit_offsets[l]``), ``losses`` the output row's loss
+    terms; ``result`` receives ``(loss sum, rows done)``.
+    """
+    tid = cuda.threadIdx.x
+    n_threads = cuda.blockDim.x
+    stop = cuda.shared.array(1, int32)
+    n_layers = acts.shape[0]
+    n_rows = X.shape[0]
+    n_par = params.shape[0]
+    n_out = sizes[n_layers]
+    out_at = unit_offsets[n_layers]
+    last_act = acts[n_layers - 1]
+    zero = consts[_ZERO]
+    one = consts[_ONE]
+    total = 0.0  # float64 loss sums, meaningful in thread 0
+    done = 0
+    batch = 0
+    start = 0
+    while start < n_rows:
+        end = start + batch_size  # not min(): it fails to type on the CUDA target
+        if end > n_rows:
+            end = n_rows
+        coef = consts[_COEF] if end - start == batch_size else consts[_COEF_LAST]
+        if mode >= _GRADIENTS:
+            for i in range(tid, n_par, n_threads):
+                grad[i] = zero
+        batch_sum = 0.0
+        for r in range(start, end):
+            # ---- forward
+            for i in range(tid, sizes[0], n_threads):
+                units[i] = X[r, i]
+            cuda.syncthreads()
+            for layer in range(n_layers):
+                n_in = sizes[layer]
+                width = sizes[layer + 1]
+                k = param_offsets[layer]
+                b = k + n_in * width
+                a_in = unit_offsets[layer]
+                a_out = unit_offsets[layer + 1]
+                code = acts[layer]
+                for j in range(tid, width, n_threads):
+                    z = units[a_in] * params[k + j]
+                    for i in range(1, n_in):
+                        z += units[a_in + i] * params[k + i * width + j]
+                    units[a_out + j] = _activate(z + params[b + j], code, zero, one)
+                cuda.syncthreads()
+            if mode == _PREDICT:
+                for j in range(tid, n_out, n_threads):
+                    out[r, j] = units[out_at + j]
+                cuda.syncthreads()
+                continue
+            # ---- loss of this row, and the output layer's delta
+            for j in range(tid, n_out, n_threads):
+                p = units[out_at + j]
+                losses[j] = _loss_value(p, Y[r, j], loss, consts)
+                if mode >= _GRADIENTS:
+                    d = _loss_gradient(p, Y[r, j], loss, consts) * coef
+                    deltas[out_at + j] = d * _derivative(p, last_act, zero, one)
+            cuda.syncthreads()
+            if tid == 0:
+                for j in range(n_out):
+                    batch_sum += losses[j]
+            if mode < _GRADIENTS:
+                continue
+            # ---- backward: accumulate this row's gradient
+            for layer in range(n_layers - 1, -1, -1):
+                n_in = sizes[layer]
+                width = sizes[layer + 1]
+                k = param_offsets[layer]
+                b = k + n_in * width
+                a_in = unit_offsets[layer]
+                a_out = unit_offsets[layer + 1]
+                for e in range(tid, n_in * width, n_threads):
+                    i = e // width
+                    grad[k + e] += units[a_in + i] * deltas[a_out + e - i * width]
+                for j in range(tid, width, n_threads):
+                    grad[b + j] += deltas[a_out + j]
+                if layer > 0:
+                    code = acts[layer - 1]
+                    for i in range(tid, n_in, n_threads):
+                        row = k + i * width
+                        d = deltas[a_out] * params[row]
+                        for j in range(1, width):
+                            d += deltas[a_out + j] * params[row + j]
+                        deltas[a_in + i] = d * _derivative(units[a_in + i], code, zero, one)
+                cuda.syncthreads()
+        if mode != _TRAIN:
+            total += batch_sum / n_out
+            start = end
+            done = end
+            continue
+        # ---- the batch loss decides, before the update, whether training goes on
+        if tid == 0:
+            batch_loss = batch_sum / n_out
+            if math.isfinite(batch_loss):
+                total += batch_loss
+                stop[0] = 0
+            else:
+                stop[0] = 1
+        cuda.syncthreads()
+        if stop[0] != 0:
+            break
+        alpha = alphas[batch] if optimizer == C.ADAM else zero
+        for i in range(tid, n_par, n_threads):
+            _update(i, params, grad, optimizer, consts, alpha, state)
+        cuda.syncthreads()
+        batch += 1
+        start = end
+        done = end
+    if tid == 0:
+        result[0] = total
+        result[1] = done
+
+
+# ---------------------------------------------------------------------------- host side
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_INT64 = np.dtype(np.int64)
+_FIX = ("Pass what fastbp.Network passes: C-contiguous arrays in the parameter dtype "
+        "(np.ascontiguousarray(a, dtype=params.dtype)).")
+
+
+def _check(a, name, dtype, ndim, writeable=False):
+    """Type, dtype, dimensions, C-contiguity (and writeability) of one argument."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray; found {type(a).__name__}. {_FIX}")
+    if a.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}; found {a.dtype}. {_FIX}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array; found shape {a.shape}. {_FIX}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array; found a strided or "
+                         f"Fortran-ordered one (shape {a.shape}, strides {a.strides}). "
+                         f"Copy it once with np.ascontiguousarray({name}).")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{name}: the backend writes into this array, but it is read-only. "
+                         "Pass a writeable array (e.g. a copy).")
+
+
+def _check_net(params, sizes, acts, writeable=False):
+    """The parameter buffer and the layer description; returns the dtype."""
+    if isinstance(params, np.ndarray) and params.dtype not in _FLOATS:
+        raise TypeError(f"params: expected dtype float32 or float64; found {params.dtype}. "
+                        "Use Network(dtype='float32') or 'float64'.")
+    _check(params, "params", getattr(params, "dtype", None), 1, writeable)
+    _check(sizes, "sizes", _INT64, 1)
+    _check(acts, "acts", _INT64, 1)
+    if len(sizes) < 2 or (sizes < 1).any():
+        raise ValueError(f"sizes: expected at least two positive layer widths; found "
+                         f"{sizes.tolist()}.")
+    if len(acts) != len(sizes) - 1:
+        raise ValueError(f"acts: expected {len(sizes) - 1} activation codes (one per layer); "
+                         f"found {len(acts)}.")
+    if acts.min() < 0 or acts.max() >= len(C.ACTIVATIONS):
+        raise ValueError(f"acts: expected codes in 0..{len(C.ACTIVATIONS) - 1}; found "
+                         f"{acts.tolist()}.")
+    expected = _n_params(sizes)
+    if params.shape[0] != expected:
+        raise ValueError(f"params: expected {expected} values for layer widths "
+                         f"{sizes.tolist()}; found {params.shape[0]}.")
+    return params.dtype
+
+
+def _check_rows(A, name, dtype, n_cols, n_rows=None, writeable=False):
+    _check(A, name, dtype, 2, writeable)
+    if A.shape[1] != n_cols or (n_rows is not None and A.shape[0] != n_rows):
+        want = f"({'n' if n_rows is None else n_rows}, {n_cols})"
+        raise ValueError(f"{name}: expected shape {want}; found {A.shape}.")
+
+
+def _check_loss(loss):
+    if not 0 <= int(loss) < len(C.LOSSES):
+        raise ValueError(f"loss: expected a code in 0..{len(C.LOSSES) - 1}; found {loss!r}.")
+    return int(loss)
+
+
+def _threads(sizes):
+    """Threads in the block: the widest layer rounded up to whole warps, at most 1024.
+
+    Wider layers are still handled (threads stride over their units), just
+    with less parallelism per unit.  The simulator runs one Python thread
+    per CUDA thread, so there the block is exactly as wide as the widest
+    layer: warp-padding threads would only idle, slowly.
+    """
+    widest = int(np.max(sizes))
+    if SIMULATOR:
+        return min(MAX_THREADS, widest)
+    return min(MAX_THREADS, -(-widest // _WARP) * _WARP)
+
+
+@contextmanager
+def _simulator_quirks():
+    """On the simulator, adapt the interpreter while a kernel runs; elsewhere do nothing.
+
+    The simulator polls its threads for ``syncthreads`` while holding the
+    GIL, so with the default 5 ms switch interval every barrier costs
+    milliseconds; a short interval makes a launch about 10x faster.  Its
+    threads compute with NumPy scalars, which warn on overflow on the way to
+    a divergence that the caller reports as one clear error (``numpy_``
+    silences the same warnings with ``np.errstate``, which does not reach
+    other threads).  Both settings are restored afterwards.
+    """
+    if not SIMULATOR:
+        yield
+        return
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, 5e-5))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def _consts(dtype, n_out, n_rows, batch_size, hyper=None):
+    """The kernel's constants, rounded to ``dtype`` the way NumPy rounds them.
+
+    ``_COEF``/``_COEF_LAST`` are the gradient scales ``1 / (n_batch * n_out)``
+    of a full and of the short last batch (``numpy_._backward``'s
+    ``p.dtype.type(scale / n_out)``).
+    """
+    f = np.dtype(dtype).type
+    c = np.zeros(_N_CONSTS, dtype=dtype)
+    eps = f(C.BCE_EPSILON)
+    c[_ZERO], c[_ONE], c[_HALF] = 0, 1, 0.5
+    c[_BCE_LO], c[_BCE_HI] = eps, f(1) - eps
+    c[_HUBER], c[_HUBER_HALF] = C.HUBER_DELTA, 0.5 * C.HUBER_DELTA
+    last = n_rows % batch_size or batch_size
+    c[_COEF] = f((1.0 / batch_size) / n_out)
+    c[_COEF_LAST] = f((1.0 / last) / n_out)
+    if hyper is not None:
+        lr, h1, h2, epsilon = (float(h) for h in hyper)
+        c[_LR], c[_H1], c[_H2], c[_EPS] = lr, h1, h2, epsilon
+        c[_ONE_MINUS_H1], c[_ONE_MINUS_H2] = 1 - h1, 1 - h2
+    return c
+
+
+def _adam_alphas(dtype, hyper, step, n_batches):
+    """Adam's bias-corrected step size for each batch, as ``numpy_._apply_update``."""
+    lr, beta_1, beta_2 = float(hyper[0]), float(hyper[1]), float(hyper[2])
+    alphas = np.empty(max(n_batches, 1), dtype=dtype)
+    for b in range(n_batches):
+        t = step + b + 1
+        alphas[b] = lr * math.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
+    return alphas
+
+
+def _launch(mode, params, sizes, acts, loss, X, Y, batch_size, *, optimizer=C.SGD,
+            consts, alphas=None, state=None, grad=None, out=None):
+    """Copy the inputs to the GPU, run the kernel once, copy results back.
+
+    Returns ``(loss_sum, rows_done)``.  ``params``, ``state``, ``grad`` and
+    ``out`` are written back in place where the mode changes them.
+    """
+    dtype = params.dtype
+    n_layers = len(acts)
+    sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+    param_offsets = np.zeros(n_layers, dtype=np.int64)
+    unit_offsets = np.zeros(n_layers + 1, dtype=np.int64)
+    offset = 0
+    for layer in range(n_layers):
+        param_offsets[layer] = offset
+        offset += int(sizes[layer]) * int(sizes[layer + 1]) + int(sizes[layer + 1])
+        unit_offsets[layer + 1] = unit_offsets[layer] + sizes[layer]
+    n_units = int(unit_offsets[-1] + sizes[-1])
+    placeholder_rows = np.zeros((1, 1), dtype=dtype)
+    d_params = cuda.to_device(params)
+    d_state = cuda.to_device(state if state is not None else np.zeros((1, 1), dtype=dtype))
+    if grad is not None:
+        d_grad = cuda.to_device(grad)
+    else:  # training accumulates each batch's gradient in device scratch
+        d_grad = cuda.device_array(params.shape[0] if mode == _TRAIN else 1, dtype=dtype)
+    d_out = cuda.to_device(out if out is not None else placeholder_rows)
+    d_result = cuda.to_device(np.zeros(2, dtype=np.float64))
+    args = (mode, d_params, cuda.to_device(sizes), cuda.to_device(param_offsets),
+            cuda.to_device(unit_offsets), cuda.to_device(np.ascontiguousarray(acts, np.int64)),
+            int(loss), cuda.to_device(X),
+            cuda.to_device(Y if Y is not None else placeholder_rows),
+            int(batch_size), int(optimizer), cuda.to_device(consts),
+            cuda.to_device(alphas if alphas is not None else np.zeros(1, dtype=dtype)),
+            d_state, cuda.device_array(n_units, dtype=dtype),
+            cuda.device_array(n_units, dtype=dtype),
+            cuda.device_array(int(sizes[-1]), dtype=np.float64), d_grad, d_out, d_result)
+    with _simulator_quirks():
+        _kernel[1, _threads(sizes)](*args)
+    if mode == _TRAIN:
+        d_params.copy_to_host(params)
+        d_state.copy_to_host(state)
+    elif mode == _GRADIENTS:
+        d_grad.copy_to_host(grad)
+    elif mode == _PREDICT:
+        d_out.copy_to_host(out)
+    result = d_result.copy_to_host()
+    return float(result[0]), int(result[1])
+
+
+# ---------------------------------------------------------------------------- contract
+def predict(params, sizes, acts, X, out):
+    """Write the network's outputs for the rows of ``X`` into ``out``.
+
+    Parameters
+    ----------
+    params : ndarray, 1-D float32 or float64
+        Flat parameter buffer (layout in ``_layout.py``).
+    sizes, acts : ndarray of int64
+        Layer widths and one activation code per layer.
+    X : ndarray, shape (n, sizes[0])
+        Input rows in the parameter dtype.
+    out : ndarray, shape (n, sizes[-1])
+        Written in place.
+    """
+    dtype = _check_net(params, sizes, acts)
+    _check_rows(X, "X", dtype, int(sizes[0]))
+    _check_rows(out, "out", dtype, int(sizes[-1]), X.shape[0], writeable=True)
+    if X.shape[0] == 0:
+        return
+    _launch(_PREDICT, params, sizes, acts, C.MSE, X, None, X.shape[0], out=out,
+            consts=_consts(dtype, int(sizes[-1]), X.shape[0], X.shape[0]))
+
+
+def loss_sum(params, sizes, acts, loss, X, Y):
+    """Sum over rows of the per-row loss (each row's loss is a mean over outputs).
+
+    Parameters
+    ----------
+    params, sizes, acts : ndarray
+        As in :func:`predict`.
+    loss : int
+        Loss code (``_codes``).
+    X, Y : ndarray
+        Input rows and targets, shapes ``(n, sizes[0])`` and ``(n, sizes[-1])``.
+
+    Returns
+    -------
+    float
+        The loss sum, accumulated in float64.
+    """
+    dtype = _check_net(params, sizes, acts)
+    _check_rows(X, "X", dtype, int(sizes[0]))
+    _check_rows(Y, "Y", dtype, int(sizes[-1]), X.shape[0])
+    loss = _check_loss(loss)
+    if X.shape[0] == 0:
+        return 0.0
+    total, _ = _launch(_LOSS, params, sizes, acts, loss, X, Y, X.shape[0],
+                       consts=_consts(dtype, int(sizes[-1]), X.shape[0], X.shape[0]))
+    return total
+
+
+def loss_and_gradients(params, sizes, acts, loss, X, Y, grad):
+    """Return the loss sum over rows and write d(loss sum)/d(param) into ``grad``.
+
+    Parameters
+    ----------
+    params, sizes, acts, loss, X, Y
+        As in :func:`loss_sum`.
+    grad : ndarray, shaped like ``params``
+        Written in place.
+
+    Returns
+    -------
+    float
+        The loss sum, accumulated in float64.
+    """
+    dtype = _check_net(params, sizes, acts)
+    _check_rows(X, "X", dtype, int(sizes[0]))
+    _check_rows(Y, "Y", dtype, int(sizes[-1]), X.shape[0])
+    _check(grad, "grad", dtype, 1, writeable=True)
+    if grad.shape != params.shape:
+        raise ValueError(f"grad: expected shape {params.shape}; found {grad.shape}.")
+    loss = _check_loss(loss)
+    if X.shape[0] == 0:
+        grad[...] = 0
+        return 0.0
+    # the whole of X is one "batch" with scale 1: the gradient of the sum
+    consts = _consts(dtype, int(sizes[-1]), 1, 1)
+    total, _ = _launch(_GRADIENTS, params, sizes, acts, loss, X, Y, X.shape[0], grad=grad,
+                       consts=consts)
+    return total
+
+
+def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size,
+                optimizer, hyper, state, step):
+    """Train on the rows ``order`` in consecutive batches of ``batch_size``.
+
+    Parameters
+    ----------
+    params, sizes, acts, loss, X, Y
+        As in :func:`loss_sum`; ``params`` is updated in place.
+    order : ndarray of int64
+        Row indices into ``X``/``Y``, in training order.
+    batch_size : int
+        Rows per optimizer step; the last batch may be short.
+    optimizer : int
+        Optimizer code (``_codes``).
+    hyper : ndarray of float64, shape (4,)
+        ``[learning_rate, h1, h2, epsilon]`` (see ``_codes``).
+    state : ndarray, shape (2, n_params)
+        Optimizer state in the parameter dtype, updated in place.
+    step : int
+        Optimizer steps taken before this chunk (Adam's ``t - 1``).
+
+    Returns
+    -------
+    loss_sum : float
+        Sum of per-row losses, each taken before its batch's update.
+    rows_done : int
+        Rows in completed batches; less than ``len(order)`` when a batch's
+        loss was not finite (that batch was not applied).
+    """
+    dtype = _check_net(params, sizes, acts, writeable=True)
+    _check_rows(X, "X", dtype, int(sizes[0]))
+    _check_rows(Y, "Y", dtype, int(sizes[-1]), X.shape[0])
+    _check(order, "order", _INT64, 1)
+    n = len(order)
+    if n:
+        low, high = int(order.min()), int(order.max())
+        if low < 0 or high >= X.shape[0]:
+            bad = low if low < 0 else high
+            raise IndexError(f"order: expected row indices in [0, {X.shape[0]}); found {bad}. "
+                             "Indices must refer to rows of X.")
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer; found {batch_size}.")
+    optimizer = int(optimizer)
+    if not C.SGD <= optimizer <= C.RMSPROP_MOMENTUM:
+        raise ValueError(f"optimizer: expected a code in {C.SGD}..{C.RMSPROP_MOMENTUM}; "
+                         f"found {optimizer}.")
+    _check(hyper, "hyper", np.dtype(np.float64), 1)
+    if hyper.shape[0] != C.N_HYPER:
+        raise ValueError(f"hyper: expected {C.N_HYPER} float64 values; found {hyper.shape[0]}.")
+    _check(state, "state", dtype, 2, writeable=True)
+    if state.shape != (C.N_STATE_SLOTS, params.shape[0]):
+        raise ValueError(f"state: expected shape {(C.N_STATE_SLOTS, params.shape[0])}; "
+                         f"found {state.shape}.")
+    loss = _check_loss(loss)
+    if n == 0:
+        return 0.0, 0
+    step = int(step)
+    # Only the chunk's rows travel to the GPU, already in training order (X
+    # may be a large memory-mapped file); the kernel then walks them in turn.
+    Xo = np.ascontiguousarray(X[order])
+    Yo = np.ascontiguousarray(Y[order])
+    n_batches = -(-n // batch_size)
+    alphas = _adam_alphas(dtype, hyper, step, n_batches) if optimizer == C.ADAM else None
+    return _launch(_TRAIN, params, sizes, acts, loss, Xo, Yo, batch_size, optimizer=optimizer,
+                   consts=_consts(dtype, int(sizes[-1]), n, batch_size, hyper),
+                   alphas=alphas, state=state)
