@@ -578,16 +578,11 @@ def _architecture(opts, X, Y):
 
 def _check_output_paths(opts):
     """Fail before training, not after it, when an output cannot be written."""
-    for option in ("save", "plot", "checkpoint"):
-        path = opts.get(option)
-        if path is None:
-            continue
-        path = Path(path)
-        if path.is_dir():
-            raise CommandError(f"--{option} {path}: expected a file path; found a directory.")
-        if not path.parent.is_dir():
-            raise CommandError(f"--{option} {path}: the directory {path.parent} does not exist. "
-                               "Create it first or pass another path.")
+    from ._checkpoint import check_path
+
+    for option, example in (("save", "model.fbp"), ("plot", "loss.png"),
+                            ("checkpoint", "run.ckpt")):
+        check_path(opts.get(option), f"--{option}", example)
     if opts.get("plot") is not None:
         import importlib.util
 

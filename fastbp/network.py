@@ -237,16 +237,23 @@ class Network:
             self._state = np.zeros((C.N_STATE_SLOTS, self._params.size), dtype=self._dtype)
             self._step = 0
 
-    def _snapshot(self):
+    def _snapshot(self, shuffle_state=False):
+        """The trainable state; with ``shuffle_state``, the shuffle generator's too.
+
+        A chunk's rollback needs no generator state (the epoch drew from it
+        before the chunk began); a whole fit's rollback does.
+        """
         state = None if self._state is None else self._state.copy()
+        rng = self._rng.bit_generator.state if shuffle_state else None
         return (self._params.copy(), state, self._step, self.optimizer, self._opt_code,
-                self._hyper, self._rng.bit_generator.state)
+                self._hyper, rng)
 
     def _restore(self, snapshot):
         params, state, self._step, self.optimizer, self._opt_code, self._hyper, rng = snapshot
         self._params[...] = params
         self._state = state
-        self._rng.bit_generator.state = rng
+        if rng is not None:
+            self._rng.bit_generator.state = rng
 
     def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, shuffle=True,
             validation_data=None, validation_split=0.0, callbacks=None, verbose="auto",
@@ -340,7 +347,7 @@ class Network:
             _checkpoint.check_resume(self._position, call, optimizer, self.optimizer)
             position = self._position
 
-        before = self._snapshot()
+        before = self._snapshot(shuffle_state=True)
         self._bind_optimizer(optimizer)
         history = History()
         if verbose and not any(isinstance(c, ProgbarLogger) for c in callbacks):

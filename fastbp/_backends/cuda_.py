@@ -59,7 +59,8 @@ from numba import int32  # noqa: E402
 SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
 
 from . import _codes as C  # noqa: E402
-from ._layout import n_params as _n_params  # noqa: E402
+from ._checks import (check_gradients_call, check_loss_call,  # noqa: E402
+                      check_predict_call, check_train_call)
 
 NAME = "cuda"
 
@@ -322,66 +323,6 @@ def _kernel(mode, params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, 
 
 
 # ---------------------------------------------------------------------------- host side
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_INT64 = np.dtype(np.int64)
-_FIX = ("Pass what fastbp.Network passes: C-contiguous arrays in the parameter dtype "
-        "(np.ascontiguousarray(a, dtype=params.dtype)).")
-
-
-def _check(a, name, dtype, ndim, writeable=False):
-    """Type, dtype, dimensions, C-contiguity (and writeability) of one argument."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray; found {type(a).__name__}. {_FIX}")
-    if a.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype}; found {a.dtype}. {_FIX}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array; found shape {a.shape}. {_FIX}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name}: expected a C-contiguous array; found a strided or "
-                         f"Fortran-ordered one (shape {a.shape}, strides {a.strides}). "
-                         f"Copy it once with np.ascontiguousarray({name}).")
-    if writeable and not a.flags.writeable:
-        raise ValueError(f"{name}: the backend writes into this array, but it is read-only. "
-                         "Pass a writeable array (e.g. a copy).")
-
-
-def _check_net(params, sizes, acts, writeable=False):
-    """The parameter buffer and the layer description; returns the dtype."""
-    if isinstance(params, np.ndarray) and params.dtype not in _FLOATS:
-        raise TypeError(f"params: expected dtype float32 or float64; found {params.dtype}. "
-                        "Use Network(dtype='float32') or 'float64'.")
-    _check(params, "params", getattr(params, "dtype", None), 1, writeable)
-    _check(sizes, "sizes", _INT64, 1)
-    _check(acts, "acts", _INT64, 1)
-    if len(sizes) < 2 or (sizes < 1).any():
-        raise ValueError(f"sizes: expected at least two positive layer widths; found "
-                         f"{sizes.tolist()}.")
-    if len(acts) != len(sizes) - 1:
-        raise ValueError(f"acts: expected {len(sizes) - 1} activation codes (one per layer); "
-                         f"found {len(acts)}.")
-    if acts.min() < 0 or acts.max() >= len(C.ACTIVATIONS):
-        raise ValueError(f"acts: expected codes in 0..{len(C.ACTIVATIONS) - 1}; found "
-                         f"{acts.tolist()}.")
-    expected = _n_params(sizes)
-    if params.shape[0] != expected:
-        raise ValueError(f"params: expected {expected} values for layer widths "
-                         f"{sizes.tolist()}; found {params.shape[0]}.")
-    return params.dtype
-
-
-def _check_rows(A, name, dtype, n_cols, n_rows=None, writeable=False):
-    _check(A, name, dtype, 2, writeable)
-    if A.shape[1] != n_cols or (n_rows is not None and A.shape[0] != n_rows):
-        want = f"({'n' if n_rows is None else n_rows}, {n_cols})"
-        raise ValueError(f"{name}: expected shape {want}; found {A.shape}.")
-
-
-def _check_loss(loss):
-    if not 0 <= int(loss) < len(C.LOSSES):
-        raise ValueError(f"loss: expected a code in 0..{len(C.LOSSES) - 1}; found {loss!r}.")
-    return int(loss)
-
-
 def _threads(sizes):
     """Threads in the block: the widest layer rounded up to whole warps, at most 1024.
 
@@ -518,9 +459,7 @@ def predict(params, sizes, acts, X, out):
     out : ndarray, shape (n, sizes[-1])
         Written in place.
     """
-    dtype = _check_net(params, sizes, acts)
-    _check_rows(X, "X", dtype, int(sizes[0]))
-    _check_rows(out, "out", dtype, int(sizes[-1]), X.shape[0], writeable=True)
+    dtype = check_predict_call(params, sizes, acts, X, out)
     if X.shape[0] == 0:
         return
     _launch(_PREDICT, params, sizes, acts, C.MSE, X, None, X.shape[0], out=out,
@@ -544,10 +483,7 @@ def loss_sum(params, sizes, acts, loss, X, Y):
     float
         The loss sum, accumulated in float64.
     """
-    dtype = _check_net(params, sizes, acts)
-    _check_rows(X, "X", dtype, int(sizes[0]))
-    _check_rows(Y, "Y", dtype, int(sizes[-1]), X.shape[0])
-    loss = _check_loss(loss)
+    dtype, loss = check_loss_call(params, sizes, acts, loss, X, Y)
     if X.shape[0] == 0:
         return 0.0
     total, _ = _launch(_LOSS, params, sizes, acts, loss, X, Y, X.shape[0],
@@ -570,13 +506,7 @@ def loss_and_gradients(params, sizes, acts, loss, X, Y, grad):
     float
         The loss sum, accumulated in float64.
     """
-    dtype = _check_net(params, sizes, acts)
-    _check_rows(X, "X", dtype, int(sizes[0]))
-    _check_rows(Y, "Y", dtype, int(sizes[-1]), X.shape[0])
-    _check(grad, "grad", dtype, 1, writeable=True)
-    if grad.shape != params.shape:
-        raise ValueError(f"grad: expected shape {params.shape}; found {grad.shape}.")
-    loss = _check_loss(loss)
+    dtype, loss = check_gradients_call(params, sizes, acts, loss, X, Y, grad)
     if X.shape[0] == 0:
         grad[...] = 0
         return 0.0
@@ -616,35 +546,11 @@ def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size,
         Rows in completed batches; less than ``len(order)`` when a batch's
         loss was not finite (that batch was not applied).
     """
-    dtype = _check_net(params, sizes, acts, writeable=True)
-    _check_rows(X, "X", dtype, int(sizes[0]))
-    _check_rows(Y, "Y", dtype, int(sizes[-1]), X.shape[0])
-    _check(order, "order", _INT64, 1)
+    dtype, loss, batch_size, optimizer, step = check_train_call(
+        params, sizes, acts, loss, X, Y, order, batch_size, optimizer, hyper, state, step)
     n = len(order)
-    if n:
-        low, high = int(order.min()), int(order.max())
-        if low < 0 or high >= X.shape[0]:
-            bad = low if low < 0 else high
-            raise IndexError(f"order: expected row indices in [0, {X.shape[0]}); found {bad}. "
-                             "Indices must refer to rows of X.")
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer; found {batch_size}.")
-    optimizer = int(optimizer)
-    if not C.SGD <= optimizer <= C.RMSPROP_MOMENTUM:
-        raise ValueError(f"optimizer: expected a code in {C.SGD}..{C.RMSPROP_MOMENTUM}; "
-                         f"found {optimizer}.")
-    _check(hyper, "hyper", np.dtype(np.float64), 1)
-    if hyper.shape[0] != C.N_HYPER:
-        raise ValueError(f"hyper: expected {C.N_HYPER} float64 values; found {hyper.shape[0]}.")
-    _check(state, "state", dtype, 2, writeable=True)
-    if state.shape != (C.N_STATE_SLOTS, params.shape[0]):
-        raise ValueError(f"state: expected shape {(C.N_STATE_SLOTS, params.shape[0])}; "
-                         f"found {state.shape}.")
-    loss = _check_loss(loss)
     if n == 0:
         return 0.0, 0
-    step = int(step)
     # Only the chunk's rows travel to the GPU, already in training order (X
     # may be a large memory-mapped file); the kernel then walks them in turn.
     Xo = np.ascontiguousarray(X[order])

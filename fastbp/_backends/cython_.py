@@ -26,8 +26,6 @@ built; the registry turns that into "how to build it".
 import importlib
 import os
 
-import numpy as np
-
 try:
     from .. import _ckernels as _baseline
 except ImportError as exc:  # not built: let the registry say how to build it
@@ -36,8 +34,8 @@ except ImportError as exc:  # not built: let the registry say how to build it
         "`pip install --no-build-isolation -e .` (needs Cython and a C compiler; "
         "FASTBP_REQUIRE_EXTENSION=1 makes a failed build an error)") from exc
 
-from . import _codes as C
-from ._layout import n_params as _n_params
+from ._checks import (check_gradients_call, check_loss_call, check_predict_call,
+                      check_train_call)
 
 NAME = "cython"
 
@@ -83,112 +81,23 @@ ISA = _kernels.ISA
 #: True when the compiled copy is a debug build (bounds checks on).
 DEBUG = _kernels.DEBUG
 
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_INT64 = np.dtype(np.int64)
-_FIX = ("Pass what fastbp.Network passes: C-contiguous arrays in the parameter dtype "
-        "(np.ascontiguousarray(a, dtype=params.dtype)).")
-
-
-# ---------------------------------------------------------------------------- checks
-def _array(a, name):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray; found {type(a).__name__}. {_FIX}")
-    return a
-
-
-def _check(a, name, dtype, ndim, writeable=False):
-    """Dtype, dimensions, C-contiguity (and writeability) of one argument."""
-    _array(a, name)
-    if a.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype}; found {a.dtype}. {_FIX}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array; found shape {a.shape}. {_FIX}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name}: expected a C-contiguous array; found a strided or "
-                         f"Fortran-ordered one (shape {a.shape}, strides {a.strides}). "
-                         f"Copy it once with np.ascontiguousarray({name}).")
-    if writeable and not a.flags.writeable:
-        raise ValueError(f"{name}: the backend writes into this array, but it is read-only. "
-                         "Pass a writeable array (e.g. a copy).")
-
-
-# (sizes bytes, acts bytes) -> parameter count, for layer descriptions already checked
-_checked_nets = {}
-
-
-def _check_net(params, sizes, acts, writeable=False):
-    """The parameter buffer and the layer description; returns the dtype.
-
-    The value checks of ``sizes``/``acts`` run once per architecture (they
-    are cached by content); dtype, layout and length are checked every call.
-    """
-    _array(params, "params")
-    if params.dtype not in _FLOATS:
-        raise TypeError(f"params: expected dtype float32 or float64; found {params.dtype}. "
-                        "Use Network(dtype='float32') or 'float64'.")
-    _check(params, "params", params.dtype, 1, writeable)
-    _check(sizes, "sizes", _INT64, 1)
-    _check(acts, "acts", _INT64, 1)
-    key = (sizes.tobytes(), acts.tobytes())
-    expected = _checked_nets.get(key)
-    if expected is None:
-        if len(sizes) < 2 or (sizes < 1).any():
-            raise ValueError(f"sizes: expected at least two positive layer widths; found "
-                             f"{sizes.tolist()}.")
-        if len(acts) != len(sizes) - 1:
-            raise ValueError(f"acts: expected {len(sizes) - 1} activation codes (one per "
-                             f"layer); found {len(acts)}.")
-        if acts.min() < 0 or acts.max() >= len(C.ACTIVATIONS):
-            raise ValueError(f"acts: expected codes in 0..{len(C.ACTIVATIONS) - 1}; found "
-                             f"{acts.tolist()}.")
-        expected = _n_params(sizes)
-        if len(_checked_nets) < 256:
-            _checked_nets[key] = expected
-    if params.shape[0] != expected:
-        raise ValueError(f"params: expected {expected} values for layer widths "
-                         f"{sizes.tolist()}; found {params.shape[0]}.")
-    return params.dtype
-
-
-def _check_rows(A, name, dtype, n_cols, n_rows=None, writeable=False):
-    _check(A, name, dtype, 2, writeable)
-    if A.shape[1] != n_cols or (n_rows is not None and A.shape[0] != n_rows):
-        want = f"({'n' if n_rows is None else n_rows}, {n_cols})"
-        raise ValueError(f"{name}: expected shape {want}; found {A.shape}.")
-
-
-def _check_loss(loss):
-    if not 0 <= int(loss) < len(C.LOSSES):
-        raise ValueError(f"loss: expected a code in 0..{len(C.LOSSES) - 1}; found {loss!r}.")
-    return int(loss)
-
-
 # ---------------------------------------------------------------------------- contract
 def predict(params, sizes, acts, X, out):
     """Write the network's outputs for the rows of ``X`` into ``out``."""
-    dtype = _check_net(params, sizes, acts)
-    _check_rows(X, "X", dtype, int(sizes[0]))
-    _check_rows(out, "out", dtype, int(sizes[-1]), X.shape[0], writeable=True)
+    check_predict_call(params, sizes, acts, X, out)
     _kernels.predict(params, sizes, acts, X, out)
 
 
 def loss_sum(params, sizes, acts, loss, X, Y):
     """Sum over rows of the per-row loss (each row's loss is a mean over outputs)."""
-    dtype = _check_net(params, sizes, acts)
-    _check_rows(X, "X", dtype, int(sizes[0]))
-    _check_rows(Y, "Y", dtype, int(sizes[-1]), X.shape[0])
-    return _kernels.loss_sum(params, sizes, acts, _check_loss(loss), X, Y)
+    _, loss = check_loss_call(params, sizes, acts, loss, X, Y)
+    return _kernels.loss_sum(params, sizes, acts, loss, X, Y)
 
 
 def loss_and_gradients(params, sizes, acts, loss, X, Y, grad):
     """Return the loss sum over rows and write d(loss sum)/d(param) into ``grad``."""
-    dtype = _check_net(params, sizes, acts)
-    _check_rows(X, "X", dtype, int(sizes[0]))
-    _check_rows(Y, "Y", dtype, int(sizes[-1]), X.shape[0])
-    _check(grad, "grad", dtype, 1, writeable=True)
-    if grad.shape != params.shape:
-        raise ValueError(f"grad: expected shape {params.shape}; found {grad.shape}.")
-    return _kernels.loss_and_gradients(params, sizes, acts, _check_loss(loss), X, Y, grad)
+    _, loss = check_gradients_call(params, sizes, acts, loss, X, Y, grad)
+    return _kernels.loss_and_gradients(params, sizes, acts, loss, X, Y, grad)
 
 
 def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size,
@@ -197,30 +106,7 @@ def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size,
 
     Returns ``(loss_sum, rows_done)`` as described in ``numpy_.train_chunk``.
     """
-    dtype = _check_net(params, sizes, acts, writeable=True)
-    _check_rows(X, "X", dtype, int(sizes[0]))
-    _check_rows(Y, "Y", dtype, int(sizes[-1]), X.shape[0])
-    _check(order, "order", _INT64, 1)
-    if len(order):
-        # the one O(n) check: every row index must be inside X before the unchecked loop
-        low, high = int(order.min()), int(order.max())
-        if low < 0 or high >= X.shape[0]:
-            bad = low if low < 0 else high
-            raise IndexError(f"order: expected row indices in [0, {X.shape[0]}); found {bad}. "
-                             "Indices must refer to rows of X.")
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer; found {batch_size}.")
-    optimizer = int(optimizer)
-    if not C.SGD <= optimizer <= C.RMSPROP_MOMENTUM:
-        raise ValueError(f"optimizer: expected a code in {C.SGD}..{C.RMSPROP_MOMENTUM}; "
-                         f"found {optimizer}.")
-    _check(hyper, "hyper", np.dtype(np.float64), 1)
-    if hyper.shape[0] != C.N_HYPER:
-        raise ValueError(f"hyper: expected {C.N_HYPER} float64 values; found {hyper.shape[0]}.")
-    _check(state, "state", dtype, 2, writeable=True)
-    if state.shape != (C.N_STATE_SLOTS, params.shape[0]):
-        raise ValueError(f"state: expected shape {(C.N_STATE_SLOTS, params.shape[0])}; "
-                         f"found {state.shape}.")
-    return _kernels.train_chunk(params, sizes, acts, _check_loss(loss), X, Y, order,
-                                batch_size, optimizer, hyper, state, int(step))
+    _, loss, batch_size, optimizer, step = check_train_call(
+        params, sizes, acts, loss, X, Y, order, batch_size, optimizer, hyper, state, step)
+    return _kernels.train_chunk(params, sizes, acts, loss, X, Y, order, batch_size, optimizer,
+                                hyper, state, step)
