@@ -9,6 +9,7 @@ size: :func:`make_regression` and :func:`write_regression` produce the same
 rows, and the first ``n`` rows of a larger set equal a set of ``n`` rows.
 """
 
+import errno
 import json
 import math
 import os
@@ -23,6 +24,9 @@ from . import _validation as V
 #: Rows per generated block.  Part of the definition of the data: changing it
 #: changes every set generated from a seed, so it is fixed, not configurable.
 BLOCK_ROWS = 1 << 14
+
+#: Free space kept on the disk beyond the data itself, checked before writing.
+FREE_SPACE_MARGIN = 64 << 20
 
 # Projections per output; see _target for the function of them.
 _N_PROJECTIONS = 5
@@ -157,9 +161,9 @@ def write_regression(directory, n_samples, n_features=20, n_outputs=1, noise=0.1
                      dtype="float32", overwrite=False, progress=False):
     """Write :func:`make_regression`'s set to ``directory/X.npy`` and ``directory/y.npy``.
 
-    The files are filled block by block through ``numpy.lib.format.open_memmap``,
-    so memory use does not grow with ``n_samples``: 100 million rows of 20
-    float32 features (an 8 GB ``X.npy``) need about as much memory as 16,384.
+    The files are written block by block, so memory use does not grow with
+    ``n_samples``: 100 million rows of 20 float32 features (an 8 GB ``X.npy``)
+    need about as much memory as 16,384.
     Each file is written under a temporary name and renamed when complete, so
     an interrupted run never leaves a truncated ``X.npy`` behind.  Load the
     result with ``np.load(path, mmap_mode="r")`` and pass it to ``fit`` to
@@ -188,7 +192,9 @@ def write_regression(directory, n_samples, n_features=20, n_outputs=1, noise=0.1
     FileExistsError
         The files exist and ``overwrite`` is False.
     OSError
-        Not enough free disk space (checked before anything is written).
+        Not enough free disk space (checked before anything is written, with
+        :data:`FREE_SPACE_MARGIN` to spare), or the disk filled up while
+        writing; no partial file is left behind either way.
     """
     n_samples, n_features, n_outputs, noise, seed = _check_sizes(
         n_samples, n_features, n_outputs, noise, seed)
@@ -208,48 +214,83 @@ def write_regression(directory, n_samples, n_features=20, n_outputs=1, noise=0.1
     y_shape = (n_samples,) if n_outputs == 1 else (n_samples, n_outputs)
     needed = n_samples * (n_features + n_outputs) * dtype.itemsize
     free = shutil.disk_usage(directory).free
-    if needed + (64 << 20) > free:
-        raise OSError(f"{directory}: expected room for {_human(needed)} of data; found "
-                      f"{_human(free)} free. Pass fewer samples, dtype float32, or another "
-                      "directory.")
+    if needed + FREE_SPACE_MARGIN > free:
+        raise OSError(f"{directory}: expected room for {_human(needed)} of data plus a "
+                      f"{_human(FREE_SPACE_MARGIN)} safety margin; found {_human(free)} free. "
+                      "Pass fewer samples, dtype float32, or another directory.")
 
-    # Temporary names in the same directory, renamed into place at the end.
+    # Everything is written under temporary names in the same directory and
+    # renamed into place only when complete.  The rows go through ordinary
+    # writes, not a memory map: on a full disk a write through a mapping is a
+    # SIGBUS that kills the process (no message, partial files left behind),
+    # while ``write`` raises an OSError that is reported and cleaned up.  The
+    # space is also reserved up front where the OS allows it, so a disk that
+    # fills up later (another process) cannot fail the run half-way.
     x_tmp, y_tmp = directory / ".X.npy.partial", directory / ".y.npy.partial"
+    meta_tmp = directory / ".meta.json.partial"
     bar = None
     try:
-        X = np.lib.format.open_memmap(x_tmp, mode="w+", dtype=dtype, shape=(n_samples, n_features))
-        Y = np.lib.format.open_memmap(y_tmp, mode="w+", dtype=dtype, shape=y_shape)
-        if progress:
-            from tqdm.auto import tqdm
+        with open(x_tmp, "wb") as fx, open(y_tmp, "wb") as fy:
+            _start_npy(fx, dtype, (n_samples, n_features))
+            _start_npy(fy, dtype, y_shape)
+            if progress:
+                from tqdm.auto import tqdm
 
-            bar = tqdm(total=n_samples, unit="rows", unit_scale=True, desc="writing",
-                       dynamic_ncols=True)
-        for start, Xb, Yb in _blocks(n_samples, n_features, n_outputs, noise, seed):
-            stop = start + len(Xb)
-            X[start:stop] = Xb
-            Y[start:stop] = Yb[:, 0] if n_outputs == 1 else Yb
-            if bar is not None:
-                bar.update(stop - start)
-        X.flush()
-        Y.flush()
-        del X, Y  # unmap before the rename (needed on Windows)
+                bar = tqdm(total=n_samples, unit="rows", unit_scale=True, desc="writing",
+                           dynamic_ncols=True)
+            for start, Xb, Yb in _blocks(n_samples, n_features, n_outputs, noise, seed):
+                fx.write(np.ascontiguousarray(Xb, dtype=dtype).data)
+                fy.write(np.ascontiguousarray(Yb[:, 0] if n_outputs == 1 else Yb,
+                                              dtype=dtype).data)
+                if bar is not None:
+                    bar.update(len(Xb))
+            for f in (fx, fy):
+                f.flush()
+                os.fsync(f.fileno())
+        meta = {"generator": "fastbp.datasets.make_regression", "n_samples": n_samples,
+                "n_features": n_features, "n_outputs": n_outputs, "noise": noise, "seed": seed,
+                "dtype": dtype.name, "block_rows": BLOCK_ROWS, "written": time.time()}
+        meta_tmp.write_text(json.dumps(meta, indent=1) + "\n")
         os.replace(x_tmp, x_path)
         os.replace(y_tmp, y_path)
-    except BaseException:
-        for tmp in (x_tmp, y_tmp):
+        os.replace(meta_tmp, directory / "meta.json")
+    except BaseException as exc:
+        for tmp in (x_tmp, y_tmp, meta_tmp):
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OSError(exc.errno, f"{directory}: the disk filled up while writing the data "
+                          f"({os.strerror(exc.errno)}); the partial files were removed. Free "
+                          "some space, pass fewer samples or dtype float32, or write to another "
+                          "directory.") from exc
         raise
     finally:
         if bar is not None:
             bar.close()
-    meta = {"generator": "fastbp.datasets.make_regression", "n_samples": n_samples,
-            "n_features": n_features, "n_outputs": n_outputs, "noise": noise, "seed": seed,
-            "dtype": dtype.name, "block_rows": BLOCK_ROWS, "written": time.time()}
-    (directory / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     return x_path, y_path
+
+
+def _start_npy(f, dtype, shape):
+    """Write the ``.npy`` header of a C-ordered ``dtype`` array of ``shape``; reserve its space.
+
+    The rows follow as raw bytes, which is exactly the ``.npy`` layout
+    ``np.load`` (and ``mmap_mode="r"``) reads.
+    """
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": tuple(shape)}
+    np.lib.format.write_array_header_1_0(f, header)  # a 2-D shape fits format 1.0 easily
+    f.flush()
+    size = f.tell() + math.prod(shape) * dtype.itemsize
+    if hasattr(os, "posix_fallocate"):
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            # EINVAL / EOPNOTSUPP: the file system cannot reserve; plain writes still report
+            # a full disk as an OSError.
 
 
 def _human(n_bytes):
