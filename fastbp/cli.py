@@ -8,7 +8,8 @@ by Ctrl-C.
 
 ``train`` options are stored with the checkpoint it writes, so
 ``fastbp train --resume CKPT`` continues an interrupted run without repeating
-them (options given again override the stored ones).
+them.  What is read back from the file is checked like typed options; output
+paths are never read back (see ``fastbp train --help``, option --resume).
 """
 
 import argparse
@@ -176,7 +177,7 @@ def _add_train(commands):
         "  fastbp make-data --samples 10_000_000 --out data\n"
         "  fastbp train --x data/X.npy --y data/y.npy --epochs 3 --checkpoint run.ckpt "
         "--save model.fbp\n"
-        "  fastbp train --resume run.ckpt            # after Ctrl-C\n"
+        "  fastbp train --resume run.ckpt --save model.fbp   # after Ctrl-C\n"
         "  fastbp train --csv houses.csv --targets 1 --optimizer adam --patience 3 "
         "--plot loss.png\n"
         "  fastbp train --synthetic 200000 --layers 20,32,1 --backend numpy")
@@ -220,7 +221,9 @@ def _add_train(commands):
     model.add_argument("--seed", type=_non_negative_int, metavar="N", default=S,
                        help="seeds the weights, the shuffles and --synthetic data (default 0)")
 
-    opt = train.add_argument_group("optimizer (Keras's names and defaults)")
+    opt = train.add_argument_group(
+        "optimizer (Keras's names and defaults; with --resume they must equal the "
+        "checkpoint's, whose optimizer state a different optimizer would discard)")
     opt.add_argument("--optimizer", choices=("sgd", "adam", "rmsprop"), default=S,
                      help="(default sgd)")
     opt.add_argument("--learning-rate", "--lr", type=_positive_float, metavar="LR", default=S,
@@ -265,10 +268,20 @@ def _add_train(commands):
                      help="plot loss and val_loss per epoch (needs matplotlib)")
     out.add_argument("--checkpoint", metavar="PATH", default=S,
                      help="write model and training position here after each epoch and on "
-                     "Ctrl-C (atomically)")
+                     "Ctrl-C (atomically); with --resume the default is the resumed file")
     out.add_argument("--resume", metavar="PATH", default=S,
-                     help="continue the run that wrote checkpoint PATH, with its options; "
-                     "the result equals an uninterrupted run")
+                     help="continue the run that wrote checkpoint PATH; the result equals an "
+                     "uninterrupted run. The network, optimizer, batch size, shuffle, "
+                     "validation split and data options come from PATH, each checked as if "
+                     "typed; typed again they must match (else exit 2), except --x/--y/--csv, "
+                     "which may point at the same data moved (relative paths stored in PATH "
+                     "are taken relative to PATH's directory). --epochs counts from the start "
+                     "of the original run. Output paths are never read from PATH: later "
+                     "checkpoints go to PATH itself (or --checkpoint), --save and --plot only "
+                     "when typed again. The data must match the interrupted run's "
+                     "fingerprint: its shape and the values of the first and last 64 rows "
+                     "and of 1,025 evenly spaced rows (all rows of small data); a change in "
+                     "any other row is not detected")
     train.set_defaults(run=_train_command)
     return train
 
@@ -391,7 +404,16 @@ def _train_command(args):
 
 
 def _resolve_options(given):
-    """Merge defaults, the options stored in a --resume checkpoint, and the typed ones."""
+    """Merge defaults, the options stored in a --resume checkpoint, and the typed ones.
+
+    On --resume nothing read from the file is trusted more than the command
+    line: each stored option is checked again as if it had been typed; output
+    paths are never read back (--save and --plot only when typed again, the
+    checkpoint written to --checkpoint or else to the resumed file itself); the
+    network, optimizer, batch size, shuffle and chunk size are those the
+    interrupted fit recorded, and typed options that would change them are
+    refused, as ``Network.fit(resume=True)`` refuses them.
+    """
     resume = given.pop("resume", None)
     network = None
     stored = {}
@@ -400,7 +422,7 @@ def _resolve_options(given):
         if clashes:
             raise UsageError(f"--resume takes the network from the checkpoint; drop "
                              f"{', '.join('--' + k.replace('_', '-') for k in clashes)}.")
-        stored = _stored_in(resume)
+        stored, ignored = _stored_in(resume)
         # the backend of the interrupted run (bitwise equality needs the same kernels)
         network = _load_checkpoint(resume, given.get("backend", stored.get("backend", "auto")))
         if network._position is None:
@@ -408,23 +430,174 @@ def _resolve_options(given):
                                "--checkpoint`; found a model file without a training position "
                                "(a --save file, or one saved after training ended). Pass the "
                                "--checkpoint file, or train anew.")
-        stored.setdefault("checkpoint", str(resume))
+        stored.update(_recorded_by_fit(network, resume))
+        _check_resume_options(stored, given, network._position)
     opts = {**TRAIN_DEFAULTS, **stored, **given}
     for name in ("features", "outputs"):  # typed ones win over the --layers widths
         opts[f"_{name}_typed"] = name in given or bool(stored.get(f"_{name}_typed"))
+    if resume is not None:
+        # where later checkpoints go: the command line says, else the file resumed
+        opts["checkpoint"] = given.get("checkpoint", str(resume))
+        opts["_ignored_outputs"] = {k: v for k, v in ignored.items() if k not in given}
     _check_options(opts, given)
     return opts, network, resume
 
 
+# Options never read back from a checkpoint: the command line alone says where output goes.
+OUTPUT_OPTIONS = ("save", "plot", "checkpoint")
+# Options that change the training data; typed again on --resume they must equal the stored ones.
+DATA_OPTIONS = ("synthetic", "features", "outputs", "noise", "seed", "targets")
+# Option -> the JSON type a checkpoint stores it as, by the parser's type function.
+_STORED_TYPES = {_positive_int: int, _non_negative_int: int, _positive_float: (int, float),
+                 _non_negative_float: (int, float), _fraction: (int, float), _int_list: list,
+                 _layers: list, _activation_list: list}
+
+
 def _stored_in(path):
-    """The train options stored in checkpoint ``path`` (empty if none)."""
+    """The train options stored in checkpoint ``path``, each checked as if typed.
+
+    Unknown keys are ignored, and so are the output paths (OUTPUT_OPTIONS):
+    they are never taken from a file.  Relative data paths are resolved
+    against the checkpoint's directory.
+    """
     from ._io import read_model_file
 
     if not Path(path).is_file():
         raise CommandError(f"--resume {path}: no such file. Pass the path given to "
                            "--checkpoint when the run was started.")
     header, _ = read_model_file(path)
-    return dict((header.get("extra") or {}).get("train_options") or {})
+    extra = header.get("extra") or {}
+    options = extra.get("train_options") if isinstance(extra, dict) else None
+    if options is None:
+        return {}, {}
+    if not isinstance(options, dict):
+        raise CommandError(f"--resume {path}: expected the stored train options as a JSON "
+                           f"object; found {type(options).__name__}. The file was not written "
+                           "by `fastbp train --checkpoint`; train anew.")
+    actions = {action.dest: action for action in build_parser().command_parsers["train"]._actions}
+    stored, ignored = {}, {}
+    for key, value in options.items():
+        if key in ("_features_typed", "_outputs_typed"):
+            if not isinstance(value, bool):
+                raise _bad_stored(path, key, value, "expected true or false")
+            stored[key] = value
+        elif key in TRAIN_DEFAULTS and key not in OUTPUT_OPTIONS:
+            stored[key] = _check_stored(path, key, value, actions[key])
+        elif key in ("save", "plot") and isinstance(value, str):
+            ignored[key] = value  # only to say that it is not written
+    for key in ("x", "y", "csv"):  # absolute when written; older or edited files: see --help
+        if stored.get(key) is not None:
+            stored[key] = str(Path(path).resolve().parent / stored[key])
+    return stored, ignored
+
+
+def _check_stored(path, key, value, action):
+    """``value`` of option ``key`` read from checkpoint ``path``, through the parser's checks."""
+    if value is None:
+        if TRAIN_DEFAULTS[key] is None:  # optional: not given in the stored run
+            return None
+        raise _bad_stored(path, key, value, "expected a value")
+    if action.nargs == 0:  # --nesterov, --no-shuffle, --quiet
+        if not isinstance(value, bool):
+            raise _bad_stored(path, key, value, "expected true or false")
+        return value
+    kind = _STORED_TYPES.get(action.type, str)
+    items = value if kind is list and isinstance(value, list) else [value]
+    item_kind = (int if action.type in (_int_list, _layers) else str) if kind is list else kind
+    if not isinstance(value, kind) or isinstance(value, bool) or not items or any(
+            not isinstance(item, item_kind) or isinstance(item, bool) for item in items):
+        raise _bad_stored(path, key, value, f"expected {'a list' if kind is list else 'a'} "
+                          f"{getattr(item_kind, '__name__', 'number')}")
+    if action.type is not None:
+        try:
+            value = action.type(",".join(map(str, items)))
+        except argparse.ArgumentTypeError as exc:
+            raise _bad_stored(path, key, value, str(exc)) from None
+    if action.choices is not None and value not in action.choices:
+        raise _bad_stored(path, key, value, f"expected one of {', '.join(action.choices)}")
+    return value
+
+
+def _bad_stored(path, key, value, reason):
+    option = key if key.startswith("_") else "--" + key.replace("_", "-")
+    return CommandError(f"--resume {path}: the checkpoint stores an invalid "
+                        f"{option} {value!r} ({reason}). It was not written by "
+                        "`fastbp train` or has been edited; train anew.")
+
+
+def _recorded_by_fit(network, path):
+    """The options the interrupted fit itself recorded: optimizer, batch size, shuffle.
+
+    They are the truth on --resume (the stored train options could disagree
+    with them only in an edited file).
+    """
+    position = network._position
+    settings = position.get("settings") or {}
+    recorded = {}
+    for key in ("batch_size", "shuffle"):
+        if key not in settings:
+            raise CommandError(f"--resume {path}: the training position lacks {key!r}; the "
+                               "file was not written by `fastbp train --checkpoint`.")
+        recorded[key] = settings[key]
+    optimizer = network.optimizer
+    if optimizer is not None:
+        config = optimizer.get_config()
+        name = config.pop("name").lower()
+        recorded["optimizer"] = name
+        recorded["learning_rate"] = config["learning_rate"]
+        for option, (names, keyword) in OPTIMIZER_OPTIONS.items():
+            recorded[option] = config[keyword] if name in names else None
+        if not recorded["nesterov"]:
+            recorded["nesterov"] = None
+    return recorded
+
+
+def _check_resume_options(stored, given, position):
+    """Refuse typed options that a resumed fit would not apply (usage errors, exit 2)."""
+    def typed(key):
+        value = given[key]
+        option = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            return option if key != "shuffle" or value else "--no-shuffle"
+        return f"{option} {','.join(map(str, value)) if isinstance(value, list) else value}"
+
+    def stored_as(key):
+        value = stored.get(key, TRAIN_DEFAULTS[key])
+        if key == "shuffle":
+            return "shuffle" if value else "--no-shuffle"
+        return "none" if value is None else value
+
+    optimizer_keys = ("optimizer", "learning_rate", *OPTIMIZER_OPTIONS)
+    changed = [k for k in optimizer_keys if k in given and given[k] != stored.get(k)]
+    if changed:
+        current = ", ".join(f"{k.replace('_', '-')} {stored_as(k)}" for k in optimizer_keys
+                            if stored.get(k) is not None)
+        raise UsageError(
+            f"{', '.join(typed(k) for k in changed)}: the checkpoint's optimizer is {current}. "
+            "--resume continues its optimizer state; another optimizer would start a fresh "
+            "optimizer state, which fit(resume=True) refuses too. Drop the optimizer options, "
+            "or train anew without --resume.")
+    must_match = ("batch_size", "shuffle", "validation_split", *DATA_OPTIONS)
+    changed = [k for k in must_match if k in given and given[k] != stored.get(k, TRAIN_DEFAULTS[k])]
+    if changed:
+        was = ", ".join(f"{k.replace('_', '-')} {stored_as(k)}" for k in changed)
+        raise UsageError(
+            f"{', '.join(typed(k) for k in changed)}: the interrupted run had {was}. A resumed "
+            "fit must see the same data, batch size, shuffle and validation split (as "
+            "fit(resume=True) requires); drop these options.")
+    chunk_rows = position.get("chunk_rows")
+    if "chunk_rows" in given:
+        batch_size = stored["batch_size"]
+        if max(1, given["chunk_rows"] // batch_size) * batch_size != chunk_rows:
+            raise UsageError(f"--chunk-rows {given['chunk_rows']}: the interrupted run trained "
+                             f"in chunks of {chunk_rows} rows, which fix the order of the "
+                             "streamed blocks; a resumed fit keeps them. Drop --chunk-rows.")
+    epochs = given.get("epochs", stored.get("epochs", TRAIN_DEFAULTS["epochs"]))
+    if epochs < position["epoch"] + 1:
+        raise UsageError(
+            f"--epochs {epochs}: the checkpoint is in epoch {position['epoch'] + 1} "
+            f"({position['epoch']} completed); --epochs must be >= {position['epoch'] + 1} "
+            "(it counts from the start of the original run).")
 
 
 def _load_checkpoint(path, backend):
@@ -582,7 +755,9 @@ def _check_output_paths(opts):
 
     for option, example in (("save", "model.fbp"), ("plot", "loss.png"),
                             ("checkpoint", "run.ckpt")):
-        check_path(opts.get(option), f"--{option}", example)
+        path = check_path(opts.get(option), f"--{option}", example)
+        if path is not None:
+            _probe_directory(path, f"--{option}")
     if opts.get("plot") is not None:
         import importlib.util
 
@@ -600,6 +775,26 @@ def _check_output_paths(opts):
                                f"{', '.join('.' + f for f in sorted(formats))}; found "
                                f"{'.' + suffix if suffix else 'no extension'}. Pass e.g. "
                                "--plot loss.png.")
+
+
+def _probe_directory(path, option):
+    """Create and remove a file next to ``path``: where permission bits do not tell.
+
+    Root passes every permission check, yet cannot create files in /proc or on
+    a read-only mount; the model file is written as a temporary file in the
+    same directory first, so that is what is tried.
+    """
+    import tempfile
+
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=directory)
+    except OSError as exc:
+        raise CommandError(f"{option} {path}: cannot create files in {directory} "
+                           f"({exc.strerror or type(exc).__name__}). Pass a path in a writable "
+                           "directory.") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _stored_options(opts):
@@ -630,7 +825,8 @@ def _run_training(opts, network=None, resume_from=None, banner=None):
                 _architecture(opts, X, Y), activations=_activations(opts),
                 output_activation=opts["output_activation"], loss=opts["loss"],
                 dtype=opts["dtype"], backend=opts["backend"], seed=opts["seed"])
-    optimizer = _make_optimizer(opts)
+    # resumed: the optimizer of the interrupted fit (typed options must equal it)
+    optimizer = _make_optimizer(opts) if resume_from is None else network.optimizer
     stored = _stored_options(opts)
     stored["backend"] = network.backend  # "auto" might pick another one when resumed
     network._extra = {"train_options": stored}
@@ -664,7 +860,10 @@ def _run_training(opts, network=None, resume_from=None, banner=None):
     if resume_from is not None:
         position = network._position
         _say(f"resuming {resume_from}: epoch {position['epoch'] + 1}, "
-             f"{position['rows']:,} rows done")
+             f"{position['rows']:,} rows done; checkpoints go to {opts['checkpoint']}")
+        for key, path in opts.get("_ignored_outputs", {}).items():
+            _say(f"note: the interrupted run had --{key} {path}; output paths are not read "
+                 f"from checkpoints: pass --{key} again to write it.")
     compiled = _warm_up(network, optimizer, opts["batch_size"])
     if compiled is not None and compiled >= 0.1:  # say so only when it took a while
         _say(f"kernels compiled (or loaded from the cache) in {compiled:.1f} s")
@@ -680,10 +879,17 @@ def _run_training(opts, network=None, resume_from=None, banner=None):
     except KeyboardInterrupt:
         _report_interrupt(network, opts)
         return 130
+    except ValueError as exc:
+        if resume_from is None or not str(exc).startswith("fit(resume=True)"):
+            raise
+        raise CommandError(  # checked before any row is trained
+            f"--resume {resume_from}: {exc} The data options come from the checkpoint; pass "
+            "--x/--y or --csv again only to point at the same data in another place.") from None
     seconds = time.perf_counter() - start
     epochs_run = len(history.history["loss"]) - (
         0 if resume_from is None else len(position["history"].get("loss", [])))
-    trained = max(0, epochs_run) * n_train - (0 if resume_from is None else position["rows"])
+    # --epochs >= the checkpoint's epoch (checked), so this counts whole epochs and the rest
+    trained = max(0, epochs_run * n_train - (0 if resume_from is None else position["rows"]))
 
     _say("loss per epoch: " + ", ".join(f"{v:.4g}" for v in history.history["loss"])
          + ("" if "val_loss" not in history.history else
@@ -757,8 +963,10 @@ def _report_interrupt(network, opts):
     print(f"fastbp train: interrupted{where}; the model holds the weights of the last "
           "completed chunk.", file=sys.stderr)
     if opts["checkpoint"] is not None and position is not None:
+        outputs = "".join(f" --{key} {opts[key]}" for key in ("save", "plot")
+                          if opts.get(key) is not None)  # never read back from the checkpoint
         print(f"checkpoint written to {opts['checkpoint']}; continue with: fastbp train "
-              f"--resume {opts['checkpoint']}", file=sys.stderr)
+              f"--resume {opts['checkpoint']}{outputs}", file=sys.stderr)
     else:
         print("nothing was saved (pass --checkpoint PATH to be able to resume).",
               file=sys.stderr)
