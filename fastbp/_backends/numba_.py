@@ -43,9 +43,9 @@ Design
 
 import contextlib
 import functools
-import importlib.util
 import logging
 import os
+import stat
 import sys
 import tempfile
 import threading
@@ -80,24 +80,122 @@ LOCK_TIMEOUT = 120.0
 
 
 # ----------------------------------------------------------------------------- module loading
-def _write_atomically(path, text):
-    """Create ``path`` holding ``text`` unless it exists; never expose a partial file."""
-    if path.exists():
+# The cache directory holds code that runs: the generated sources (compiled
+# from fastbp's own text, see _import_source) and Numba's index (.nbi) and
+# machine code (.nbc) files, which Numba unpickles and executes.  fastbp
+# cannot make a pickle safe; the protection is that nobody but the user can
+# write there.  Every directory is therefore created 0700 and checked before
+# use (a real directory, owned by the user, writable by nobody else); a
+# directory that fails the check is not used (a warning, then in memory).
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # absent on Windows
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)
+_POSIX = os.name == "posix"
+
+
+class UnsafeCacheError(OSError):
+    """A cache directory that others could write to (or a symlink in its place)."""
+
+
+def _refuse(path, found):
+    return UnsafeCacheError(
+        f"{path} {found}; the kernel cache holds code that runs (Numba's index and machine "
+        f"code files are pickles), so it must be a real directory owned by you and writable "
+        f"by nobody else. Fix it with `chmod 700 {path}` (and `chown` it to yourself), or set "
+        f"FASTBP_CACHE_DIR to a private directory")
+
+
+def _check_private_dir(path):
+    """Raise ``UnsafeCacheError`` unless ``path`` is a private directory (os.lstat: no symlink)."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise _refuse(path, f"is a symlink (to {os.readlink(path)!r}), not a directory")
+    if not stat.S_ISDIR(st.st_mode):
+        raise _refuse(path, f"is not a directory (mode {oct(st.st_mode)})")
+    if not _POSIX:
+        return  # Windows: no POSIX owner and mode bits to check
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.getuid():
+        raise _refuse(path, f"is owned by uid {st.st_uid}, not by you (uid {os.getuid()}; "
+                            f"mode {oct(mode)})")
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "group- and world-writable" if mode & stat.S_IWGRP and mode & stat.S_IWOTH else (
+            "group-writable" if mode & stat.S_IWGRP else "world-writable")
+        raise _refuse(path, f"is {who} (mode {oct(mode)}, owner uid {st.st_uid})")
+
+
+def _private_dir(path, top):
+    """Create ``path`` (and missing parents) with mode 0700; check it and the levels up to ``top``.
+
+    ``top`` is the root of fastbp's own tree (``FASTBP_CACHE_DIR`` or the
+    per-user ``fastbp`` directory): it and every level below it are checked,
+    the directories above it (``~/.cache``, ``/tmp``) are not.
+    """
+    path = os.path.abspath(path)
+    top = os.path.abspath(top)
+    missing = []
+    probe = path
+    while not os.path.lexists(probe):
+        missing.append(probe)
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    for level in reversed(missing):
         try:
-            if path.read_text(encoding="utf-8") == text:
-                return
-        except OSError:
-            pass
-        replace = True  # damaged (e.g. a disk that filled up): rewrite it
-    else:
-        replace = False
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+            # mode & ~umask never exceeds 0700; chmod restores what a umask took away
+            os.mkdir(level, 0o700)
+        except FileExistsError:
+            continue  # another process created it: checked below like any other
+        os.chmod(level, 0o700)
+    checked = [path]
+    while checked[-1] != top and os.path.dirname(checked[-1]) != checked[-1] \
+            and checked[-1].startswith(top + os.sep):
+        checked.append(os.path.dirname(checked[-1]))
+    for level in reversed(checked):
+        _check_private_dir(level)
+    return path
+
+
+def _open_nofollow(path, flags, mode=0o600):
+    """``os.open`` that never follows a symlink at ``path`` (O_NOFOLLOW; new files 0600)."""
+    return os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC | _O_BINARY, mode)
+
+
+def _read_nofollow(path):
+    """The bytes of the regular file ``path``, or None when it is absent; never follows a symlink."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from a shared FASTBP_CACHE_DIR
+        fd = _open_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return f.read()
+
+
+def _write_atomically(path, data):
+    """Create ``path`` holding the bytes ``data`` (mode 0600) unless it already does.
+
+    A damaged file (truncated, garbage, a symlink) is replaced; a partial
+    file is never exposed (write a temporary file, then hard-link or rename).
+    """
+    try:
+        current = _read_nofollow(path)
+    except OSError:  # a symlink (ELOOP) or something else in the way: replace it
+        current = b""
+    if current == data:
+        return
+    replace = current is not None
+    # mkstemp: O_CREAT | O_EXCL (never follows a symlink), mode 0600
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=os.path.basename(path)[:-3],
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         if replace:
-            os.replace(tmp, path)
+            os.replace(tmp, path)  # replaces a symlink itself, never its target
             return
         try:
             # A hard link publishes the complete file atomically and fails if
@@ -108,32 +206,69 @@ def _write_atomically(path, text):
         except OSError:  # no hard links on this file system
             os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
+def _cache_root():
+    """``(versioned cache directory, root of fastbp's tree there)``."""
+    directory = _config.cache_dir()
+    return directory, directory.parent
+
+
+def _cached_dirs(module):
+    """The directories Numba's cache locator chose for ``module``'s cached functions."""
+    dirs = set()
+    for value in vars(module).values():
+        cache = getattr(value, "_cache", None)
+        path = getattr(cache, "_cache_path", None)  # numba.core.caching.Cache
+        if isinstance(path, str):
+            dirs.add(path)
+    return sorted(dirs)
+
+
 def _import_source(name, text, cache):
-    """Import ``text`` as module ``name``: from the cache directory, or from memory."""
-    if cache:
-        directory = _config.cache_dir()
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{name}.py"
-        _write_atomically(path, text)
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        # Registered before it runs: Numba resolves a cached function's
-        # globals through sys.modules.
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            sys.modules.pop(name, None)
-            raise
-        return module
+    """Import ``text`` as module ``name``: backed by a verified file in the cache, or in memory.
+
+    The module is always compiled from ``text`` itself, never through an
+    import loader: those would run bytecode from ``__pycache__`` (an
+    ``unchecked-hash`` .pyc is used without looking at the source).  With
+    ``cache`` the text is first written to ``<cache dir>/<name>.py`` and read
+    back (without following symlinks); the code objects then carry that path,
+    which Numba's cache locator needs (it keys the cache on that file's
+    content and stores its .nbi / .nbc files in ``__pycache__`` beside it).
+    """
     module = types.ModuleType(name)
-    module.__file__ = f"<fastbp generated {name}>"
+    if cache:
+        directory, top = _cache_root()
+        _private_dir(directory, top)
+        # Numba's InTreeCacheLocator would create it with the umask's mode
+        _private_dir(os.path.join(directory, "__pycache__"), top)
+        path = os.path.join(os.path.abspath(directory), f"{name}.py")
+        data = text.encode("utf-8")
+        _write_atomically(path, data)
+        if _read_nofollow(path) != data:
+            raise OSError(f"{path} does not hold the source fastbp generated")
+        filename = path
+    else:
+        filename = f"<fastbp generated {name}>"
+    module.__file__ = filename
+    code = compile(text, filename, "exec", dont_inherit=True)
+    # Registered before it runs: Numba resolves a cached function's globals
+    # through sys.modules, and the per-architecture modules import the template.
     sys.modules[name] = module
-    exec(compile(text, module.__file__, "exec"), module.__dict__)  # noqa: S102 (our own source)
+    try:
+        exec(code, module.__dict__)  # noqa: S102 (fastbp's own generated source)
+        if cache:
+            # Numba picked its cache directory when the decorators ran (the
+            # in-tree __pycache__, or a directory in NUMBA_CACHE_DIR): check it
+            # and its parent before any of its files are read.
+            for directory in _cached_dirs(module):
+                _check_private_dir(os.path.dirname(directory))
+                _check_private_dir(directory)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
     return module
 
 
@@ -170,16 +305,53 @@ def _module(dtype, sizes=None):
             except OSError as exc:
                 if not _warned_cache:
                     _warned_cache.append(True)
-                    warnings.warn(f"fastbp: cannot use the kernel cache in "
-                                  f"{_config.cache_dir()} ({exc}); compiling without a cache. "
-                                  "Set FASTBP_CACHE_DIR to a writable directory, or "
-                                  "FASTBP_NO_CACHE=1 to silence this.", RuntimeWarning,
-                                  stacklevel=4)
+                    if isinstance(exc, UnsafeCacheError):
+                        reason = f"not using the kernel cache: {exc}"
+                    else:
+                        reason = (f"cannot use the kernel cache in {_config.cache_dir()} "
+                                  f"({exc}); set FASTBP_CACHE_DIR to a writable private "
+                                  "directory")
+                    warnings.warn(f"fastbp: {reason}. Compiling in memory instead (every "
+                                  "process compiles again); FASTBP_NO_CACHE=1 does so "
+                                  "without this warning.", RuntimeWarning, stacklevel=4)
                 module = build(False)
         else:
             module = build(False)
         _modules[key] = module
         return module
+
+
+_warned_locks = set()
+
+
+def _warn_lock(path, found):
+    if path not in _warned_locks:
+        _warned_locks.add(path)
+        warnings.warn(f"fastbp: the kernel cache lock {path} {found}; not following it, "
+                      "compiling without the lock. Remove it (the cache directory should "
+                      "hold only what fastbp and Numba write there).", RuntimeWarning,
+                      stacklevel=5)
+
+
+def _open_lock(path):
+    """A file descriptor of the lock file ``path``, or None (with a warning) when unusable.
+
+    Opened with O_NOFOLLOW (created 0600): a symlink planted there is
+    refused, and its target is never created or truncated.
+    """
+    try:
+        fd = _open_nofollow(path, os.O_RDWR | os.O_CREAT)
+    except OSError as exc:
+        if os.path.islink(path):
+            _warn_lock(path, f"is a symlink (to {os.readlink(path)!r})")
+        else:
+            logger.warning("fastbp: compiling without the cache lock %s (%s)", path, exc)
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        _warn_lock(path, "is not a regular file")
+        return None
+    return fd
 
 
 @contextlib.contextmanager
@@ -195,17 +367,16 @@ def _process_lock(module):
     if fcntl is None or not module.CACHE or not os.path.isfile(path):
         yield
         return
-    try:
-        handle = open(path[:-3] + ".lock", "a+b")
-    except OSError:
+    fd = _open_lock(path[:-3] + ".lock")
+    if fd is None:
         yield
         return
-    with handle:
+    try:
         deadline = time.monotonic() + LOCK_TIMEOUT
         locked = False
         while True:
             try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 locked = True
                 break
             except OSError:
@@ -218,7 +389,33 @@ def _process_lock(module):
             yield
         finally:
             if locked:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _compile(fn, signature):
+    """``fn.compile(signature)``; an unreadable cache entry is dropped and compiled again.
+
+    Numba raises when its index (.nbi) or data (.nbc) file is truncated or
+    garbage (it unpickles them).  Such an entry is reset with the cache's
+    own ``flush`` (an empty index, written atomically; the data files are
+    then overwritten) and the function compiled again.  Errors of the
+    compiler itself are not retried.
+    """
+    try:
+        fn.compile(signature)
+    except numba.core.errors.NumbaError:
+        raise
+    except Exception as exc:
+        cache = getattr(fn, "_cache", None)
+        if cache is None or not hasattr(cache, "flush"):
+            raise
+        logger.warning("fastbp: unreadable kernel cache entry for %s in %s (%s: %s); "
+                       "compiling it again", fn.py_func.__qualname__,
+                       getattr(cache, "cache_path", "?"), type(exc).__name__, exc)
+        cache.flush()
+        fn.compile(signature)
 
 
 def _entry(module, name):
@@ -232,7 +429,7 @@ def _entry(module, name):
             # One signature per function and module: loads from the on-disk
             # cache when it is there, else compiles (and stores it).
             with _process_lock(module):
-                fn.compile(module.SIGNATURES[name])
+                _compile(fn, module.SIGNATURES[name])
             fn.disable_compile()
         _entries[(module.__name__, name)] = fn
         return fn
