@@ -1,48 +1,119 @@
 """Model files: one file, written atomically, read without unpickling.
 
-Layout::
+Layout (format version 2)::
 
     FASTBP-MODEL\\n
-    {"format": "fastbp-model", "version": 1, "sha256": ..., "payload_bytes": ..., ...}\\n
-    <npz payload: params, optimizer state>
+    {"format": "fastbp-model", "version": 2, "header_sha256": ..., "sha256": ..., ...}\\n
+    <npz payload: params, optimizer state, training position arrays, history>
 
-The JSON header carries the architecture, the optimizer configuration and
-step count, and the SHA-256 of the payload; ``load`` checks all of it and
-opens the payload with ``allow_pickle=False``.
+The JSON header (one line, at most ``_MAX_HEADER_BYTES``) carries the
+architecture, the optimizer configuration and step count, the shuffle state,
+the caller's ``extra`` metadata and the JSON part of a training position.
+Two checksums guard it: ``sha256`` of the payload and ``header_sha256`` of
+the header's canonical JSON (sorted keys, no spaces) without that field.
+Everything that grows with training -- the per-epoch history -- lives in the
+payload (``history.<i>`` arrays, float64, in the order of the header's
+``training.history`` key list), so the header stays small however long a run
+is; ``save`` refuses to write a header ``load`` could not read.
+
+``load`` checks in this order, and allocates nothing the file does not
+already hold: the signature, the header (size, JSON, checksum), the payload
+(size, checksum), every header field's type and range, and then each payload
+member's ``.npy`` header (name, dtype, shape, stored size) against what the
+header declares -- all before a network is built or a member's data is read.
+Members are read as raw bytes (never unpickled) and must be stored
+uncompressed, as ``numpy.savez`` writes them.
+
+Version 1 files (no ``header_sha256``, history inside the header) are still
+read, with the same field checks.
 """
 
 import contextlib
 import hashlib
 import io
 import json
+import math
 import os
+import stat
 import tempfile
+import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 MAGIC = b"FASTBP-MODEL\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _MAX_HEADER_BYTES = 1 << 20
 # Payload arrays of a training position (callback states) carry this prefix.
 _TRAINING_PREFIX = "training."
+# Per-epoch history values, one float64 array per history key (format 2).
+_HISTORY_PREFIX = "history."
+_MAX_NPY_HEADER = 10_000
+_INT64_LIMIT = 1 << 63
+
+_umask_lock = threading.Lock()
+
+
+# ---------------------------------------------------------------------------- writing
+def _current_umask():
+    """The process umask, read without changing it where the system allows."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    with _umask_lock:  # os.umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _replace_target(path):
+    """``(file to replace, its mode)``; refuses anything but a regular file.
+
+    A symbolic link is followed: its target is replaced (as ``open(path, "w")``
+    would write through it) and the link stays.  The mode is the replaced
+    file's, or ``0o666`` less the umask for a new file -- what a plain
+    ``open(path, "w")`` gives.
+    """
+    target = Path(os.path.realpath(path))
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
+        return target, 0o666 & ~_current_umask()
+    if not stat.S_ISREG(info.st_mode):
+        from ._checkpoint import _file_kind
+
+        raise FileExistsError(
+            f"{path}: expected a regular file or a new file name; found "
+            f"{_file_kind(info.st_mode)}. fastbp writes a new file and renames it into place, "
+            "which would replace it; pass the path of a regular file instead.")
+    return target, stat.S_IMODE(info.st_mode)
 
 
 def _atomic_write(path, chunks):
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    target, mode = _replace_target(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _canonical(header):
+    """The bytes ``header_sha256`` covers: sorted keys, no spaces, ASCII."""
+    return json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=True).encode("ascii")
 
 
 def save_network(network, path, extra=None):
@@ -65,9 +136,15 @@ def save_network(network, path, extra=None):
     position = getattr(network, "_position", None)
     training = None
     if position is not None:
-        training = {key: value for key, value in position.items() if key != "arrays"}
+        training = {key: value for key, value in position.items()
+                    if key not in ("arrays", "history")}
         for name, array in position["arrays"].items():
             arrays[_TRAINING_PREFIX + name] = array
+        keys = list(position["history"])
+        training["history"] = keys
+        for i, key in enumerate(keys):
+            arrays[f"{_HISTORY_PREFIX}{i}"] = np.asarray(position["history"][key],
+                                                         dtype=np.float64).reshape(-1)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     payload = buffer.getvalue()
@@ -76,15 +153,27 @@ def save_network(network, path, extra=None):
         "version": FORMAT_VERSION,
         "config": network.get_config(),
         "optimizer": None if network.optimizer is None else network.optimizer.get_config(),
-        "step": network._step,
+        "step": int(network._step),
         "shuffle_rng": network._rng.bit_generator.state,
         "extra": extra,
         "training": training,
         "payload_bytes": len(payload),
         "sha256": hashlib.sha256(payload).hexdigest(),
     }
-    line = json.dumps(header, sort_keys=True).encode() + b"\n"
+    header["header_sha256"] = hashlib.sha256(_canonical(header)).hexdigest()
+    line = _canonical(header) + b"\n"
+    if len(line) > _MAX_HEADER_BYTES:
+        raise ValueError(
+            f"{path}: the model header would take {len(line):,} bytes; the model file format "
+            f"allows {_MAX_HEADER_BYTES:,}. Its metadata (the extra dict: "
+            f"{len(json.dumps(extra)):,} bytes) or the number of layers is too large; attach "
+            "less metadata. Nothing was written.")
     _atomic_write(path, [MAGIC, line, payload])
+
+
+# ---------------------------------------------------------------------------- reading
+class _Invalid(ValueError):
+    """A header field or payload member that is not what ``save`` writes."""
 
 
 def _corrupt(path, what):
@@ -93,32 +182,419 @@ def _corrupt(path, what):
                       "format. Save the model again.")
 
 
-def read_model_file(path):
-    """Return ``(header, arrays)`` of a model file after checking it."""
-    with open(path, "rb") as f:
-        if f.read(len(MAGIC)) != MAGIC:
-            raise _corrupt(path, "missing the FASTBP-MODEL signature")
-        line = f.readline(_MAX_HEADER_BYTES)
-        payload = f.read()
+def _short(value):
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # e.g. an int too long to print
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _bad(field, expected, value):
+    return _Invalid(f"header field {field!r}: expected {expected}; found {_short(value)}")
+
+
+def _int(value, field, low=0, high=_INT64_LIMIT - 1):
+    if type(value) is not int or not low <= value <= high:
+        raise _bad(field, f"an integer in [{low}, {high}]", value)
+    return int(value)
+
+
+def _real(value, field, low=None, high=None):
+    if type(value) not in (int, float):
+        raise _bad(field, "a number", value)
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or (low is not None and number < low) or \
+            (high is not None and number > high):
+        bounds = "" if low is None else f" >= {low}" if high is None else f" in [{low}, {high}]"
+        raise _bad(field, f"a finite number{bounds}", value)
+    return number
+
+
+def _bool(value, field):
+    if type(value) is not bool:
+        raise _bad(field, "true or false", value)
+    return value
+
+
+def _str(value, field, choices=None):
+    if type(value) is not str or (choices is not None and value not in choices):
+        expected = "a string" if choices is None else f"one of {sorted(choices)}"
+        raise _bad(field, expected, value)
+    return value
+
+
+def _dict(value, field, required=(), optional=()):
+    if type(value) is not dict:
+        raise _bad(field, "a JSON object", value)
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise _Invalid(f"header field {field!r}: lacks {missing[0]!r}")
+    unknown = [key for key in value if key not in required and key not in optional]
+    if unknown:
+        raise _Invalid(f"header field {field!r}: unknown entry {_short(unknown[0])}")
+    return value
+
+
+def _list(value, field):
+    if type(value) is not list:
+        raise _bad(field, "a list", value)
+    return value
+
+
+def _rng_state(value, field):
+    """A PCG64 state dict, as ``Generator.bit_generator.state`` gives."""
+    value = _dict(value, field, ("bit_generator", "state", "has_uint32", "uinteger"))
+    _str(value["bit_generator"], f"{field}.bit_generator", {"PCG64"})
+    inner = _dict(value["state"], f"{field}.state", ("state", "inc"))
+    return {"bit_generator": "PCG64",
+            "state": {"state": _int(inner["state"], f"{field}.state.state", 0, (1 << 128) - 1),
+                      "inc": _int(inner["inc"], f"{field}.state.inc", 0, (1 << 128) - 1)},
+            "has_uint32": _int(value["has_uint32"], f"{field}.has_uint32", 0, 1),
+            "uinteger": _int(value["uinteger"], f"{field}.uinteger", 0, (1 << 32) - 1)}
+
+
+_CONFIG_KEYS = ("layers", "activations", "output_activation", "loss", "kernel_initializer",
+                "bias_initializer", "dtype", "seed")
+
+
+def _initializer(value, field, names):
+    if type(value) is str:
+        return _str(value, field, names)
+    return _real(value, field)
+
+
+def _check_config(value):
+    from ._backends import _codes as C
+    from .network import BIAS_INITIALIZERS, KERNEL_INITIALIZERS
+
+    value = _dict(value, "config", _CONFIG_KEYS)
+    layers = _list(value["layers"], "config.layers")
+    if len(layers) < 2:
+        raise _bad("config.layers", "at least two layer widths", layers)
+    layers = [_int(w, f"config.layers[{i}]", 1) for i, w in enumerate(layers)]
+    activations = _list(value["activations"], "config.activations")
+    if len(activations) != len(layers) - 2:
+        raise _bad("config.activations", f"{len(layers) - 2} names (one per hidden layer)",
+                   activations)
+    return {"layers": layers,
+            "activations": [_str(a, f"config.activations[{i}]", C.ACTIVATIONS)
+                            for i, a in enumerate(activations)],
+            "output_activation": _str(value["output_activation"], "config.output_activation",
+                                      C.ACTIVATIONS),
+            "loss": _str(value["loss"], "config.loss", C.LOSSES),
+            "kernel_initializer": _initializer(value["kernel_initializer"],
+                                               "config.kernel_initializer", KERNEL_INITIALIZERS),
+            "bias_initializer": _initializer(value["bias_initializer"],
+                                             "config.bias_initializer", BIAS_INITIALIZERS),
+            "dtype": _str(value["dtype"], "config.dtype", {"float32", "float64"}),
+            "seed": None if value["seed"] is None else
+            _int(value["seed"], "config.seed", 0, math.inf)}
+
+
+def _check_optimizer(value):
+    import dataclasses
+
+    from .optimizers import SGD, Adam, Optimizer, RMSprop
+
+    if value is None:
+        return None
+    classes = {cls.__name__: cls for cls in (SGD, Adam, RMSprop)}
+    name = _str(_dict(value, "optimizer", ("name",), [f for c in classes.values()
+                                                      for f in c.__dataclass_fields__])["name"],
+                "optimizer.name", classes)
+    fields = [f.name for f in dataclasses.fields(classes[name])]
+    value = _dict(value, "optimizer", ("name", *fields))
+    config = {"name": name}
+    for field in fields:
+        checker = _bool if field == "nesterov" else _real
+        config[field] = checker(value[field], f"optimizer.{field}")
+    try:
+        return Optimizer.from_config(config)
+    except (TypeError, ValueError) as exc:
+        raise _Invalid(f"header field 'optimizer': {exc}") from None
+
+
+_TRAINING_KEYS = ("epoch", "rows", "loss_sum", "epoch_rng", "stopped", "epochs", "chunk_rows",
+                  "settings", "history", "callbacks")
+_SETTINGS_KEYS = ("source", "n_rows", "n_val", "fingerprint", "batch_size", "shuffle",
+                  "validation_split")
+_EARLY_STOPPING_STATE = ("wait", "best", "best_epoch", "stopped_epoch")
+
+
+def _check_training(value, version, layer_shapes):
+    """The JSON part of a training position, and the payload arrays it declares.
+
+    Returns ``(training, declared)``: ``declared`` maps payload member names to
+    ``(dtype kind or None, shape or None)`` -- ``None`` where any is allowed.
+    """
+    if value is None:
+        return None, {}
+    if version == 1:  # older releases wrote no "stopped"/"epochs"
+        value = dict(value)
+        value.setdefault("stopped", False)
+        value.setdefault("epochs", value.get("epoch", 0) + 1
+                         if type(value.get("epoch")) is int else 1)
+    value = _dict(value, "training", _TRAINING_KEYS)
+    s = _dict(value["settings"], "training.settings", _SETTINGS_KEYS)
+    settings = {
+        "source": _str(s["source"], "training.settings.source", {"memory", "stream"}),
+        "n_rows": _int(s["n_rows"], "training.settings.n_rows", 1),
+        "n_val": None if s["n_val"] is None else _int(s["n_val"], "training.settings.n_val"),
+        "fingerprint": _str(s["fingerprint"], "training.settings.fingerprint"),
+        "batch_size": _int(s["batch_size"], "training.settings.batch_size", 1),
+        "shuffle": _bool(s["shuffle"], "training.settings.shuffle"),
+        "validation_split": _real(s["validation_split"], "training.settings.validation_split",
+                                  0.0, 1.0),
+    }
+    if settings["validation_split"] >= 1.0:
+        raise _bad("training.settings.validation_split", "a number in [0, 1)",
+                   s["validation_split"])
+    chunk_rows = _int(value["chunk_rows"], "training.chunk_rows", 1, 1 << 62)
+    if chunk_rows % settings["batch_size"]:
+        raise _bad("training.chunk_rows",
+                   f"a multiple of the batch size {settings['batch_size']}", chunk_rows)
+    training = {
+        "epoch": _int(value["epoch"], "training.epoch"),
+        "rows": _int(value["rows"], "training.rows", 0, settings["n_rows"]),
+        "loss_sum": _real(value["loss_sum"], "training.loss_sum", 0.0),
+        "epoch_rng": _rng_state(value["epoch_rng"], "training.epoch_rng"),
+        "stopped": _bool(value["stopped"], "training.stopped"),
+        "epochs": _int(value["epochs"], "training.epochs", 1),
+        "chunk_rows": chunk_rows,
+        "settings": settings,
+    }
+    declared = {}
+    if version == 1:
+        history = _dict(value["history"], "training.history",
+                        optional=value["history"] if type(value["history"]) is dict else ())
+        training["history"] = {
+            _str(key, "training.history"): [
+                _real(v, f"training.history.{key}[{i}]")
+                for i, v in enumerate(_list(values, f"training.history.{key}"))]
+            for key, values in history.items()}
+    else:
+        keys = _list(value["history"], "training.history")
+        for i, key in enumerate(keys):
+            _str(key, f"training.history[{i}]")
+        if len(set(keys)) != len(keys):
+            raise _bad("training.history", "distinct history keys", keys)
+        training["history"] = list(keys)  # filled from the payload
+        for i in range(len(keys)):
+            declared[f"{_HISTORY_PREFIX}{i}"] = ("f8", None)
+    callbacks = []
+    for i, entry in enumerate(_list(value["callbacks"], "training.callbacks")):
+        field = f"training.callbacks[{i}]"
+        entry = _dict(entry, field, ("class", "state", "arrays"))
+        cls = _str(entry["class"], f"{field}.class")
+        names = _list(entry["arrays"], f"{field}.arrays")
+        for j, name in enumerate(names):
+            _str(name, f"{field}.arrays[{j}]")
+        if len(set(names)) != len(names):
+            raise _bad(f"{field}.arrays", "distinct array names", names)
+        if cls == "EarlyStopping":
+            st = _dict(entry["state"], f"{field}.state", _EARLY_STOPPING_STATE)
+            state = {"wait": _int(st["wait"], f"{field}.state.wait"),
+                     "best": None if st["best"] is None else
+                     _real(st["best"], f"{field}.state.best"),
+                     "best_epoch": _int(st["best_epoch"], f"{field}.state.best_epoch"),
+                     "stopped_epoch": _int(st["stopped_epoch"], f"{field}.state.stopped_epoch")}
+            expected = {f"best_weights.{k}": shape for k, shape in enumerate(layer_shapes)}
+            if names and set(names) != set(expected):
+                raise _bad(f"{field}.arrays", f"none or the {len(expected)} best_weights "
+                           "arrays of the architecture", names)
+            for name in names:
+                declared[f"{_TRAINING_PREFIX}callback{i}.{name}"] = ("net", expected[name])
+        else:  # a callback of the caller's with its own _get_state: any JSON, any arrays
+            state = _dict(entry["state"], f"{field}.state",
+                          optional=entry["state"] if type(entry["state"]) is dict else ())
+            for name in names:
+                declared[f"{_TRAINING_PREFIX}callback{i}.{name}"] = (None, None)
+        callbacks.append({"class": cls, "state": state, "arrays": list(names)})
+    training["callbacks"] = callbacks
+    return training, declared
+
+
+def _check_header(header, version):
+    """A checked copy of the header, and the payload members it declares."""
+    config = _check_config(header.get("config"))
+    optimizer = _check_optimizer(header.get("optimizer", None))
+    step = _int(header.get("step"), "step")
+    if optimizer is None and step:
+        raise _bad("step", "0 for a network that was never trained (optimizer null)", step)
+    extra = header.get("extra")
+    if extra is not None and type(extra) is not dict:
+        raise _bad("extra", "a JSON object or null", extra)
+    layers = config["layers"]
+    layer_shapes = [s for a, b in zip(layers[:-1], layers[1:]) for s in ((a, b), (b,))]
+    n_params = sum(a * b + b for a, b in zip(layers[:-1], layers[1:]))  # Python ints
+    training, declared = _check_training(header.get("training"), version, layer_shapes)
+    declared["params"] = ("net", (n_params,))
+    if optimizer is not None:
+        from ._backends import _codes as C
+
+        declared["optimizer_state"] = ("net", (C.N_STATE_SLOTS, n_params))
+    checked = {"format": header["format"], "version": version, "config": config,
+               "optimizer": None if optimizer is None else optimizer.get_config(),
+               "step": step, "shuffle_rng": _rng_state(header.get("shuffle_rng"), "shuffle_rng"),
+               "extra": extra, "training": training}
+    return checked, optimizer, declared
+
+
+def _read_members(payload, declared, net_dtype):
+    """The payload's arrays, after checking each member against ``declared``.
+
+    Each member's ``.npy`` header is read and checked (name, dtype, shape and
+    the stored size it implies) before its data is; nothing is decompressed
+    or unpickled.
+    """
+    from numpy.lib import format as npy
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(payload))
+    except Exception as exc:  # zipfile raises many types on damaged archives
+        raise _Invalid(f"unreadable payload: {type(exc).__name__}: {exc}") from None
+    with archive:
+        infos = archive.infolist()
+        names = [info.filename for info in infos]
+        if len(set(names)) != len(names):
+            raise _Invalid("unreadable payload: duplicate members")
+        found = {name[:-4] for name in names if name.endswith(".npy")}
+        if len(found) != len(names) or found != set(declared):
+            extra = sorted(set(names) - {n + ".npy" for n in declared})
+            missing = sorted(set(declared) - found)
+            raise _Invalid("payload members do not match the header: "
+                           + (f"unexpected {_short(extra)}" if extra else "")
+                           + (" " if extra and missing else "")
+                           + (f"missing {_short(missing)}" if missing else ""))
+        arrays = {}
+        for info in infos:
+            name = info.filename[:-4]
+            kind, shape = declared[name]
+            if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+                raise _Invalid(f"payload member {name!r}: expected an uncompressed member, as "
+                               "numpy.savez writes")
+            if info.file_size > len(payload):
+                raise _Invalid(f"payload member {name!r}: declares {info.file_size} bytes, "
+                               f"more than the payload's {len(payload)}")
+            try:
+                with archive.open(info) as member:
+                    version = npy.read_magic(member)
+                    if version == (1, 0):
+                        got_shape, fortran, dtype = npy.read_array_header_1_0(
+                            member, max_header_size=_MAX_NPY_HEADER)
+                    elif version == (2, 0):
+                        got_shape, fortran, dtype = npy.read_array_header_2_0(
+                            member, max_header_size=_MAX_NPY_HEADER)
+                    else:
+                        raise ValueError(f"unsupported .npy version {version}")
+                    offset = member.tell()
+                    if not all(type(n) is int and n >= 0 for n in got_shape):
+                        raise ValueError(f"invalid shape {got_shape}")
+                    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None \
+                            or dtype.kind not in "biufc" or dtype.itemsize == 0:
+                        raise ValueError(f"dtype {dtype} is not a plain number type")
+                    want = net_dtype if kind == "net" else \
+                        np.dtype(np.float64) if kind == "f8" else None
+                    if want is not None and (dtype.kind != want.kind
+                                             or dtype.itemsize != want.itemsize):
+                        raise ValueError(f"expected dtype {want}; found {dtype}")
+                    if shape is not None and tuple(got_shape) != tuple(shape):
+                        raise ValueError(f"expected shape {tuple(shape)} (from the header); "
+                                         f"found {tuple(got_shape)}")
+                    if kind == "f8" and len(got_shape) != 1:
+                        raise ValueError(f"expected a 1-D array; found shape {got_shape}")
+                    nbytes = math.prod(got_shape) * dtype.itemsize
+                    if offset + nbytes != info.file_size:
+                        raise ValueError(f"shape {tuple(got_shape)} needs {nbytes} data bytes; "
+                                         f"the member holds {info.file_size - offset}")
+                    data = member.read(nbytes)
+                    if len(data) != nbytes:
+                        raise ValueError("truncated member")
+            except _Invalid:
+                raise
+            except Exception as exc:
+                raise _Invalid(f"payload member {name!r}: {exc}") from None
+            array = np.frombuffer(data, dtype=dtype).reshape(got_shape,
+                                                             order="F" if fortran else "C")
+            arrays[name] = array.astype(want if want is not None else dtype.newbyteorder("="),
+                                        order="C")
+    return arrays
+
+
+def _read_header_line(path, f):
+    if f.read(len(MAGIC)) != MAGIC:
+        raise _corrupt(path, "missing the FASTBP-MODEL signature")
+    line = f.readline(_MAX_HEADER_BYTES + 1)
+    if not line.endswith(b"\n") or len(line) > _MAX_HEADER_BYTES:
+        what = "truncated" if len(line) <= _MAX_HEADER_BYTES else \
+            f"longer than {_MAX_HEADER_BYTES:,} bytes"
+        raise _corrupt(path, f"unreadable header: {what}")
     try:
         header = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _corrupt(path, "unreadable header") from None
     if not isinstance(header, dict) or header.get("format") != "fastbp-model":
         raise _corrupt(path, "unknown header")
-    if header.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: model file format version {header.get('version')!r}; this "
-                         f"fastbp reads version {FORMAT_VERSION}. Use the fastbp release that "
-                         "wrote it.")
-    if len(payload) != header.get("payload_bytes") or \
-            hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+    version = header.get("version")
+    if type(version) is not int or version not in _READABLE_VERSIONS:
+        if type(version) is int and version > FORMAT_VERSION:
+            raise ValueError(f"{path}: model file format version {version}; this fastbp reads "
+                             f"versions {', '.join(map(str, _READABLE_VERSIONS))}. Use the "
+                             "fastbp release that wrote it.")
+        raise _corrupt(path, f"unknown format version {_short(version)}")
+    if version >= 2:
+        claimed = header.pop("header_sha256", None)
+        try:
+            digest = hashlib.sha256(_canonical(header)).hexdigest()
+        except (ValueError, TypeError, RecursionError):
+            digest = None
+        if type(claimed) is not str or claimed != digest:
+            raise _corrupt(path, "header checksum mismatch")
+    elif "header_sha256" in header:  # version 1 never had one: a damaged version number
+        raise _corrupt(path, "header checksum mismatch")
+    return header, version
+
+
+def read_model_file(path):
+    """Return ``(header, arrays)`` of a model file after checking all of it.
+
+    ``header`` is a checked, normalised copy (``training.history`` a dict of
+    lists, as a training position holds it, whatever the version); ``arrays``
+    are the payload arrays by name, history excluded.
+    """
+    header, _, arrays = _read(path)
+    return header, arrays
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        header, version = _read_header_line(path, f)
+        size = header.get("payload_bytes")
+        if type(size) is not int or size < 0 or type(header.get("sha256")) is not str:
+            raise _corrupt(path, "checksum mismatch (no valid payload size or checksum)")
+        remaining = os.fstat(f.fileno()).st_size - f.tell()
+        if remaining != size:  # before reading any of it
+            raise _corrupt(path, f"checksum mismatch (payload of {remaining} bytes; the header "
+                                 f"declares {size})")
+        payload = f.read(size + 1)
+    if len(payload) != size or hashlib.sha256(payload).hexdigest() != header["sha256"]:
         raise _corrupt(path, "checksum mismatch")
     try:
-        with np.load(io.BytesIO(payload), allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except Exception as exc:
-        raise _corrupt(path, f"unreadable payload: {exc}") from None
-    return header, arrays
+        checked, optimizer, declared = _check_header(header, version)
+        net_dtype = np.dtype(checked["config"]["dtype"])
+        arrays = _read_members(payload, declared, net_dtype)
+    except _Invalid as exc:
+        raise _corrupt(path, str(exc)) from None
+    training = checked["training"]
+    if training is not None and version >= 2:
+        keys = training["history"]
+        training["history"] = {key: arrays.pop(f"{_HISTORY_PREFIX}{i}").tolist()
+                               for i, key in enumerate(keys)}
+    return checked, optimizer, arrays
 
 
 def load(path, backend="auto"):
@@ -137,35 +613,42 @@ def load(path, backend="auto"):
         so that a further ``fit`` continues the saved training.  A file written
         by ``fit(checkpoint=...)`` also restores the training position, which
         ``fit(..., resume=True)`` continues.
-    """
-    from .network import Network
-    from .optimizers import Optimizer
 
-    header, arrays = read_model_file(path)
+    Raises
+    ------
+    ValueError
+        The file is not a model file this fastbp reads (damaged, truncated,
+        crafted or of another format), or ``backend`` is not a backend name.
+    OSError
+        The file cannot be opened or read.
+    """
+    from . import _backends
+    from . import _validation as V
+    from .network import Network
+
+    # the caller's argument first, so that its error is not blamed on the file
+    V.check_choice(backend, ("auto", *_backends.backend_names()), "backend")
+    header, optimizer, arrays = _read(path)
+    # Every field is checked, so an error here is the backend's (FASTBP_BACKEND,
+    # a missing compiled backend): let it through as it is.
+    network = Network(**header["config"], backend=backend)
+    network._params[...] = arrays["params"]
+    if optimizer is not None:
+        network._bind_optimizer(optimizer)
+        network._state[...] = arrays["optimizer_state"]
+        network._step = header["step"]
     try:
-        network = Network(**header["config"], backend=backend)
-        params = arrays["params"]
-        if params.shape != network._params.shape or params.dtype != network._params.dtype:
-            raise ValueError("parameter buffer does not match the architecture")
-        network._params[...] = params
-        if header["optimizer"] is not None:
-            network._bind_optimizer(Optimizer.from_config(header["optimizer"]))
-            if "optimizer_state" in arrays:
-                network._state[...] = arrays["optimizer_state"]
-            network._step = int(header["step"])
         network._rng.bit_generator.state = header["shuffle_rng"]
-        network._extra = header.get("extra")
-        training = header.get("training")  # absent from files of older fastbp versions
-        if training is not None:
-            training = dict(training)
-            training["arrays"] = {name[len(_TRAINING_PREFIX):]: array
-                                  for name, array in arrays.items()
-                                  if name.startswith(_TRAINING_PREFIX)}
-            for key in ("epoch", "rows", "loss_sum", "epoch_rng", "settings", "history",
-                        "callbacks", "chunk_rows"):
-                if key not in training:
-                    raise KeyError(f"training position lacks {key!r}")
-        network._position = training
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _corrupt(path, f"inconsistent contents: {exc}") from None
+        if header["training"] is not None:
+            np.random.default_rng().bit_generator.state = header["training"]["epoch_rng"]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _corrupt(path, f"header field 'shuffle_rng': {exc}") from None
+    network._extra = header["extra"]
+    training = header["training"]
+    if training is not None:
+        training = dict(training)
+        training["arrays"] = {name[len(_TRAINING_PREFIX):]: array
+                              for name, array in arrays.items()
+                              if name.startswith(_TRAINING_PREFIX)}
+    network._position = training
     return network
