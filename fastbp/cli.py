@@ -554,35 +554,36 @@ def _recorded_by_fit(network, path):
 
 def _check_resume_options(stored, given, position):
     """Refuse typed options that a resumed fit would not apply (usage errors, exit 2)."""
-    def typed(key):
-        value = given[key]
+    def as_typed(key, value):
+        """How ``value`` of option ``key`` is written on the command line."""
+        if key == "shuffle":
+            return "shuffled rows" if value else "--no-shuffle"
         option = "--" + key.replace("_", "-")
         if isinstance(value, bool):
-            return option if key != "shuffle" or value else "--no-shuffle"
+            return option if value else f"no {option}"
+        if value is None:
+            return f"no {option}"
         return f"{option} {','.join(map(str, value)) if isinstance(value, list) else value}"
 
-    def stored_as(key):
-        value = stored.get(key, TRAIN_DEFAULTS[key])
-        if key == "shuffle":
-            return "shuffle" if value else "--no-shuffle"
-        return "none" if value is None else value
+    def typed(keys):
+        return ", ".join(as_typed(k, given[k]) for k in keys)
 
     optimizer_keys = ("optimizer", "learning_rate", *OPTIMIZER_OPTIONS)
     changed = [k for k in optimizer_keys if k in given and given[k] != stored.get(k)]
     if changed:
-        current = ", ".join(f"{k.replace('_', '-')} {stored_as(k)}" for k in optimizer_keys
-                            if stored.get(k) is not None)
+        current = " ".join(as_typed(k, stored[k]) for k in optimizer_keys
+                           if stored.get(k) is not None)
         raise UsageError(
-            f"{', '.join(typed(k) for k in changed)}: the checkpoint's optimizer is {current}. "
+            f"{typed(changed)}: the checkpoint's optimizer is {current}. "
             "--resume continues its optimizer state; another optimizer would start a fresh "
             "optimizer state, which fit(resume=True) refuses too. Drop the optimizer options, "
             "or train anew without --resume.")
     must_match = ("batch_size", "shuffle", "validation_split", *DATA_OPTIONS)
     changed = [k for k in must_match if k in given and given[k] != stored.get(k, TRAIN_DEFAULTS[k])]
     if changed:
-        was = ", ".join(f"{k.replace('_', '-')} {stored_as(k)}" for k in changed)
+        was = ", ".join(as_typed(k, stored.get(k, TRAIN_DEFAULTS[k])) for k in changed)
         raise UsageError(
-            f"{', '.join(typed(k) for k in changed)}: the interrupted run had {was}. A resumed "
+            f"{typed(changed)}: the interrupted run had {was}. A resumed "
             "fit must see the same data, batch size, shuffle and validation split (as "
             "fit(resume=True) requires); drop these options.")
     chunk_rows = position.get("chunk_rows")
