@@ -210,9 +210,10 @@ def test_real_sigint_to_fastbp_train_then_resume_is_exact(tmp_path):
     assert "interrupted" in err and "--resume" in err
     assert not (tmp_path / "out.fbp").exists()
 
+    # output paths are never taken from the checkpoint: --save is given again
     resumed = subprocess.run([sys.executable, "-m", "fastbp", "train", "--resume",
-                              str(tmp_path / "ck"), "--quiet"], env=env, capture_output=True,
-                             timeout=120)
+                              str(tmp_path / "ck"), "--save", str(tmp_path / "out.fbp"),
+                              "--quiet"], env=env, capture_output=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr.decode()
     assert b"resuming" in resumed.stdout
     a = fastbp.load(tmp_path / "ref.fbp", backend="numpy")
