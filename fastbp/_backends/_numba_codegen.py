@@ -14,8 +14,13 @@ times faster than the generic kernel on tiny nets (15x on 2-2-1).
 
 Numba has no template parameters, so the widths become literals in
 generated Python source.  ``numba_.py`` writes that source into the
-per-user cache directory and imports it from there, so Numba's
-``cache=True`` keeps the compiled code across processes.  Wider nets do not
+per-user cache directory, checks that the file holds exactly this text and
+compiles the module from the text itself (never from ``__pycache__``
+bytecode); the code objects carry the file's path, so Numba's
+``cache=True`` keeps the compiled code across processes, in pickled index
+(``.nbi``) and machine-code (``.nbc``) files that Numba loads without any
+check of its own: the cache directory must be private (``numba_.py``
+creates it 0700 and refuses one that others can write to).  Wider nets do not
 gain from this (the generic kernels vectorise the same loops; measured
 within noise on 20-64-64-1 and 100-256-256-1) and would pay a compilation
 per architecture, so they use the generic kernels.

@@ -29,14 +29,33 @@ Design
   the call, O(n_params) per chunk of thousands of rows.
 * **Cached per user.**  Kernel sources are written into
   ``fastbp._config.cache_dir()`` (per user, keyed by version, never
-  site-packages) under content-hash names and imported from there, so
-  Numba's ``cache=True`` stores the machine code beside them.  Files are
+  site-packages) under content-hash names, and each module is compiled
+  from the text fastbp generated, after checking that the file holds
+  exactly that text; it is never imported through an import loader, so
+  no ``__pycache__`` bytecode is read (or written).  The code objects
+  carry the file's path, so Numba's ``cache=True`` (its in-tree locator)
+  stores the machine code beside it, in ``__pycache__``.  Files are
   created atomically (write, then hard-link or rename), every function has
   one signature, and compiling a module takes a per-module file lock, so
   several processes starting on a cold cache all succeed (one compiles,
   the others load).  ``FASTBP_NO_CACHE=1`` builds the modules in memory and
   compiles without caching.  Importing this module compiles nothing and
   writes nothing; each kernel is compiled (or loaded) on first use.
+* **The cache must be private.**  Numba's index (``.nbi``) and data
+  (``.nbc``) files are pickles that Numba unpickles, and ``.nbc`` holds
+  machine code that runs: fastbp cannot make them safe to load, so the
+  protection is that nobody but the user can write to the directories
+  that hold them.  fastbp creates every cache directory with mode 0700
+  (whatever the umask) and, before using one, checks with ``os.lstat``
+  that the cache root, the versioned directory, ``__pycache__`` and the
+  directory Numba chose are real directories (no symlinks), owned by the
+  user and not group- or world-writable (POSIX only).  Otherwise it warns
+  once, naming the directory, what it found and the fix (``chmod 700``, or
+  another ``FASTBP_CACHE_DIR``), and compiles in memory.  Lock files and
+  sources are opened with ``O_NOFOLLOW`` and created 0600, so a planted
+  symlink is refused (its target is never created or truncated).  A
+  truncated or garbage cache file is rewritten (sources) or dropped and
+  compiled again (Numba's files), never a crash.
 * ``NUMBA_DISABLE_JIT=1`` runs the same kernels as plain Python (slowly),
   which lets the test suite check their logic without compiling.
 """
@@ -91,6 +110,7 @@ LOCK_TIMEOUT = 120.0
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # absent on Windows
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted in place of a file must not hang
 _POSIX = os.name == "posix"
 
 
@@ -98,31 +118,34 @@ class UnsafeCacheError(OSError):
     """A cache directory that others could write to (or a symlink in its place)."""
 
 
-def _refuse(path, found):
+_CHOOSE = "set FASTBP_CACHE_DIR to a private directory"
+
+
+def _refuse(path, found, choose=_CHOOSE):
     return UnsafeCacheError(
         f"{path} {found}; the kernel cache holds code that runs (Numba's index and machine "
         f"code files are pickles), so it must be a real directory owned by you and writable "
-        f"by nobody else. Fix it with `chmod 700 {path}` (and `chown` it to yourself), or set "
-        f"FASTBP_CACHE_DIR to a private directory")
+        f"by nobody else. Fix it with `chmod 700 {path}` (and `chown` it to yourself), or "
+        f"{choose}")
 
 
-def _check_private_dir(path):
+def _check_private_dir(path, choose=_CHOOSE):
     """Raise ``UnsafeCacheError`` unless ``path`` is a private directory (os.lstat: no symlink)."""
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
-        raise _refuse(path, f"is a symlink (to {os.readlink(path)!r}), not a directory")
+        raise _refuse(path, f"is a symlink (to {os.readlink(path)!r}), not a directory", choose)
     if not stat.S_ISDIR(st.st_mode):
-        raise _refuse(path, f"is not a directory (mode {oct(st.st_mode)})")
+        raise _refuse(path, f"is not a directory (mode {oct(st.st_mode)})", choose)
     if not _POSIX:
         return  # Windows: no POSIX owner and mode bits to check
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid != os.getuid():
         raise _refuse(path, f"is owned by uid {st.st_uid}, not by you (uid {os.getuid()}; "
-                            f"mode {oct(mode)})")
+                            f"mode {oct(mode)})", choose)
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         who = "group- and world-writable" if mode & stat.S_IWGRP and mode & stat.S_IWOTH else (
             "group-writable" if mode & stat.S_IWGRP else "world-writable")
-        raise _refuse(path, f"is {who} (mode {oct(mode)}, owner uid {st.st_uid})")
+        raise _refuse(path, f"is {who} (mode {oct(mode)}, owner uid {st.st_uid})", choose)
 
 
 def _private_dir(path, top):
@@ -160,7 +183,7 @@ def _private_dir(path, top):
 
 def _open_nofollow(path, flags, mode=0o600):
     """``os.open`` that never follows a symlink at ``path`` (O_NOFOLLOW; new files 0600)."""
-    return os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC | _O_BINARY, mode)
+    return os.open(path, flags | _O_NOFOLLOW | _O_CLOEXEC | _O_BINARY | _O_NONBLOCK, mode)
 
 
 def _read_nofollow(path):
@@ -263,9 +286,12 @@ def _import_source(name, text, cache):
             # Numba picked its cache directory when the decorators ran (the
             # in-tree __pycache__, or a directory in NUMBA_CACHE_DIR): check it
             # and its parent before any of its files are read.
-            for directory in _cached_dirs(module):
-                _check_private_dir(os.path.dirname(directory))
-                _check_private_dir(directory)
+            choose = _CHOOSE
+            if os.environ.get("NUMBA_CACHE_DIR"):
+                choose = "point NUMBA_CACHE_DIR (which Numba uses when set) at a private directory"
+            for numba_dir in _cached_dirs(module):
+                _check_private_dir(os.path.dirname(numba_dir), choose)
+                _check_private_dir(numba_dir, choose)
     except BaseException:
         sys.modules.pop(name, None)
         raise
