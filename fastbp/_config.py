@@ -5,6 +5,7 @@
                        progress bar live and Ctrl-C responsive at no measurable cost.
 ``FASTBP_NO_CACHE``    ``1`` turns the on-disk cache of compiled kernels off.
 ``FASTBP_CACHE_DIR``   where compiled kernels are cached (default: a per-user directory).
+                       It must be private: it holds code that runs (see ``cache_dir``).
 """
 
 import os
@@ -48,7 +49,18 @@ def cache_enabled():
 def cache_dir():
     """Per-user cache directory for compiled kernels, keyed by the fastbp version.
 
-    Never inside site-packages, which may be read-only.
+    ``$FASTBP_CACHE_DIR/<version>``, else ``$XDG_CACHE_HOME/fastbp/<version>``
+    (``~/.cache/fastbp/<version>``; ``%LOCALAPPDATA%\\fastbp\\<version>`` on
+    Windows).  Never inside site-packages, which may be read-only.
+
+    It holds the generated kernel sources (``*.py``), one lock file per
+    module and, in ``__pycache__``, Numba's index (``*.nbi``, pickles) and
+    machine code (``*.nbc``) files.  Numba unpickles and runs those, so the
+    directory must be writable by nobody but the user: the Numba backend
+    creates every level it makes with mode 0700 and refuses (with a warning,
+    compiling in memory instead) a cache root, versioned directory or
+    ``__pycache__`` that is a symlink, owned by someone else, or group- or
+    world-writable.  This function only names the directory.
     """
     root = os.environ.get("FASTBP_CACHE_DIR")
     if root:
