@@ -187,7 +187,7 @@ def _open_nofollow(path, flags, mode=0o600):
 
 
 def _read_nofollow(path):
-    """The bytes of the regular file ``path``, or None when it is absent; never follows a symlink."""
+    """The bytes of the regular file ``path`` (None when absent); never follows a symlink."""
     try:
         fd = _open_nofollow(path, os.O_RDONLY)
     except FileNotFoundError:
