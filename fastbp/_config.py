@@ -38,7 +38,9 @@ def chunk_rows():
     if value < 1:
         raise ValueError(f"FASTBP_CHUNK_ROWS must be a positive integer; found {raw!r}. "
                          f"Unset it to use the default {DEFAULT_CHUNK_ROWS}.")
-    return value
+    # More rows than any memory holds means "one chunk"; the cap keeps every
+    # size derived from it (chunk = rows // batch * batch, offsets) within int64.
+    return min(value, 1 << 40)
 
 
 def cache_enabled():

@@ -4,6 +4,7 @@ Each error says what was expected, what was found, and how to fix it.  The
 checks run before anything is modified, so bad input changes nothing.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -20,7 +21,7 @@ def check_choice(value, choices, what):
     if isinstance(value, str) and value.lower() in choices:
         return value.lower()
     raise ValueError(f"unknown {what}: expected one of {_name_list(choices)}; "
-                     f"found {value!r}. Pass one of the listed names.")
+                     f"found {show(value)}. Pass one of the listed names.")
 
 
 def check_layer_sizes(sizes):
@@ -34,7 +35,7 @@ def check_layer_sizes(sizes):
                        for w in widths)):
         raise ValueError(
             "layer sizes: expected a list of at least two positive integers "
-            f"(inputs, hidden..., outputs), e.g. [20, 64, 64, 1]; found {sizes!r}.")
+            f"(inputs, hidden..., outputs), e.g. [20, 64, 64, 1]; found {show(sizes)}.")
     return tuple(int(w) for w in widths)
 
 
@@ -49,56 +50,135 @@ def check_activations(activations, n_hidden, choices):
     if names is None or len(names) != n_hidden:
         raise ValueError(
             f"activations: expected one name, or a list of {n_hidden} names (one per hidden "
-            f"layer); found {activations!r}. Pass e.g. activations='relu'.")
+            f"layer); found {show(activations)}. Pass e.g. activations='relu'.")
     return [check_choice(name, choices, "activation") for name in names]
 
 
 def check_dtype(dtype):
-    """``"float32"`` or ``"float64"`` (or the NumPy types) -> ``np.dtype``."""
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError:
-        resolved = None
-    if resolved not in DTYPES.values():
-        raise ValueError(f"dtype: expected 'float32' or 'float64'; found {dtype!r}. "
+    """``"float32"`` or ``"float64"``, the NumPy types or their ``np.dtype`` -> ``np.dtype``.
+
+    Only these exact spellings: ``np.dtype`` itself accepts much more (``None``
+    means float64, and unknown strings must not slip through as "no dtype").
+    """
+    resolved = None
+    if isinstance(dtype, str):
+        resolved = DTYPES.get(dtype)
+    elif isinstance(dtype, np.dtype):
+        resolved = dtype if any(dtype == d and dtype.isnative for d in DTYPES.values()) else None
+    elif isinstance(dtype, type):
+        resolved = np.dtype(dtype) if dtype in (np.float32, np.float64, float) else None
+    else:
+        raise TypeError(f"dtype: expected 'float32' or 'float64' (a string, np.float32/"
+                        f"np.float64 or their np.dtype); found {type(dtype).__name__} "
+                        f"{show(dtype)}. Pass dtype='float64' (default) or dtype='float32'.")
+    if resolved is None:
+        raise ValueError(f"dtype: expected 'float32' or 'float64'; found {show(dtype)}. "
                          "Pass dtype='float64' (default) or dtype='float32'.")
     return resolved
 
 
-def check_initializer(value, what, names):
-    """A known initializer name or a finite real number."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        if not np.isfinite(value):
-            raise ValueError(f"{what}: expected a finite number; found {value!r}.")
+def _type_name(value):
+    return "bool" if isinstance(value, (bool, np.bool_)) else type(value).__name__
+
+
+def show(value, limit=80):
+    """``repr(value)``, shortened for an error message."""
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not hide the real error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 5] + "...>"
+
+
+def _found(value, number):
+    """The 'found' part of a number check: the type too when it is not a number."""
+    return f"{_type_name(value)} {show(value)}" if number is None else show(value)
+
+
+def as_real(value):
+    """``float(value)`` for a real number that is not a bool, else None.
+
+    NumPy scalars, ints and fractions count; ints too large for a float
+    become ``inf`` (and so fail the finiteness checks).
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return None
+    try:
         return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+    except (TypeError, ValueError):
+        return None
+
+
+def check_int(value, name, minimum=1, example=None):
+    """An integer (Python or NumPy, not bool) >= ``minimum``, as a plain ``int``."""
+    example = minimum if example is None else example
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+            or value < minimum:
+        kind = (f"{_type_name(value)} {show(value)}" if not isinstance(value, numbers.Integral)
+                or isinstance(value, (bool, np.bool_)) else show(value))
+        raise ValueError(f"{name}: expected an integer >= {minimum}; found {kind}. "
+                         f"Pass e.g. {name}={example}.")
+    return int(value)
+
+
+def check_bool(value, name):
+    """``True``/``False`` (or a NumPy bool), as a plain ``bool``.
+
+    Other values are refused rather than judged by truthiness: ``"False"``
+    would otherwise mean True.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False; found {_type_name(value)} {show(value)}. "
+                        f"Pass {name}=True or {name}=False.")
+    return bool(value)
+
+
+def check_initializer(value, what, names, dtype=None):
+    """A known initializer name, or a real number finite in ``dtype``."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        number = as_real(value)
+        if number is None or not math.isfinite(number):
+            raise ValueError(f"{what}: expected a finite number or one of "
+                             f"{_name_list(names)}; found {show(value)}.")
+        with np.errstate(over="ignore"):
+            overflows = dtype is not None and not np.isfinite(np.array(number).astype(dtype))
+        if overflows:
+            raise ValueError(f"{what}: expected a number that is finite in {np.dtype(dtype)}; "
+                             f"found {show(value)}, which overflows it. Pass a smaller value.")
+        return number
     return check_choice(value, names, what)
 
 
 def check_positive_int(value, name):
-    """An integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name}: expected an integer >= 1; found {value!r}. "
-                         f"Pass e.g. {name}=1.")
-    return int(value)
+    """An integer >= 1 (Python or NumPy, not bool), as a plain ``int``."""
+    return check_int(value, name, 1)
 
 
 def check_positive_float(value, name):
-    """A finite real number > 0."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not np.isfinite(value) or value <= 0):
-        raise ValueError(f"{name}: expected a finite number > 0; found {value!r}. "
+    """A finite real number > 0 (NumPy scalars too, not bool), as a plain ``float``."""
+    number = as_real(value)
+    if number is None or not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0; found "
+                         f"{_found(value, number)}. "
                          f"Pass e.g. {name}=0.001.")
-    return float(value)
+    return number
 
 
 def check_fraction(value, name, low_open=False, high_open=True):
-    """A real number in [0, 1) (or (0, 1) when ``low_open``)."""
-    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
-          and (value > 0 if low_open else value >= 0) and (value < 1 if high_open else value <= 1))
+    """A real number in [0, 1) (or (0, 1) when ``low_open``), as a plain ``float``."""
+    number = as_real(value)
+    ok = (number is not None and math.isfinite(number)
+          and (number > 0 if low_open else number >= 0)
+          and (number < 1 if high_open else number <= 1))
     if not ok:
         interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
-        raise ValueError(f"{name}: expected a number in {interval}; found {value!r}.")
-    return float(value)
+        example = 0.5 if low_open else 0.0
+        raise ValueError(f"{name}: expected a number in {interval}; found "
+                         f"{_found(value, number)}. "
+                         f"Pass e.g. {name}={example}.")
+    return number
 
 
 def _check_numeric(array, name):

@@ -9,6 +9,8 @@ callback stops training by setting ``network.stop_training = True``.
 
 import math
 
+from . import _validation as V
+
 
 class Callback:
     """Base class: override the hooks you need.  ``self.network`` is set by ``fit``."""
@@ -56,9 +58,9 @@ class EarlyStopping(Callback):
     Parameters
     ----------
     monitor : {"val_loss", "loss"}, default "val_loss"
-    min_delta : float, default 0
+    min_delta : float >= 0, default 0
         An improvement must lower the monitored value by more than this.
-    patience : int, default 0
+    patience : int >= 0, default 0
         Epochs without improvement after which training stops.
     restore_best_weights : bool, default False
         At the end of training, put back the weights of the best epoch.
@@ -66,16 +68,20 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0,
                  restore_best_weights=False):
-        if monitor not in ("val_loss", "loss"):
+        if not isinstance(monitor, str) or monitor not in ("val_loss", "loss"):
             raise ValueError(f"EarlyStopping monitor: expected 'val_loss' or 'loss'; found "
-                             f"{monitor!r}.")
-        if not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"EarlyStopping patience: expected an integer >= 0; found "
-                             f"{patience!r}.")
-        self.monitor = monitor
-        self.min_delta = abs(float(min_delta))
-        self.patience = patience
-        self.restore_best_weights = bool(restore_best_weights)
+                             f"{V.show(monitor)}. Pass monitor='val_loss' (with validation "
+                             "data) or monitor='loss'.")
+        delta = V.as_real(min_delta)
+        if delta is None or not math.isfinite(delta) or delta < 0:
+            raise ValueError(f"EarlyStopping min_delta: expected a finite number >= 0; found "
+                             f"{V.show(min_delta)}. Pass e.g. min_delta=0.0 (any improvement "
+                             "counts) or min_delta=1e-4.")
+        self.monitor = str(monitor)
+        self.min_delta = delta
+        self.patience = V.check_int(patience, "EarlyStopping patience", minimum=0, example=3)
+        self.restore_best_weights = V.check_bool(restore_best_weights,
+                                                 "EarlyStopping restore_best_weights")
 
     def on_train_begin(self, logs=None):
         self.wait = 0
@@ -139,8 +145,12 @@ class ProgbarLogger(Callback):
     """
 
     def __init__(self, epochs=None, rows=None, file=None):
-        self.epochs = epochs
-        self.rows = rows
+        self.epochs = None if epochs is None else V.check_int(epochs, "ProgbarLogger epochs")
+        self.rows = None if rows is None else V.check_int(rows, "ProgbarLogger rows")
+        if file is not None and not callable(getattr(file, "write", None)):
+            raise TypeError(f"ProgbarLogger file: expected a writable text stream (an object "
+                            f"with a write() method) or None; found {type(file).__name__}. "
+                            "Pass e.g. file=sys.stderr, or open(path, 'w').")
         self.file = file
         self._bar = None
 

@@ -5,6 +5,7 @@ the selected backend's kernels, one call per chunk of rows.
 """
 
 import contextlib
+import functools
 import math
 import numbers
 import signal
@@ -46,6 +47,105 @@ class TrainingDivergedError(FloatingPointError):
     """The training loss became NaN or infinite; the model keeps its last finite weights."""
 
 
+class _Guard:
+    """Which threads are using a Network: one writer (re-entrant) or any number of readers.
+
+    A second thread that tries to train (or set the weights of) a network
+    another thread is using, or to read one that another thread is training,
+    gets a RuntimeError at once instead of a silently corrupted model.  The
+    thread that holds the network may re-enter it: a callback inside ``fit``
+    can call ``predict``, ``evaluate``, ``get_weights`` or ``set_weights``.
+    """
+
+    def __init__(self):
+        self._mutex = threading.Lock()
+        self._writer = None     # ident of the writing thread
+        self._writing = None    # the method it runs, for the message
+        self._depth = 0
+        self._readers = {}      # ident -> (depth, method)
+
+    def _refuse(self, what, busy, training):
+        doing = "trained" if training else "used"
+        raise RuntimeError(
+            f"{what}: expected a Network that no other thread is using; found this Network "
+            f"is already being {doing} in another thread ({busy} is running there). Calls "
+            "from several threads would mix their updates and corrupt the weights and "
+            "optimizer state. Use one Network per thread (copy it with net.save() and "
+            "fastbp.load(), or with set_weights(net.get_weights()) on a new Network), or "
+            "wait for the other call to return.")
+
+    @contextlib.contextmanager
+    def writing(self, what):
+        me = threading.get_ident()
+        with self._mutex:
+            if self._writer is not None and self._writer != me:
+                self._refuse(what, self._writing, True)
+            others = [method for ident, (_, method) in self._readers.items() if ident != me]
+            if others:
+                self._refuse(what, others[0], False)
+            if self._depth == 0:
+                self._writer, self._writing = me, what
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._writer = self._writing = None
+
+    @contextlib.contextmanager
+    def reading(self, what):
+        me = threading.get_ident()
+        with self._mutex:
+            if self._writer is not None and self._writer != me:
+                self._refuse(what, self._writing, self._writing == "fit")
+            depth, method = self._readers.get(me, (0, what))
+            self._readers[me] = (depth + 1, method)
+        try:
+            yield
+        finally:
+            with self._mutex:
+                depth, method = self._readers[me]
+                if depth == 1:
+                    del self._readers[me]
+                else:
+                    self._readers[me] = (depth - 1, method)
+
+
+def _writes(method):
+    """Run ``method`` holding the network for writing (see :class:`_Guard`)."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        with self._guard.writing(method.__name__):
+            return method(self, *args, **kwargs)
+    return guarded
+
+
+def _reads(method):
+    """Run ``method`` as a reader: refused while another thread trains the network."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        with self._guard.reading(method.__name__):
+            return method(self, *args, **kwargs)
+    return guarded
+
+
+def _check_verbose(verbose):
+    """``"auto"``, 0 or 1 (bools too) -> 0 or 1."""
+    if isinstance(verbose, str) and verbose == "auto":
+        isatty = getattr(sys.stderr, "isatty", None)
+        try:
+            return 1 if isatty is not None and isatty() else 0
+        except (OSError, ValueError):  # a closed or detached stderr
+            return 0
+    if isinstance(verbose, (bool, np.bool_)) or (isinstance(verbose, numbers.Integral)
+                                                 and verbose in (0, 1)):
+        return int(verbose)
+    raise ValueError(f"verbose: expected 0, 1 or 'auto'; found {verbose!r}. Pass verbose=0 "
+                     "(silent), verbose=1 (progress bar) or verbose='auto'.")
+
+
 class Network:
     """A dense feed-forward network trained by backpropagation.
 
@@ -84,18 +184,18 @@ class Network:
     def __init__(self, layers, activations="relu", output_activation="linear", loss="mse",
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  dtype="float64", backend="auto", seed=0):
+        self._guard = _Guard()
         sizes = V.check_layer_sizes(layers)
         hidden = V.check_activations(activations, len(sizes) - 2, C.ACTIVATIONS)
         output = V.check_choice(output_activation, C.ACTIVATIONS, "output_activation")
         self._loss_name = V.check_choice(loss, C.LOSSES, "loss")
-        self._kernel_init = V.check_initializer(kernel_initializer, "kernel_initializer",
-                                                KERNEL_INITIALIZERS)
-        self._bias_init = V.check_initializer(bias_initializer, "bias_initializer",
-                                              BIAS_INITIALIZERS)
         self._dtype = V.check_dtype(dtype)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-                                 or seed < 0):
-            raise ValueError(f"seed: expected a non-negative integer or None; found {seed!r}.")
+        self._kernel_init = V.check_initializer(kernel_initializer, "kernel_initializer",
+                                                KERNEL_INITIALIZERS, self._dtype)
+        self._bias_init = V.check_initializer(bias_initializer, "bias_initializer",
+                                              BIAS_INITIALIZERS, self._dtype)
+        if seed is not None:  # stored as a plain int: it goes into model files as JSON
+            seed = V.check_int(seed, "seed (or None)", minimum=0, example=0)
         choices = ("auto", *_backends.backend_names())
         requested = V.check_choice(backend, choices, "backend")
         forced = V.check_choice(_config.backend(), choices, "backend (from FASTBP_BACKEND)")
@@ -106,11 +206,19 @@ class Network:
             requested = forced
         self.backend, self._kernels = _backends.resolve(requested)
 
-        self._sizes = np.array(sizes, dtype=np.int64)
         self._activation_names = hidden + [output]
         self._acts = np.array([C.ACTIVATIONS[a] for a in self._activation_names], dtype=np.int64)
         self._loss = C.LOSSES[self._loss_name]
-        self._params = np.zeros(n_params(sizes), dtype=self._dtype)
+        count = n_params(sizes)
+        try:
+            self._params = np.zeros(count, dtype=self._dtype)
+        except (MemoryError, ValueError, OverflowError):
+            raise ValueError(
+                f"layer sizes: expected a network whose parameters fit in memory; found "
+                f"{V.show(list(sizes))}, which has {count:,} parameters "
+                f"({count * self._dtype.itemsize / 2**30:,.1f} GiB in {self._dtype.name}). "
+                "Use narrower or fewer layers.") from None
+        self._sizes = np.array(sizes, dtype=np.int64)
         self._views = layer_views(self._params, sizes)
 
         # Two independent streams: initial weights, and the per-epoch shuffles.
@@ -171,6 +279,7 @@ class Network:
     def _shapes(self):
         return [s for kernel, bias in self._views for s in (kernel.shape, bias.shape)]
 
+    @_reads
     def get_weights(self):
         """Copies of the parameters in Keras layout: ``[K1, b1, K2, b2, ...]``.
 
@@ -178,6 +287,7 @@ class Network:
         """
         return [a.copy() for pair in self._views for a in pair]
 
+    @_writes
     def set_weights(self, weights):
         """Set all parameters from a list in Keras layout (as :meth:`get_weights` returns)."""
         arrays = V.check_weights(weights, self._shapes(), self._dtype)
@@ -188,6 +298,7 @@ class Network:
     def _source(self, X, y, names=("X", "y")):
         return make_source(X, y, self.layers[0], self.layers[-1], self._dtype, names)
 
+    @_reads
     def predict(self, X):
         """Network outputs for the rows of ``X``; shape ``(n_samples, n_outputs)``."""
         X = V.check_features(X, self.layers[0])
@@ -206,10 +317,12 @@ class Network:
                                             X, Y)
         return total / source.n_rows
 
+    @_reads
     def evaluate(self, X, y):
         """Mean loss over the rows of ``X``/``y`` (the quantity ``fit`` reports)."""
         return self._mean_loss(self._source(X, y))
 
+    @_reads
     def gradients(self, X, y):
         """d(mean loss)/d(parameter) at the current weights, in :meth:`get_weights` layout."""
         source = self._source(X, y)
@@ -255,6 +368,7 @@ class Network:
         if rng is not None:
             self._rng.bit_generator.state = rng
 
+    @_writes
     def fit(self, X, y, epochs=1, batch_size=32, optimizer=None, shuffle=True,
             validation_data=None, validation_split=0.0, callbacks=None, verbose="auto",
             checkpoint=None, resume=False):
@@ -268,7 +382,8 @@ class Network:
         epochs : int, default 1
         batch_size : int, default 32
             1 is per-sample SGD.  Batches are consecutive slices of the
-            (shuffled) row order; the last may be short.
+            (shuffled) row order; the last may be short.  A batch size larger
+            than the training rows makes one batch of all of them (as in Keras).
         optimizer : SGD, Adam, RMSprop or None
             None continues with the network's current optimizer (SGD() the
             first time).  An optimizer equal to the current one continues its
@@ -293,6 +408,10 @@ class Network:
             callback states.  Pass the same data, ``batch_size``, ``shuffle``
             and validation split; ``epochs`` counts from the start of the
             original fit.  The final weights equal an uninterrupted run's.
+            Only a fit stopped by Ctrl-C (or one that wrote a checkpoint) can be
+            resumed: after any other exception (a callback's, a divergence) the
+            network holds no position and ``resume=True`` is refused, because
+            the model is no longer where any recorded position says.
 
         Returns
         -------
@@ -305,6 +424,8 @@ class Network:
         ------
         TrainingDivergedError
             The loss became NaN or inf; the model keeps its last finite weights.
+        RuntimeError
+            Another thread is already training or using this network.
         KeyboardInterrupt
             Ctrl-C stops training after the chunk of rows in progress (a second
             Ctrl-C at once, undoing that chunk).  The model keeps the state after
@@ -313,13 +434,12 @@ class Network:
         """
         epochs = V.check_positive_int(epochs, "epochs")
         batch_size = V.check_positive_int(batch_size, "batch_size")
+        shuffle = V.check_bool(shuffle, "shuffle")
+        resume = V.check_bool(resume, "resume")
         validation_split = V.check_fraction(validation_split, "validation_split")
         if optimizer is not None and not isinstance(optimizer, Optimizer):
             self._bind_optimizer(optimizer)  # raises the type error
-        if verbose == "auto":
-            verbose = 1 if sys.stderr.isatty() else 0
-        if verbose not in (0, 1, True, False):
-            raise ValueError(f"verbose: expected 0, 1 or 'auto'; found {verbose!r}.")
+        verbose = _check_verbose(verbose)
         checkpoint = _checkpoint.check_path(checkpoint)
         callbacks = _check_callbacks(callbacks)
         train = self._source(X, y)
@@ -346,7 +466,17 @@ class Network:
         if resume:
             _checkpoint.check_resume(self._position, call, optimizer, self.optimizer)
             position = self._position
+        # A batch larger than the data is one batch of all rows (as in Keras);
+        # the kernels only ever see the clamped size.
+        batch_size = min(batch_size, train.n_rows)
 
+        # From here on the model changes.  It keeps a training position only
+        # where that position is exact (keep_position, just before the
+        # KeyboardInterrupt below): after any other exception a resume would
+        # repeat or skip rows, so it is refused ("found none") instead.
+        previous_position, self._position = self._position, None
+        rolled_back = False
+        own_interrupt = None
         before = self._snapshot(shuffle_state=True)
         self._bind_optimizer(optimizer)
         history = History()
@@ -407,28 +537,37 @@ class Network:
                         # one: leave the model as it was before this fit.
                         if streamed and epoch == first_epoch:
                             self._restore(before)
+                            rolled_back = True
                         raise
                     if not finished:  # Ctrl-C: stopped at a chunk boundary, state consistent
                         keep_position(epoch=epoch, rows=rows, loss_sum=loss_sum,
                                       epoch_rng=epoch_rng, stopped=False)
-                        raise KeyboardInterrupt
+                        own_interrupt = KeyboardInterrupt()
+                        raise own_interrupt
                     for callback in callbacks:
                         callback.on_epoch_end(epoch, logs)
                     epoch, start_row, loss_sum = epoch + 1, 0, 0.0
-                    if checkpoint is not None or interrupted():
+                    stop_now = interrupted()  # Ctrl-C during validation or callbacks
+                    if checkpoint is not None or stop_now:
                         keep_position(epoch=epoch, rows=0, loss_sum=0.0,
                                       epoch_rng=self._rng.bit_generator.state,
                                       stopped=self.stop_training)
-                    if interrupted():  # Ctrl-C during validation or callbacks
-                        raise KeyboardInterrupt
-        except BaseException:
+                    if stop_now:
+                        own_interrupt = KeyboardInterrupt()
+                        raise own_interrupt
+        except BaseException as exc:
+            if exc is not own_interrupt:
+                # Not a Ctrl-C stop at a known point: the model may be anywhere
+                # past the last kept position.  Only a rollback to the state
+                # before this fit makes the position held then exact again.
+                self._position = previous_position if rolled_back else None
             for callback in callbacks:  # don't leave a half-drawn bar behind
                 if isinstance(callback, ProgbarLogger):
                     callback.on_train_end()
             raise
+        self._position = None
         for callback in callbacks:
             callback.on_train_end()
-        self._position = None
         return history
 
     def _train_epoch(self, source, shuffle, batch_size, chunk_rows, epoch, callbacks,
@@ -500,6 +639,7 @@ class Network:
                 "kernel_initializer": self._kernel_init, "bias_initializer": self._bias_init,
                 "dtype": self._dtype.name, "seed": self._seed}
 
+    @_reads
     def save(self, path):
         """Write weights, architecture and optimizer state to one file, atomically.
 

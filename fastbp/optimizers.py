@@ -7,12 +7,12 @@ Keras 3's and are implemented by every backend; ``fastbp/_backends/_codes.py``
 describes the layout of ``hyper`` and ``state``.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from ._backends import _codes as C
-from ._validation import check_fraction, check_positive_float
+from ._validation import check_bool, check_fraction, check_positive_float
 
 
 class Optimizer:
@@ -38,12 +38,20 @@ class Optimizer:
     @staticmethod
     def from_config(config):
         """Rebuild an optimizer from :meth:`get_config`'s dict."""
+        if not isinstance(config, dict):
+            raise TypeError(f"optimizer config: expected a dict as get_config() returns; found "
+                            f"{type(config).__name__}. Pass e.g. fastbp.Adam().get_config().")
         config = dict(config)
         name = config.pop("name", None)
         classes = {cls.__name__: cls for cls in (SGD, Adam, RMSprop)}
-        if name not in classes:
+        if not isinstance(name, str) or name not in classes:
             raise ValueError(f"unknown optimizer: expected one of {sorted(classes)}; "
                              f"found {name!r}.")
+        known = [field.name for field in fields(classes[name])]
+        unknown = sorted(str(key) for key in config if key not in known)
+        if unknown:
+            raise ValueError(f"{name} config: expected only the keys {known}; found "
+                             f"{unknown}. Pass the dict that get_config() returns.")
         return classes[name](**config)
 
 
@@ -70,7 +78,7 @@ class SGD(Optimizer):
         object.__setattr__(self, "learning_rate",
                            check_positive_float(self.learning_rate, "learning_rate"))
         object.__setattr__(self, "momentum", check_fraction(self.momentum, "momentum"))
-        object.__setattr__(self, "nesterov", bool(self.nesterov))
+        object.__setattr__(self, "nesterov", check_bool(self.nesterov, "nesterov"))
 
     def _code(self):
         if self.nesterov:
