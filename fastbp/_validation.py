@@ -4,6 +4,7 @@ Each error says what was expected, what was found, and how to fix it.  The
 checks run before anything is modified, so bad input changes nothing.
 """
 
+import collections.abc
 import math
 import numbers
 
@@ -24,12 +25,24 @@ def check_choice(value, choices, what):
                      f"found {show(value)}. Pass one of the listed names.")
 
 
+def _sequence(value):
+    """``list(value)`` for an ordered sequence of items, else None.
+
+    Strings and bytes (sequences of characters or byte values), mappings
+    (their keys) and sets (no order) are not taken apart.
+    """
+    if isinstance(value, (str, bytes, bytearray, memoryview, collections.abc.Mapping,
+                          collections.abc.Set)):
+        return None
+    try:
+        return list(value)
+    except TypeError:
+        return None
+
+
 def check_layer_sizes(sizes):
     """Layer widths: a sequence of at least two positive integers."""
-    try:
-        widths = list(sizes)
-    except TypeError:
-        widths = None
+    widths = _sequence(sizes)
     if (not widths or len(widths) < 2
             or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 1
                        for w in widths)):
@@ -43,10 +56,7 @@ def check_activations(activations, n_hidden, choices):
     """One activation name per hidden layer, from a name or a list of names."""
     if isinstance(activations, str):
         return [check_choice(activations, choices, "activation")] * n_hidden
-    try:
-        names = list(activations)
-    except TypeError:
-        names = None
+    names = _sequence(activations)
     if names is None or len(names) != n_hidden:
         raise ValueError(
             f"activations: expected one name, or a list of {n_hidden} names (one per hidden "
@@ -269,10 +279,7 @@ def to_dtype(array, dtype, name):
 
 def check_weights(weights, shapes, dtype):
     """A list of arrays with exactly the given Keras-layout shapes, finite."""
-    try:
-        arrays = list(weights)
-    except TypeError:
-        arrays = None
+    arrays = _sequence(weights)
     expected = ", ".join(str(s) for s in shapes)
     if arrays is None or len(arrays) != len(shapes):
         found = "not a list" if arrays is None else f"{len(arrays)} arrays"

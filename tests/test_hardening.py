@@ -560,7 +560,10 @@ def test_optimizer_from_config_checks_its_dict():
 CONSTRUCTOR_CASES = [
     dict(layers=None), dict(layers=5), dict(layers=[3]), dict(layers=[3, True, 1]),
     dict(layers=[3, 2.0, 1]), dict(layers=[3, -4, 1]), dict(layers=[3, np.float64(4), 1]),
-    dict(layers="341"), dict(layers=[[3], [1]]),
+    dict(layers="341"), dict(layers=[[3], [1]]), dict(layers=b"\x03\x04\x01"),
+    dict(layers=bytearray(b"\x03\x04\x01")), dict(layers={3: 1, 4: 1, 1: 1}),
+    dict(layers={3, 4, 1}), dict(layers=[3, 2**70, 1]), dict(activations={"relu": 1}),
+    dict(activations={"relu"}),
     dict(activations=None), dict(activations=5), dict(activations=["relu", "relu"]),
     dict(activations=["relu", 5]), dict(activations=b"relu"), dict(activations="Swish"),
     dict(output_activation=None), dict(output_activation=["linear"]), dict(loss=None),
@@ -590,6 +593,8 @@ def test_good_constructor_variants():
     assert all((w[0] == 0.5).all() for w in [net.get_weights()[0]])
     assert (net.get_weights()[1] == 0.25).all()
     assert net.get_config()["kernel_initializer"] == 0.5
+    for layers in (np.array([3, 4, 1]), (3, 4, 1), range(3, 0, -1)):
+        assert fastbp.Network(layers, backend="numpy").layers[0] == 3
 
 
 def _fit_cases(X, y):
@@ -657,7 +662,8 @@ def test_bad_inference_arguments(method, bad):
     frozen.check()
 
 
-@pytest.mark.parametrize("weights", [None, 5, "weights", [], [np.zeros((3, 4))],
+@pytest.mark.parametrize("weights", [None, 5, "weights", [], [np.zeros((3, 4))], {},
+                                     {i: None for i in range(4)},
                                      "wrong shape", "nan", "object", "too many", "strings"])
 def test_bad_set_weights_change_nothing(weights):
     net = _net()
