@@ -289,10 +289,15 @@ class Network:
 
     @_writes
     def set_weights(self, weights):
-        """Set all parameters from a list in Keras layout (as :meth:`get_weights` returns)."""
+        """Set all parameters from a list in Keras layout (as :meth:`get_weights` returns).
+
+        The training position of an interrupted fit, if any, is dropped: the
+        weights no longer match it, so ``fit(resume=True)`` is refused after this.
+        """
         arrays = V.check_weights(weights, self._shapes(), self._dtype)
         for target, source in zip((a for pair in self._views for a in pair), arrays):
             target[...] = source
+        self._position = None
 
     # ------------------------------------------------------------------ inference
     def _source(self, X, y, names=("X", "y")):

@@ -190,6 +190,22 @@ def test_a_failed_resume_leaves_no_stale_position(monkeypatch):
 
 
 @needs_sigint
+def test_set_weights_after_an_interrupt_drops_the_position(monkeypatch):
+    monkeypatch.setenv("FASTBP_CHUNK_ROWS", "12")
+    X, y = _data(60)
+    net = _net()
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, y, callbacks=[CtrlCAt(3)], **FIT)
+    frozen = _Frozen(net)
+    with pytest.raises(ValueError):
+        net.set_weights([1, 2])                          # refused: the position stays
+    frozen.check()
+    net.set_weights(_net().get_weights())
+    with pytest.raises(ValueError, match="found none"):
+        net.fit(X, y, resume=True, **FIT)
+
+
+@needs_sigint
 def test_bad_streamed_block_during_a_resume_rolls_back_and_keeps_the_position(
         tmp_path, monkeypatch):
     """A resumed streamed fit that meets a NaN rolls back to where it began: still resumable."""
