@@ -21,7 +21,7 @@ from ._backends import _codes as C
 from ._backends._layout import layer_views, n_params
 from ._data import make_source
 from .callbacks import Callback, EarlyStopping, History, ProgbarLogger
-from .optimizers import SGD, Optimizer
+from .optimizers import SGD, Adam, RMSprop
 
 KERNEL_INITIALIZERS = ("glorot_uniform", "he_uniform", "zeros")
 BIAS_INITIALIZERS = ("zeros",)
@@ -179,6 +179,14 @@ class Network:
         The optimizer of the last ``fit``; its state lives with the network.
     stop_training : bool
         Set by a callback to end ``fit`` after the current epoch.
+
+    Notes
+    -----
+    A network is used by one thread at a time: while one thread trains it
+    (or sets its weights), calls from other threads raise RuntimeError rather
+    than corrupt it; inference from several threads at once is fine when none
+    trains.  Give each thread its own network (``fastbp.load`` of a saved one,
+    or ``set_weights(net.get_weights())`` on a new one).
     """
 
     def __init__(self, layers, activations="relu", output_activation="linear", loss="mse",
@@ -345,7 +353,7 @@ class Network:
         """Keep the state when the optimizer configuration is unchanged, else start fresh."""
         if optimizer is None:
             optimizer = self.optimizer if self.optimizer is not None else SGD()
-        if not isinstance(optimizer, Optimizer):
+        if not isinstance(optimizer, (SGD, Adam, RMSprop)):  # the Optimizer base has no rule
             raise TypeError(f"optimizer: expected fastbp.SGD, fastbp.Adam or fastbp.RMSprop; "
                             f"found {type(optimizer).__name__}. Pass e.g. "
                             "optimizer=fastbp.Adam(learning_rate=0.001).")
@@ -442,7 +450,7 @@ class Network:
         shuffle = V.check_bool(shuffle, "shuffle")
         resume = V.check_bool(resume, "resume")
         validation_split = V.check_fraction(validation_split, "validation_split")
-        if optimizer is not None and not isinstance(optimizer, Optimizer):
+        if optimizer is not None and not isinstance(optimizer, (SGD, Adam, RMSprop)):
             self._bind_optimizer(optimizer)  # raises the type error
         verbose = _check_verbose(verbose)
         checkpoint = _checkpoint.check_path(checkpoint)

@@ -628,7 +628,7 @@ def _fit_cases(X, y):
     ] + [
         dict(verbose=bad) for bad in (2, -1, 0.5, "1", "AUTO", None, np.array([1]), [])
     ] + [
-        dict(optimizer=bad) for bad in ("adam", fastbp.Adam, 0.1, True)
+        dict(optimizer=bad) for bad in ("adam", fastbp.Adam, 0.1, True, fastbp.Optimizer())
     ] + [
         dict(validation_data=bad) for bad in (X, (X,), (X, y, y), "val", (X[:, :2], y),
                                               (X, y[:-1]), (X, np.full_like(y, np.nan)))
