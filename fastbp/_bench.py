@@ -47,7 +47,13 @@ WORKLOADS = {
     "W2": ((20, 64, 64, 1), "relu", 1, 100_000),
     "W3": ((100, 256, 256, 1), "relu", 1, 10_000),
     "W4": ((20, 64, 64, 1), "relu", 32, 200_000),
+    "W5": ((20, 64, 64, 1), "relu", 1, 100_000),
+    "W6": ((100, 256, 256, 1), "relu", 1, 10_000),
 }
+
+#: The optimizer of each workload: plain SGD, except W5 and W6, per-sample
+#: Adam (the optimizer most users pick) on the shapes of W2 and W3.
+ADAM_WORKLOADS = ("W5", "W6")
 
 #: DESIGN §4 / issue 3 targets for the compiled backends: samples/s per dtype.
 TARGETS = {
@@ -55,13 +61,19 @@ TARGETS = {
     "W2": {"float64": 400e3, "float32": 620e3},
     "W3": {"float64": 22e3, "float32": 45e3},
     "W4": {"float64": 1.0e6, "float32": 1.5e6},
+    # 1.3x JAX's jit(lax.scan) of the same per-sample Adam on a Zen3 core
+    # (81 k/s, 136 k/s; 7.7 k/s, 18.0 k/s): see benchmarks/jax_side_by_side.py
+    "W5": {"float64": 105e3, "float32": 177e3},
+    "W6": {"float64": 10e3, "float32": 23.4e3},
 }
 
 #: Rows the NumPy backend is timed on (its rate does not depend on the row count).
-NUMPY_ROWS = {"W1": 20_000, "W2": 10_000, "W3": 1_000, "W4": 20_000}
+NUMPY_ROWS = {"W1": 20_000, "W2": 10_000, "W3": 1_000, "W4": 20_000, "W5": 10_000, "W6": 1_000}
 
 #: Learning rate of the benchmark's plain SGD (small: the weights stay finite).
 LEARNING_RATE = 1e-3
+#: Learning rate of the Adam workloads (Adam's steps are ~lr whatever the gradient).
+ADAM_LEARNING_RATE = 1e-4
 
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                 "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -86,6 +98,15 @@ def workload_network(name, backend, dtype="float64", seed=0):
     return Network(list(sizes), activations=activation, dtype=dtype, backend=backend, seed=seed)
 
 
+def workload_optimizer(name):
+    """The optimizer workload ``name`` trains with (a fresh object)."""
+    from .optimizers import SGD, Adam
+
+    if name in ADAM_WORKLOADS:
+        return Adam(learning_rate=ADAM_LEARNING_RATE)
+    return SGD(learning_rate=LEARNING_RATE)
+
+
 def flops_per_sample(name):
     """Multiply-add flops per training sample of workload ``name`` (2 per multiply-add).
 
@@ -94,7 +115,9 @@ def flops_per_sample(name):
     forward, ``2W`` for the weight gradients, ``2(W - W1)`` to carry the
     error back to the hidden layers (not to the inputs), and its share of
     one update per batch, ``2P / batch_size``.  Activations and losses are
-    element-wise and not counted.
+    element-wise and not counted, nor is the rest of an optimizer's update
+    (Adam's moments, square root and division are counted as plain SGD's
+    one multiply-add per parameter).
     """
     from ._backends._layout import n_params
 
@@ -156,13 +179,11 @@ def measure(name, backend, dtype="float64", repeats=5, rows=None):
     """
     from . import _backends, _config
     from ._backends import _codes as C
-    from .optimizers import SGD
-
     sizes, activation, batch_size, default_rows = WORKLOADS[name]
     rows = default_rows if rows is None else rows
     X, y = workload_data(name, dtype, rows=rows)
     net = workload_network(name, backend, dtype)
-    optimizer = SGD(learning_rate=LEARNING_RATE)
+    optimizer = workload_optimizer(name)
     warm = min(rows, 4 * batch_size + 3)  # compiles (or loads) the kernels
     net.fit(X[:warm], y[:warm], epochs=1, batch_size=batch_size, optimizer=optimizer, verbose=0)
 
@@ -178,7 +199,7 @@ def measure(name, backend, dtype="float64", repeats=5, rows=None):
     params = np.concatenate([w.ravel() for w in net.get_weights()])
     sizes_a = np.array(sizes, dtype=np.int64)
     acts = np.array([C.ACTIVATIONS[activation]] * (len(sizes) - 2) + [C.LINEAR], dtype=np.int64)
-    code, hyper = C.SGD, np.array([LEARNING_RATE, 0.0, 0.0, 0.0])
+    code, hyper = optimizer._pack()
     state = np.zeros((C.N_STATE_SLOTS, params.size), dtype=params.dtype)
     chunk = max(1, _config.chunk_rows() // batch_size) * batch_size
     order = np.random.default_rng(1).permutation(rows)
@@ -325,7 +346,7 @@ def main(argv=None, prog="python -m fastbp._bench"):
     from ._backends import backend_names
 
     parser = argparse.ArgumentParser(
-        prog=prog, description="Time one training epoch of workloads W1-W4 on each backend and "
+        prog=prog, description="Time one training epoch of workloads W1-W6 on each backend and "
         "print samples/s, GFLOP/s, %% of the single-core matmul peak and the speedup over NumPy.")
     parser.add_argument("--backends", nargs="+", default=None,
                         choices=[name for name in backend_names() if name != "cuda"],

@@ -1,4 +1,4 @@
-"""Training throughput of every backend on the DESIGN.md workloads W1-W4, and its speedup over NumPy.
+"""Training throughput of every backend on the workloads W1-W6, and its speedup over NumPy.
 
 Every benchmark here is parametrised over backend x workload x dtype.  The
 data sets are written once per run (``setup_cache``); ``setup`` skips a
@@ -11,7 +11,7 @@ from .common import (BACKENDS, BASELINE, BASELINE_REPEATS, REPEATS, WorkloadBenc
 
 
 class TrainEpoch(WorkloadBenchmark):
-    """Wall time of one training epoch (``Network.fit(epochs=1)``, shuffled, SGD).
+    """Wall time of one training epoch (``Network.fit(epochs=1)``, shuffled; SGD, Adam on W5/W6).
 
     An epoch covers ``common.ROWS[workload]`` rows: the first count for the
     compiled backends, the second (smaller) one for the NumPy backend, so

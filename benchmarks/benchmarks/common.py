@@ -15,7 +15,7 @@ import numpy as np
 
 import fastbp
 from fastbp import _backends
-from fastbp._bench import WORKLOADS, workload_data, workload_network
+from fastbp._bench import WORKLOADS, workload_data, workload_network, workload_optimizer
 
 
 def _gpu_present():
@@ -45,7 +45,7 @@ def benchmark_backends():
 
 
 BACKENDS = benchmark_backends()
-WORKLOAD_NAMES = list(WORKLOADS)          # W1..W4, DESIGN.md section 4
+WORKLOAD_NAMES = list(WORKLOADS)          # W1..W6 (fastbp._bench)
 DTYPES = ["float64", "float32"]
 BASELINE = "numpy"
 
@@ -59,6 +59,8 @@ ROWS = {
     "W2": (50_000, 2_500),
     "W3": (4_000, 800),
     "W4": (100_000, 40_000),
+    "W5": (50_000, 2_500),
+    "W6": (4_000, 800),
 }
 
 LEARNING_RATE = 1e-3
@@ -151,13 +153,10 @@ def load_dataset(paths, workload, dtype, rows):
 
 
 # ---------------------------------------------------------------------- training
-def optimizer():
-    return fastbp.SGD(learning_rate=LEARNING_RATE)
-
-
 def fit_epoch(net, X, y, workload):
     """One training epoch through the public API, as a user runs it."""
-    net.fit(X, y, epochs=1, batch_size=batch_size(workload), optimizer=optimizer(),
+    net.fit(X, y, epochs=1, batch_size=batch_size(workload),
+            optimizer=workload_optimizer(workload),
             shuffle=True, verbose=0)
 
 

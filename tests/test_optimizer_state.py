@@ -1,0 +1,61 @@
+"""Optimizer state never stays subnormal in the compiled CPU backends, and the weights don't notice.
+
+A weight whose gradient stays zero (here: an input column that becomes
+constant zero) has its velocity or moments decay geometrically until they are
+subnormal, where they would stay; arithmetic on subnormals is many times
+slower on x86.  The Numba and Cython kernels store such state as zero.  The
+weights must still equal the NumPy reference's, which keeps the subnormals.
+"""
+
+import numpy as np
+import pytest
+
+import fastbp
+
+from .conftest import assert_close, require_backend
+
+OPTIMIZERS = {
+    "momentum": lambda: fastbp.SGD(0.01, momentum=0.9),
+    "nesterov": lambda: fastbp.SGD(0.01, momentum=0.9, nesterov=True),
+    "adam": lambda: fastbp.Adam(0.001, beta_1=0.5, beta_2=0.5),
+    "rmsprop": lambda: fastbp.RMSprop(0.001, rho=0.9),
+    # a smaller step: at 1e-3 this run is chaotic, and rounding differences between
+    # any two summation orders grow to 1e-4 over its 29k updates (flushing or not)
+    "rmsprop_momentum": lambda: fastbp.RMSprop(0.0001, rho=0.9, momentum=0.9),
+}
+
+
+def _data(rows, dead_column, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-1, 1, size=(rows, 3))
+    y = np.tanh(X[:, :1] + X[:, 1:2])
+    if dead_column:
+        X[:, 0] = 0.0  # from now on the first layer's row 0 gets exactly zero gradient
+    return X, y
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_decayed_state_is_zero_not_subnormal_and_weights_match_numpy(backend, opt, batch_size,
+                                                                     dtype):
+    require_backend(backend)
+    # Enough updates for a factor-0.5 (or 0.9) decay to pass the smallest normal
+    # number of either dtype: 0.9 ** 7000 ~ 1e-320.
+    rows = 7200 * batch_size
+    results = {}
+    for name in ("numpy", backend):
+        net = fastbp.Network([3, 4, 1], activations="tanh", dtype=dtype, backend=name, seed=2)
+        optimizer = OPTIMIZERS[opt]()
+        net.fit(*_data(40, False, 0), epochs=1, batch_size=batch_size, optimizer=optimizer,
+                shuffle=False, verbose=0)
+        net.fit(*_data(rows, True, 1), epochs=1, batch_size=batch_size, optimizer=optimizer,
+                shuffle=False, verbose=0)
+        results[name] = net
+    tiny = np.finfo(dtype).tiny
+    reference = np.abs(results["numpy"]._state)
+    assert ((reference > 0) & (reference < tiny)).any(), \
+        "the reference run should hold subnormal state, or the test checks nothing"
+    state = np.abs(results[backend]._state)
+    assert not ((state > 0) & (state < tiny)).any(), "subnormal optimizer state was stored"
+    assert_close(results[backend].get_weights(), results["numpy"].get_weights(), dtype)
