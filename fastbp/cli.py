@@ -156,7 +156,7 @@ def build_parser():
                                description="Show fastbp's version, its backends (installed or "
                                "why not) and which one 'auto' picks.")
     info.set_defaults(run=_info)
-    bench = commands.add_parser("bench", help="benchmark the backends on workloads W1-W4",
+    bench = commands.add_parser("bench", help="benchmark the backends on workloads W1-W6",
                                 add_help=False,
                                 description="Run the benchmark workloads on every installed "
                                 "backend and print a table (fastbp bench --help for options).")
