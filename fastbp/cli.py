@@ -865,7 +865,8 @@ def _run_training(opts, network=None, resume_from=None, banner=None):
         for key, path in opts.get("_ignored_outputs", {}).items():
             _say(f"note: the interrupted run had --{key} {path}; output paths are not read "
                  f"from checkpoints: pass --{key} again to write it.")
-    compiled = _warm_up(network, optimizer, opts["batch_size"])
+    # fit trains a batch larger than the data as one batch: so does the warm-up
+    compiled = _warm_up(network, optimizer, min(opts["batch_size"], max(1, n_train)))
     if compiled is not None and compiled >= 0.1:  # say so only when it took a while
         _say(f"kernels compiled (or loaded from the cache) in {compiled:.1f} s")
 

@@ -217,3 +217,14 @@ def test_too_few_rows_to_hold_out_trains_on_all(capsys):
     status, out, err = run(capsys, "train", "--synthetic", 5, *FAST, "--epochs", 1)
     assert status == 0, err
     assert "no validation split" in out and "5 rows" in out
+
+
+def test_batch_size_beyond_the_data_trains_one_batch_per_epoch(capsys):
+    """A batch size far beyond int64 is one batch, as in fit (the warm-up used to allocate it)."""
+    compiled = [b for b in fastbp.available_backends() if b in ("numba", "cython")]
+    if not compiled:
+        pytest.skip("no compiled CPU backend: the NumPy backend has no warm-up")
+    status, out, err = run(capsys, "train", "--synthetic", 300, "--hidden", 4, "--epochs", 1,
+                           "--batch-size", 2**63, "--backend", compiled[0], "--quiet")
+    assert status == 0, err
+    assert "270 rows" in out
