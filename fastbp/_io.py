@@ -65,7 +65,7 @@ def _current_umask():
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
     with _umask_lock:  # os.umask can only be read by setting it
-        mask = os.umask(0o022)
+        mask = os.umask(0o777)  # the safe side, for files other threads create meanwhile
         os.umask(mask)
     return mask
 
@@ -98,7 +98,8 @@ def _atomic_write(path, chunks):
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
+            if hasattr(os, "fchmod"):  # POSIX; Windows has no such modes
+                os.fchmod(f.fileno(), mode)
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
@@ -333,7 +334,7 @@ def _check_training(value, version, layer_shapes):
     """
     if value is None:
         return None, {}
-    if version == 1:  # older releases wrote no "stopped"/"epochs"
+    if version == 1 and type(value) is dict:  # older releases wrote no "stopped"/"epochs"
         value = dict(value)
         value.setdefault("stopped", False)
         value.setdefault("epochs", value.get("epoch", 0) + 1

@@ -536,3 +536,15 @@ def test_payload_size_is_checked_before_reading_it(tmp_path):
         f.write(b"\0" * 1000)
     with pytest.raises(ValueError, match="checksum mismatch"):
         fastbp.load(path)
+
+
+@pytest.mark.parametrize("training", [5, 1.5, True, [1, 2], "x"])
+def test_version_1_file_with_a_wrong_training_field_is_a_value_error(tmp_path, training):
+    # found by tests/test_fuzz_files.py: the format-1 defaults were applied before the type check
+    _, path = _checkpoint_file(tmp_path)
+    _save_version_1(fastbp.load(path, backend="numpy"), tmp_path / "v1")
+    header, payload = _split((tmp_path / "v1").read_bytes())
+    header["training"] = training
+    (tmp_path / "v1").write_bytes(_io.MAGIC + json.dumps(header).encode() + b"\n" + payload)
+    with pytest.raises(ValueError, match="'training'"):
+        fastbp.load(tmp_path / "v1")
