@@ -304,9 +304,9 @@ def _check_optimizer(value):
     if value is None:
         return None
     classes = {cls.__name__: cls for cls in (SGD, Adam, RMSprop)}
-    name = _str(_dict(value, "optimizer", ("name",), [f for c in classes.values()
-                                                      for f in c.__dataclass_fields__])["name"],
-                "optimizer.name", classes)
+    if type(value) is not dict:
+        raise _bad("optimizer", "a JSON object or null", value)
+    name = _str(value.get("name"), "optimizer.name", classes)
     fields = [f.name for f in dataclasses.fields(classes[name])]
     value = _dict(value, "optimizer", ("name", *fields))
     config = {"name": name}
