@@ -24,7 +24,7 @@ _MUST_MATCH = {
     "source": "kind of data source (in memory vs memory-mapped file)",
     "n_rows": "number of training rows",
     "n_val": "number of validation rows",
-    "fingerprint": "training data (its first and last rows differ)",
+    "fingerprint": "training data (its shape or sampled rows differ)",
     "batch_size": "batch_size",
     "shuffle": "shuffle",
 }
