@@ -185,7 +185,19 @@ class StreamSource(ArraySource):
         return tuple(np.asarray(a[start:stop], dtype=self.dtype) for a in (self.X, self.Y))
 
     def _take(self, rows):
-        return tuple(np.asarray(a[rows], dtype=self.dtype) for a in (self.X, self.Y))
+        # Sampled rows lie all over the file, and each one faults in its pages and
+        # the fault-around ones: release them at once, as the training loop does
+        # after each block, or fingerprinting would map in most of the file.
+        # Row by row, so that the peak stays a few pages.
+        taken = []
+        for array, pager in zip((self.X, self.Y), self._pagers):
+            out = np.empty((len(rows),) + array.shape[1:], dtype=self.dtype)
+            for i, row in enumerate(rows):
+                view = array[row:row + 1]
+                out[i] = view[0]
+                pager.done(view)
+            taken.append(out)
+        return tuple(taken)
 
     def _prefetch(self, start, stop):
         for array, pager in zip((self.X, self.Y), self._pagers):
