@@ -231,7 +231,7 @@ def test_planted_nbi_in_an_unsafe_directory_is_not_unpickled(warm_cache, tmp_pat
         assert "0o770" in message and "writable" in message
     else:
         assert "65534" in message
-    assert "chmod 700" in message and "FASTBP_CACHE_DIR" in message
+    assert "rm -r" in message and "FASTBP_CACHE_DIR" in message
 
 
 def test_created_directories_are_private_even_with_umask_0(tmp_path, reference):
@@ -257,7 +257,7 @@ def test_world_writable_cache_dir_warns_and_still_trains(tmp_path, reference):
     assert _numbers(out["result"]) == _expect(reference)
     [message] = out["warnings"]
     assert str(shared) in message and "0o777" in message
-    assert "chmod 700" in message and "FASTBP_CACHE_DIR" in message
+    assert "rm -r" in message and "FASTBP_CACHE_DIR" in message
     assert _files(shared) == []  # compiled in memory: nothing written there
 
 
@@ -338,3 +338,15 @@ def test_cache_race_at_scale(tmp_path, reference):
             assert ".tmp" not in name
             if name.endswith((".py", ".lock")):
                 assert stat.S_IMODE(os.lstat(os.path.join(d, name)).st_mode) == 0o600
+
+
+def test_cache_root_given_as_the_users_own_symlink_is_used(tmp_path, reference):
+    """FASTBP_CACHE_DIR may be a link the user made: the private directory it leads to is used."""
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    out = _run(link)
+    assert _numbers(out["result"]) == _expect(reference)
+    assert out["warnings"] == []
+    assert _files(real, ".py")  # the kernels were cached in the real directory

@@ -50,8 +50,9 @@ Design
   that the cache root, the versioned directory, ``__pycache__`` and the
   directory Numba chose are real directories (no symlinks), owned by the
   user and not group- or world-writable (POSIX only).  Otherwise it warns
-  once, naming the directory, what it found and the fix (``chmod 700``, or
-  another ``FASTBP_CACHE_DIR``), and compiles in memory.  Lock files and
+  once, naming the directory, what it found and the fix (remove it, since
+  files planted in it would survive a chmod, or choose another
+  ``FASTBP_CACHE_DIR``), and compiles in memory.  Lock files and
   sources are opened with ``O_NOFOLLOW`` and created 0600, so a planted
   symlink is refused (its target is never created or truncated).  A
   truncated or garbage cache file is rewritten (sources) or dropped and
@@ -125,8 +126,8 @@ def _refuse(path, found, choose=_CHOOSE):
     return UnsafeCacheError(
         f"{path} {found}; the kernel cache holds code that runs (Numba's index and machine "
         f"code files are pickles), so it must be a real directory owned by you and writable "
-        f"by nobody else. Fix it with `chmod 700 {path}` (and `chown` it to yourself), or "
-        f"{choose}")
+        f"by nobody else. Remove it (`rm -r {path}`: files planted while others could write "
+        f"there would survive a chmod) and fastbp recreates it privately, or {choose}")
 
 
 def _check_private_dir(path, choose=_CHOOSE):
@@ -234,9 +235,16 @@ def _write_atomically(path, data):
 
 
 def _cache_root():
-    """``(versioned cache directory, root of fastbp's tree there)``."""
+    """``(versioned cache directory, root of fastbp's tree there)``.
+
+    The root the user configured (``FASTBP_CACHE_DIR``, or the per-user
+    default) is resolved first: a symlink there is the user's own choice of
+    place, and the directory it leads to is checked like any other.  Below
+    the root, no symlink is followed.
+    """
     directory = _config.cache_dir()
-    return directory, directory.parent
+    root = os.path.realpath(directory.parent)
+    return os.path.join(root, directory.name), root
 
 
 def _cached_dirs(module):
