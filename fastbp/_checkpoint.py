@@ -98,67 +98,10 @@ def restore_callbacks(position, callbacks):
 def check_path(path, what="checkpoint", example="run.ckpt"):
     """``None`` or a ``Path`` that ``save`` can write; checked before training starts.
 
-    The directory must exist and be writable; a path that exists must be a
-    regular file (a symbolic link counts as its target, which is what ``save``
-    replaces) that is writable.  A device, FIFO or socket is refused: ``save``
-    writes a new file and renames it over the old one, which would replace the
-    device node with a file.
+    See :func:`fastbp._files.check_output_path`: a regular file or a new path
+    (a symbolic link is refused, never followed), in an existing directory
+    where a file can really be created; an existing file must be writable.
     """
-    import os
-    import stat
-    from pathlib import Path
+    from ._files import check_output_path
 
-    if path is None:
-        return None
-    try:
-        path = Path(os.fspath(path))
-    except TypeError:
-        raise TypeError(f"{what}: expected a file path (str or os.PathLike); found "
-                        f"{type(path).__name__}. Pass e.g. {what}='{example}'.") from None
-    if path.is_dir():
-        raise IsADirectoryError(f"{what}: expected a file path; found the directory {path}. "
-                                f"Pass a file name inside it, e.g. {path / example}.")
-    parent = path.parent
-    if not parent.is_dir():
-        raise FileNotFoundError(f"{what}: the directory {parent} of {path} does not exist. "
-                                "Create it first or pass another path.")
-    target = Path(os.path.realpath(path))  # what save writes: a link's target
-    shown = str(path) if target == path.absolute() else f"{path} (a link to {target})"
-    try:
-        info = os.stat(target)
-    except FileNotFoundError:
-        info = None
-    except OSError as exc:  # a link loop, a permission problem on the way
-        raise type(exc)(exc.errno, f"{what}: cannot check {path}: {exc.strerror}. Pass "
-                        "another path.") from None
-    if info is not None and not stat.S_ISREG(info.st_mode):
-        raise FileExistsError(
-            f"{what}: expected a regular file or a new file name; found {shown}, which is "
-            f"{_file_kind(info.st_mode)}. fastbp writes a new file and renames it into place, "
-            "which would replace it; pass the path of a regular file instead.")
-    directory = target.parent
-    if not target.parent.is_dir():  # a dangling link into a missing directory
-        raise FileNotFoundError(f"{what}: the directory {directory} of {shown} does not "
-                                "exist. Create it first or pass another path.")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise PermissionError(
-            f"{what}: expected a directory this process can write to; found that {directory} "
-            f"(the directory of {shown}) is not writable. Change its permissions, or pass a "
-            f"path in a writable directory, e.g. {what}='{example}' in your home or work "
-            "directory.")
-    if info is not None and not os.access(target, os.W_OK):
-        raise PermissionError(
-            f"{what}: expected a writable file; found that {shown} is read-only. Make it "
-            "writable (chmod u+w), remove it, or pass another path.")
-    return path
-
-
-def _file_kind(mode):
-    import stat
-
-    for test, kind in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISDIR, "a directory")):
-        if test(mode):
-            return kind
-    return "not a regular file"
+    return check_output_path(path, what, example)

@@ -28,19 +28,15 @@ Version 1 files (no ``header_sha256``, history inside the header) are still
 read, with the same field checks.
 """
 
-import contextlib
 import hashlib
 import io
 import json
 import math
 import os
-import stat
-import tempfile
-import threading
-import zipfile
-from pathlib import Path
 
 import numpy as np
+
+from . import _files
 
 MAGIC = b"FASTBP-MODEL\n"
 FORMAT_VERSION = 2
@@ -53,64 +49,8 @@ _HISTORY_PREFIX = "history."
 _MAX_NPY_HEADER = 10_000
 _INT64_LIMIT = 1 << 63
 
-_umask_lock = threading.Lock()
-
 
 # ---------------------------------------------------------------------------- writing
-def _current_umask():
-    """The process umask, read without changing it where the system allows."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    with _umask_lock:  # os.umask can only be read by setting it
-        mask = os.umask(0o777)  # the safe side, for files other threads create meanwhile
-        os.umask(mask)
-    return mask
-
-
-def _replace_target(path):
-    """``(file to replace, its mode)``; refuses anything but a regular file.
-
-    A symbolic link is followed: its target is replaced (as ``open(path, "w")``
-    would write through it) and the link stays.  The mode is the replaced
-    file's, or ``0o666`` less the umask for a new file -- what a plain
-    ``open(path, "w")`` gives.
-    """
-    target = Path(os.path.realpath(path))
-    try:
-        info = os.stat(target)
-    except FileNotFoundError:
-        return target, 0o666 & ~_current_umask()
-    if not stat.S_ISREG(info.st_mode):
-        from ._checkpoint import _file_kind
-
-        raise FileExistsError(
-            f"{path}: expected a regular file or a new file name; found "
-            f"{_file_kind(info.st_mode)}. fastbp writes a new file and renames it into place, "
-            "which would replace it; pass the path of a regular file instead.")
-    return target, stat.S_IMODE(info.st_mode)
-
-
-def _atomic_write(path, chunks):
-    target, mode = _replace_target(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):  # POSIX; Windows has no such modes
-                os.fchmod(f.fileno(), mode)
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _canonical(header):
     """The bytes ``header_sha256`` covers: sorted keys, no spaces, ASCII."""
     return json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
@@ -169,7 +109,7 @@ def save_network(network, path, extra=None):
             f"allows {_MAX_HEADER_BYTES:,}. Its metadata (the extra dict: "
             f"{len(json.dumps(extra)):,} bytes) or the number of layers is too large; attach "
             "less metadata. Nothing was written.")
-    _atomic_write(path, [MAGIC, line, payload])
+    _files.atomic_write(path, [MAGIC, line, payload])
 
 
 # ---------------------------------------------------------------------------- reading
@@ -452,6 +392,8 @@ def _read_members(payload, declared, net_dtype):
     the stored size it implies) before its data is; nothing is decompressed
     or unpickled.
     """
+    import zipfile  # here, not at import: it pulls in bz2 and lzma
+
     from numpy.lib import format as npy
 
     try:
@@ -526,6 +468,29 @@ def _read_members(payload, declared, net_dtype):
     return arrays
 
 
+def _check_values(arrays, declared, optimizer):
+    """The values ``set_weights`` and the optimizers would accept: finite, moments >= 0.
+
+    Weights, optimizer state and ``EarlyStopping``'s best weights (the
+    members of the network's dtype) must be finite; the second-moment
+    averages (Adam's slot 1, RMSprop's slot 0) must not be negative, which
+    training never makes them (a negative one puts a NaN square root into the
+    first update).
+    """
+    from .optimizers import Adam, RMSprop
+
+    for name, (kind, _) in declared.items():
+        if kind == "net" and not np.isfinite(arrays[name]).all():
+            raise _Invalid(f"payload member {name!r}: expected finite numbers; found NaN or "
+                           "infinity")
+    if optimizer is not None:
+        slot = 1 if isinstance(optimizer, Adam) else 0 if isinstance(optimizer, RMSprop) else None
+        if slot is not None and (arrays["optimizer_state"][slot] < 0).any():
+            raise _Invalid(f"payload member 'optimizer_state': expected the second-moment "
+                           f"averages of {type(optimizer).__name__} (slot {slot}) >= 0; found "
+                           "negative values")
+
+
 def _read_header_line(path, f):
     if f.read(len(MAGIC)) != MAGIC:
         raise _corrupt(path, "missing the FASTBP-MODEL signature")
@@ -588,6 +553,7 @@ def _read(path):
         checked, optimizer, declared = _check_header(header, version)
         net_dtype = np.dtype(checked["config"]["dtype"])
         arrays = _read_members(payload, declared, net_dtype)
+        _check_values(arrays, declared, optimizer)
     except _Invalid as exc:
         raise _corrupt(path, str(exc)) from None
     training = checked["training"]
@@ -623,16 +589,38 @@ def load(path, backend="auto"):
     OSError
         The file cannot be opened or read.
     """
-    from . import _backends
+    # the caller's argument first, so that its error is not blamed on the file
+    _check_backend(backend)
+    return network_from(path, _read(path), backend)
+
+
+def _check_backend(backend):
+    """Refuse a bad ``backend`` argument or ``FASTBP_BACKEND`` setting (ValueError)."""
+    from . import _backends, _config
     from . import _validation as V
+
+    choices = ("auto", *_backends.backend_names())
+    V.check_choice(backend, choices, "backend")
+    V.check_choice(_config.backend(), choices, "backend (from FASTBP_BACKEND)")
+
+
+def network_from(path, read, backend="auto"):
+    """The network of ``read = _read(path)``: a file read and checked once.
+
+    Lets a caller look at the header (``read[0]``, e.g. its ``extra``) before
+    choosing the backend, without reading the file a second time.
+    """
     from .network import Network
 
-    # the caller's argument first, so that its error is not blamed on the file
-    V.check_choice(backend, ("auto", *_backends.backend_names()), "backend")
-    header, optimizer, arrays = _read(path)
-    # Every field is checked, so an error here is the backend's (FASTBP_BACKEND,
-    # a missing compiled backend): let it through as it is.
-    network = Network(**header["config"], backend=backend)
+    _check_backend(backend)
+    header, optimizer, arrays = read
+    try:
+        network = Network(**header["config"], backend=backend)
+    except ImportError:  # a missing compiled backend: not the file's fault
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        # the backend name and setting are checked above: this is the file's config
+        raise _corrupt(path, f"config: {exc}") from None
     network._params[...] = arrays["params"]
     if optimizer is not None:
         network._bind_optimizer(optimizer)

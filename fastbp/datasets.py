@@ -9,16 +9,17 @@ size: :func:`make_regression` and :func:`write_regression` produce the same
 rows, and the first ``n`` rows of a larger set equal a set of ``n`` rows.
 """
 
+import contextlib
 import errno
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
+from . import _files
 from . import _validation as V
 
 #: Rows per generated block.  Part of the definition of the data: changing it
@@ -206,13 +207,15 @@ def write_regression(directory, n_samples, n_features=20, n_outputs=1, noise=0.1
     x_path, y_path = directory / "X.npy", directory / "y.npy"
     if not overwrite:
         for path in (x_path, y_path):
-            if path.exists():
+            if os.path.lexists(path):
                 raise FileExistsError(f"{path} exists; expected a directory without X.npy and "
                                       "y.npy. Pass overwrite=True (--force) to replace them, or "
                                       "another directory.")
     directory.mkdir(parents=True, exist_ok=True)
     y_shape = (n_samples,) if n_outputs == 1 else (n_samples, n_outputs)
     needed = n_samples * (n_features + n_outputs) * dtype.itemsize
+    import shutil  # here, not at import: it pulls in bz2 and lzma
+
     free = shutil.disk_usage(directory).free
     if needed + FREE_SPACE_MARGIN > free:
         raise OSError(f"{directory}: expected room for {_human(needed)} of data plus a "
@@ -226,11 +229,17 @@ def write_regression(directory, n_samples, n_features=20, n_outputs=1, noise=0.1
     # while ``write`` raises an OSError that is reported and cleaned up.  The
     # space is also reserved up front where the OS allows it, so a disk that
     # fills up later (another process) cannot fail the run half-way.
-    x_tmp, y_tmp = directory / ".X.npy.partial", directory / ".y.npy.partial"
-    meta_tmp = directory / ".meta.json.partial"
+    # Each temporary file gets a fresh random name (``_files.create_temp``:
+    # O_EXCL, never following a link planted there), so concurrent runs never
+    # share one, and is opened at once (closing it twice is harmless).
+    temps = []
     bar = None
     try:
-        with open(x_tmp, "wb") as fx, open(y_tmp, "wb") as fy:
+        for name in ("X.npy", "y.npy", "meta.json"):
+            fd, tmp = _files.create_temp(directory, name, ".partial")
+            temps.append((os.fdopen(fd, "wb"), tmp))
+        (fx, x_tmp), (fy, y_tmp), (fm, meta_tmp) = temps
+        with fx, fy:
             _start_npy(fx, dtype, (n_samples, n_features))
             _start_npy(fy, dtype, y_shape)
             if progress:
@@ -250,16 +259,17 @@ def write_regression(directory, n_samples, n_features=20, n_outputs=1, noise=0.1
         meta = {"generator": "fastbp.datasets.make_regression", "n_samples": n_samples,
                 "n_features": n_features, "n_outputs": n_outputs, "noise": noise, "seed": seed,
                 "dtype": dtype.name, "block_rows": BLOCK_ROWS, "written": time.time()}
-        meta_tmp.write_text(json.dumps(meta, indent=1) + "\n")
+        with fm:
+            fm.write((json.dumps(meta, indent=1) + "\n").encode())
         os.replace(x_tmp, x_path)
         os.replace(y_tmp, y_path)
         os.replace(meta_tmp, directory / "meta.json")
     except BaseException as exc:
-        for tmp in (x_tmp, y_tmp, meta_tmp):
-            try:
+        for f, tmp in temps:
+            with contextlib.suppress(OSError):
+                f.close()
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise OSError(exc.errno, f"{directory}: the disk filled up while writing the data "
                           f"({os.strerror(exc.errno)}); the partial files were removed. Free "

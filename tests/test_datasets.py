@@ -1,6 +1,8 @@
 """fastbp.datasets: deterministic, blockwise == one-shot, learnable but not linear, safe writes."""
 
 import json
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -111,9 +113,67 @@ def test_interrupted_write_leaves_no_files(tmp_path, monkeypatch):
 
 def test_not_enough_disk_space_is_refused_before_writing(tmp_path, monkeypatch):
     import collections
+    import shutil
 
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(datasets.shutil, "disk_usage", lambda path: usage(1, 1, 1000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1, 1, 1000))
     with pytest.raises(OSError, match="free"):
         write_regression(tmp_path, 10_000_000, 20)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+def test_links_planted_at_temporary_names_are_not_followed(tmp_path):
+    """Temporary files are created with O_EXCL | O_NOFOLLOW under random names: links at the
+    old fixed names (.X.npy.partial, ...) are neither written through nor renamed into place."""
+    out = tmp_path / "d"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    planted = [".X.npy.partial", ".y.npy.partial", ".meta.json.partial"]
+    for name in planted:
+        (out / name).symlink_to(victim)
+    x_path, y_path = write_regression(out, 100, 3)
+    assert victim.read_bytes() == b"precious"
+    for path in (x_path, y_path, out / "meta.json"):
+        assert not path.is_symlink() and path.is_file()
+    assert np.array_equal(np.load(x_path), make_regression(100, 3, dtype="float32")[0])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["X.npy", "y.npy", "meta.json",
+                                                            *planted])
+
+
+def test_concurrent_runs_into_one_directory_do_not_clobber_each_other(tmp_path, monkeypatch):
+    """A second run writing while the first is half-way: both complete, with whole files."""
+    out = tmp_path / "d"
+    first_block, go_on = threading.Event(), threading.Event()
+    real_block = datasets._block
+    first = threading.current_thread()
+
+    def paused(*args, **kwargs):
+        if threading.current_thread() is not first and not go_on.is_set():
+            first_block.set()
+            go_on.wait(30)
+        return real_block(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "_block", paused)
+    errors = []
+
+    def run():
+        try:
+            write_regression(out, 40_000, 3, overwrite=True)  # three blocks
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert first_block.wait(30)
+    try:
+        write_regression(out, 40_000, 3, overwrite=True)
+    finally:
+        go_on.set()
+        thread.join(60)
+    assert not errors, errors
+    X_ref, y_ref = make_regression(40_000, 3, dtype="float32")
+    assert np.array_equal(np.load(out / "X.npy"), X_ref)
+    assert np.array_equal(np.load(out / "y.npy"), y_ref)
+    assert sorted(p.name for p in out.iterdir()) == ["X.npy", "meta.json", "y.npy"]

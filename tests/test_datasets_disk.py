@@ -56,7 +56,8 @@ def test_disk_filled_by_another_writer_during_make_data(small_tmpfs):
 
     def fill():
         deadline = time.monotonic() + 60
-        while not (out / ".X.npy.partial").exists() and proc.poll() is None:
+        while not (out.exists() and list(out.glob(".X.npy.*.partial"))) \
+                and proc.poll() is None:
             if time.monotonic() > deadline:
                 return
             time.sleep(0.001)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import _checkpoint, _io
+from fastbp import _checkpoint, _files, _io
 
 MB = 1 << 20
 
@@ -42,9 +42,7 @@ def _checkpoint_file(tmp_path, name="ck.fbp"):
     return net, path
 
 
-def _canonical(header):
-    """What ``header_sha256`` covers (format 2): sorted keys, no spaces, ASCII JSON."""
-    return json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+_canonical = _io._canonical  # what ``header_sha256`` covers (format 2)
 
 
 def _split(data):
@@ -171,14 +169,21 @@ def test_save_refuses_a_header_load_could_not_read(tmp_path):
 
 # --------------------------------------------------------------------- C. writability first
 def _deny_writes_to(monkeypatch, denied):
-    real_access = os.access
+    """``denied`` (a file or a directory) behaves as read-only, even to root."""
+    real_access, real_create = os.access, _files.create_temp
 
     def access(path, mode, *args, **kwargs):
         if os.path.realpath(path) == os.path.realpath(denied) and mode & os.W_OK:
             return False
         return real_access(path, mode, *args, **kwargs)
 
+    def create_temp(directory, *args, **kwargs):
+        if os.path.realpath(directory) == os.path.realpath(denied):
+            raise PermissionError(13, "Permission denied")
+        return real_create(directory, *args, **kwargs)
+
     monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(_files, "create_temp", create_temp)
 
 
 def test_check_path_refuses_an_unwritable_directory(tmp_path, monkeypatch):
@@ -246,7 +251,26 @@ def test_check_path_refuses_a_device():
     with pytest.raises(FileExistsError, match="character device"):
         _checkpoint.check_path("/dev/null", "path", "model.fbp")
     with pytest.raises(FileExistsError, match="character device"):
-        _io._replace_target("/dev/null")
+        _files.atomic_write("/dev/null", [b"x"])
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_saving_where_no_file_can_be_created_is_a_clear_error(tmp_path):
+    """/proc takes no new files, even from root, whom os.access lets through: tried for real."""
+    net, _ = _model(tmp_path)
+    for call in (lambda: net.save("/proc/m.fbp"),
+                 lambda: _checkpoint.check_path("/proc/m.fbp"),
+                 lambda: net.fit(*_data(), epochs=1, checkpoint="/proc/m.fbp", verbose=0)):
+        with pytest.raises(PermissionError, match="not writable") as info:
+            call()
+        message = str(info.value)
+        assert "/proc" in message and ".tmp" not in message and ".probe" not in message
+
+
+def test_check_path_leaves_nothing_behind(tmp_path):
+    assert _checkpoint.check_path(tmp_path / "run.ckpt") == tmp_path / "run.ckpt"
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
@@ -270,19 +294,69 @@ def test_replacing_a_file_keeps_its_mode(tmp_path):
     fastbp.load(path)
 
 
-@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
-def test_saving_through_a_link_writes_its_target(tmp_path):
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+def test_replacing_a_setuid_file_drops_the_special_bits(tmp_path):
     net, path = _model(tmp_path)
+    path.chmod(0o6755 | stat.S_ISVTX)
+    net.save(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o755
+    fastbp.load(path)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+def test_saving_never_changes_the_umask(tmp_path, monkeypatch):
+    """The new file's mode comes from the kernel (os.open with 0o666), not from reading the
+    umask, which outside Linux means setting it (other threads would create mode-000 files)."""
+    import builtins
+
+    net, _ = _model(tmp_path)
+    real_open = builtins.open
+
+    def no_proc_status(file, *args, **kwargs):  # as on a system without /proc
+        if str(file) == "/proc/self/status":
+            raise OSError(2, "No such file or directory")
+        return real_open(file, *args, **kwargs)
+
+    def umask(mask):
+        raise AssertionError(f"os.umask({mask:#o}) called while saving")
+
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(builtins, "open", no_proc_status)
+        monkeypatch.setattr(os, "umask", umask)
+        net.save(tmp_path / "new.fbp")
+        monkeypatch.undo()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "new.fbp").st_mode) == 0o640
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")
+def test_saving_to_a_link_is_refused_and_its_target_untouched(tmp_path):
+    """A link at an output path is refused, never followed: resolving it in user space would
+    bypass fs.protected_symlinks (``ln -s ~/.bashrc /tmp/model.fbp`` would clobber it)."""
+    net, path = _model(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
     link = tmp_path / "latest.fbp"
-    link.symlink_to(path.name)
-    net.fit(*_data(), epochs=1, verbose=0)
-    net.save(link)
-    assert link.is_symlink() and os.readlink(link) == path.name
-    assert _weights_equal(fastbp.load(path), net)
+    link.symlink_to(victim)
     dangling = tmp_path / "dangling.fbp"
-    dangling.symlink_to("target.fbp")
-    net.save(dangling)
-    assert dangling.is_symlink() and (tmp_path / "target.fbp").is_file()
+    dangling.symlink_to(tmp_path / "target.fbp")
+    X, y = _data()
+    for target in (link, dangling, str(link)):
+        for call in (lambda: net.save(target),
+                     lambda: _checkpoint.check_path(target),
+                     lambda: _files.atomic_write(target, [b"x"]),
+                     lambda: net.fit(X, y, epochs=1, checkpoint=target, verbose=0)):
+            with pytest.raises(FileExistsError, match="symbolic link") as info:
+                call()
+            assert "Pass the target path itself, or remove the link" in str(info.value)
+    assert victim.read_bytes() == b"precious" and not (tmp_path / "target.fbp").exists()
+    assert link.is_symlink() and dangling.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        ["dangling.fbp", "latest.fbp", "m.fbp", "victim"]
+    net.save(victim)  # the target path itself is fine
+    assert _weights_equal(fastbp.load(victim), net) and link.is_symlink()
 
 
 # --------------------------------------------------------------------- E. field checks
@@ -548,3 +622,97 @@ def test_version_1_file_with_a_wrong_training_field_is_a_value_error(tmp_path, t
     (tmp_path / "v1").write_bytes(_io.MAGIC + json.dumps(header).encode() + b"\n" + payload)
     with pytest.raises(ValueError, match="'training'"):
         fastbp.load(tmp_path / "v1")
+
+
+# --------------------------------------------------------------------- G. values and config
+def _members(payload):
+    with np.load(io.BytesIO(payload)) as archive:
+        return {name: archive[name].copy() for name in archive.files}
+
+
+def _edit_members(path, edit, header_edit=None):
+    """Rewrite ``path`` with ``edit(arrays)`` applied to its payload, checksums recomputed."""
+    header, payload = _split(path.read_bytes())
+    arrays = _members(payload)
+    edit(arrays)
+    if header_edit is not None:
+        header_edit(header)
+    _write(path, *_with_payload(header, arrays))
+
+
+def test_config_a_network_refuses_is_the_files_error(tmp_path):
+    """A checksum-valid file whose config Network(...) refuses: the file is blamed, by path."""
+    net = fastbp.Network([3, 4, 1], backend="numpy", dtype="float32")
+    path = tmp_path / "m.fbp"
+    net.save(path)
+
+    def huge_initializer(header):
+        header["config"]["kernel_initializer"] = 1e300  # finite, but overflows float32
+
+    _edit_members(path, lambda arrays: None, huge_initializer)
+    with pytest.raises(ValueError, match=r"not a valid fastbp model file \(config: "
+                                         r"kernel_initializer") as info:
+        fastbp.load(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("member", ["params", "optimizer_state"])
+def test_non_finite_weights_or_optimizer_state_are_refused(tmp_path, member, value):
+    _, path = _model(tmp_path)  # Adam
+
+    def edit(arrays):
+        arrays[member].flat[3] = value
+
+    _edit_members(path, edit)
+    with pytest.raises(ValueError, match=f"'{member}': expected finite numbers"):
+        fastbp.load(path)
+
+
+def test_non_finite_best_weights_are_refused(tmp_path):
+    _, path = _checkpoint_file(tmp_path)
+    name = "training.callback0.best_weights.0"
+    assert name in _members(_split(path.read_bytes())[1])
+
+    def edit(arrays):
+        arrays[name].flat[0] = np.nan
+
+    _edit_members(path, edit)
+    with pytest.raises(ValueError, match="expected finite numbers"):
+        fastbp.load(path)
+
+
+@pytest.mark.parametrize("optimizer, slot, refused", [
+    (fastbp.Adam(0.01), 1, True), (fastbp.Adam(0.01), 0, False),
+    (fastbp.RMSprop(0.01), 0, True), (fastbp.RMSprop(0.01, momentum=0.5), 1, False),
+    (fastbp.SGD(0.01, momentum=0.9), 0, False)])
+def test_negative_second_moments_are_refused(tmp_path, optimizer, slot, refused):
+    """Adam's v (slot 1) and RMSprop's average (slot 0) are never negative; first moments,
+    momentum buffers and velocities may be."""
+    X, y = _data()
+    net = fastbp.Network([3, 4, 1], backend="numpy", seed=1)
+    net.fit(X, y, epochs=1, batch_size=4, optimizer=optimizer, verbose=0)
+    path = tmp_path / "m.fbp"
+    net.save(path)
+
+    def edit(arrays):
+        arrays["optimizer_state"][slot, 2] = -1e-3
+
+    _edit_members(path, edit)
+    if refused:
+        with pytest.raises(ValueError, match=f"slot {slot}.*>= 0"):
+            fastbp.load(path)
+    else:
+        assert fastbp.load(path)._state[slot, 2] == -1e-3
+
+
+def test_import_does_not_load_archive_modules():
+    """zipfile (and shutil's bz2/lzma) load only when a model file or data set is read/written."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fastbp; "
+            "print(sorted(m for m in ('zipfile', 'bz2', 'lzma') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]", out
