@@ -57,12 +57,16 @@ class _Guard:
     can call ``predict``, ``evaluate``, ``get_weights`` or ``set_weights``.
     """
 
+    # Entered and left inline by the decorators below: a generator-based
+    # context manager per call cost more than twice the lock itself.
+    __slots__ = ("_mutex", "_writer", "_writing", "_depth", "_readers")
+
     def __init__(self):
         self._mutex = threading.Lock()
         self._writer = None     # ident of the writing thread
         self._writing = None    # the method it runs, for the message
         self._depth = 0
-        self._readers = {}      # ident -> (depth, method)
+        self._readers = {}      # ident -> [depth, method]
 
     def _refuse(self, what, busy, training):
         doing = "trained" if training else "used"
@@ -74,61 +78,94 @@ class _Guard:
             "fastbp.load(), or with set_weights(net.get_weights()) on a new Network), or "
             "wait for the other call to return.")
 
-    @contextlib.contextmanager
-    def writing(self, what):
-        me = threading.get_ident()
-        with self._mutex:
-            if self._writer is not None and self._writer != me:
-                self._refuse(what, self._writing, True)
-            others = [method for ident, (_, method) in self._readers.items() if ident != me]
-            if others:
-                self._refuse(what, others[0], False)
-            if self._depth == 0:
-                self._writer, self._writing = me, what
-            self._depth += 1
-        try:
-            yield
-        finally:
-            with self._mutex:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._writer = self._writing = None
+    def busy_reader(self, me):
+        """A method another thread is reading with, or None (hold the lock)."""
+        for ident, entry in list(self._readers.items()):
+            if ident != me:
+                return entry[1]
+        return None
 
-    @contextlib.contextmanager
-    def reading(self, what):
-        me = threading.get_ident()
-        with self._mutex:
-            if self._writer is not None and self._writer != me:
-                self._refuse(what, self._writing, self._writing == "fit")
-            depth, method = self._readers.get(me, (0, what))
-            self._readers[me] = (depth + 1, method)
-        try:
-            yield
-        finally:
-            with self._mutex:
-                depth, method = self._readers[me]
-                if depth == 1:
-                    del self._readers[me]
-                else:
-                    self._readers[me] = (depth - 1, method)
+
+_get_ident = threading.get_ident
 
 
 def _writes(method):
-    """Run ``method`` holding the network for writing (see :class:`_Guard`)."""
+    """Run ``method`` holding the network for writing (see :class:`_Guard`).
+
+    The writer's side of the guard, inlined like the reader's below.
+    """
+    what = method.__name__
+
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
-        with self._guard.writing(method.__name__):
+        guard = self._guard
+        me = _get_ident()
+        with guard._mutex:
+            writer = guard._writer
+            if writer is not None and writer != me:
+                guard._refuse(what, guard._writing, True)
+            readers = guard._readers
+            if readers and (len(readers) > 1 or me not in readers):
+                busy = guard.busy_reader(me)
+                if busy is not None:  # else that reader has just left
+                    guard._refuse(what, busy, False)
+            if guard._depth == 0:
+                guard._writer, guard._writing = me, what
+            guard._depth += 1
+        try:
             return method(self, *args, **kwargs)
+        finally:
+            with guard._mutex:
+                guard._depth -= 1
+                if guard._depth == 0:
+                    guard._writer = guard._writing = None
     return guarded
 
 
 def _reads(method):
-    """Run ``method`` as a reader: refused while another thread trains the network."""
+    """Run ``method`` as a reader: refused while another thread trains the network.
+
+    The reader's side of :class:`_Guard`, inlined: these methods are called
+    in tight loops (``predict`` on a few rows, ``get_weights`` in callbacks).
+    """
+    what = method.__name__
+
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
-        with self._guard.reading(method.__name__):
+        guard = self._guard
+        me = _get_ident()
+        readers = guard._readers
+        with guard._mutex:
+            writer = guard._writer
+            if writer is not None and writer != me:
+                guard._refuse(what, guard._writing, guard._writing == "fit")
+            entry = readers.get(me)
+            if entry is None:
+                readers[me] = [1, what]
+            else:
+                entry[0] += 1
+        try:
             return method(self, *args, **kwargs)
+        finally:
+            # Without the lock: only this thread changes its own entry, and a
+            # writer that still sees it refuses (it checks under the lock and
+            # copies the entries before it looks at them).
+            entry = readers[me]
+            if entry[0] == 1:
+                del readers[me]
+            else:
+                entry[0] -= 1
     return guarded
+
+
+class _Unprinted:
+    """A data source's ``settings`` view, its fingerprint left to be computed (``None``)."""
+
+    def __init__(self, source):
+        self.streamed, self.n_rows = source.streamed, source.n_rows
+
+    def fingerprint(self):
+        return None
 
 
 def _check_verbose(verbose):
@@ -474,14 +511,28 @@ class Network:
                 raise ValueError("EarlyStopping(monitor='val_loss'): expected validation rows; "
                                  "found neither validation_data nor validation_split. Pass "
                                  "one of them, or monitor='loss'.")
-        call = _checkpoint.settings(train, val, batch_size, shuffle, validation_split)
+        # A batch larger than the data is one batch of all rows (as in Keras);
+        # the kernels only ever see the clamped size, and a position records it
+        # (its chunk size is a multiple of it).  A resume with the same
+        # batch_size clamps to the same value: its data must be the same.
+        batch_size = min(batch_size, train.n_rows)
+        # The data's fingerprint reads about 1,150 scattered rows (as many pages
+        # of a memory-map): only computed when a position is kept or a resume
+        # checked, once per fit.
+        call = _checkpoint.settings(_Unprinted(train), val, batch_size, shuffle,
+                                    validation_split)
+
+        def settings():
+            if call["fingerprint"] is None:
+                call["fingerprint"] = train.fingerprint()
+            return call
+
         position = None
         if resume:
+            if self._position is not None:
+                settings()
             _checkpoint.check_resume(self._position, call, optimizer, self.optimizer)
             position = self._position
-        # A batch larger than the data is one batch of all rows (as in Keras);
-        # the kernels only ever see the clamped size.
-        batch_size = min(batch_size, train.n_rows)
 
         # From here on the model changes.  It keeps a training position only
         # where that position is exact (keep_position, just before the
@@ -515,12 +566,21 @@ class Network:
             history.epoch = list(range(len(history.history.get("loss", []))))
             self.stop_training = bool(position.get("stopped", False))
 
+        failed_save = None
+
         def keep_position(**where):
-            self._position = _checkpoint.capture(epochs=epochs, chunk_rows=chunk_rows, call=call,
-                                                 history=history.history, callbacks=callbacks,
-                                                 **where)
+            nonlocal failed_save
+            self._position = _checkpoint.capture(epochs=epochs, chunk_rows=chunk_rows,
+                                                 call=settings(), history=history.history,
+                                                 callbacks=callbacks, **where)
             if checkpoint is not None:
-                self.save(checkpoint)
+                try:
+                    self.save(checkpoint)
+                except BaseException as exc:
+                    # A full disk, a second Ctrl-C: the file is not written, but
+                    # the model is exactly at the position just kept.
+                    failed_save = exc
+                    raise
 
         stopped = self.stop_training
         first_epoch = epoch
@@ -569,10 +629,11 @@ class Network:
                         own_interrupt = KeyboardInterrupt()
                         raise own_interrupt
         except BaseException as exc:
-            if exc is not own_interrupt:
-                # Not a Ctrl-C stop at a known point: the model may be anywhere
-                # past the last kept position.  Only a rollback to the state
-                # before this fit makes the position held then exact again.
+            if exc is not own_interrupt and exc is not failed_save:
+                # Not a Ctrl-C stop at a known point, nor a failed write of the
+                # position just kept: the model may be anywhere past the last
+                # kept position.  Only a rollback to the state before this fit
+                # makes the position held then exact again.
                 self._position = previous_position if rolled_back else None
             for callback in callbacks:  # don't leave a half-drawn bar behind
                 if isinstance(callback, ProgbarLogger):

@@ -336,6 +336,39 @@ def test_a_network_read_in_another_thread_refuses_a_writer():
     net.fit(X, y, verbose=0)
 
 
+def _python_calls(function):
+    """The Python functions entered while ``function()`` runs (C functions not counted)."""
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        function()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_the_guard_costs_one_python_call():
+    # The guard runs on every get_weights/predict; a generator-based context
+    # manager per call (contextlib, its __enter__/__exit__ and the generator)
+    # more than tripled the cost of get_weights.
+    net = _net()
+    X = np.ones((2, net.layers[0]))
+    for method, args in ((net.get_weights, ()), (net.predict, (X,)),
+                         (net.set_weights, (net.get_weights(),))):
+        raw = getattr(type(net), method.__name__).__wrapped__
+        guarded = _python_calls(lambda: method(*args))
+        plain = _python_calls(lambda: raw(net, *args))
+        # the lambda, then the guard wrapper: nothing else in Python
+        assert guarded[:2] == ["<lambda>", "guarded"], guarded
+        assert len(guarded) == len(plain) + 1, (guarded, plain)
+    assert not net._guard._readers and net._guard._writer is None
+
+
 def test_the_guard_is_released_on_every_exit_path():
     X, y = _data()
     net = _net()
