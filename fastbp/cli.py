@@ -422,9 +422,12 @@ def _resolve_options(given):
         if clashes:
             raise UsageError(f"--resume takes the network from the checkpoint; drop "
                              f"{', '.join('--' + k.replace('_', '-') for k in clashes)}.")
-        stored, ignored = _stored_in(resume)
+        # the file is read and checked once: options and network come from the same bytes
+        read = _read_checkpoint(resume)
+        stored, ignored = _stored_in(resume, read[0])
         # the backend of the interrupted run (bitwise equality needs the same kernels)
-        network = _load_checkpoint(resume, given.get("backend", stored.get("backend", "auto")))
+        network = _load_checkpoint(resume, read,
+                                   given.get("backend", stored.get("backend", "auto")))
         if network._position is None:
             raise CommandError(f"{resume}: expected a checkpoint written by `fastbp train "
                                "--checkpoint`; found a model file without a training position "
@@ -453,19 +456,24 @@ _STORED_TYPES = {_positive_int: int, _non_negative_int: int, _positive_float: (i
                  _layers: list, _activation_list: list}
 
 
-def _stored_in(path):
-    """The train options stored in checkpoint ``path``, each checked as if typed.
+def _read_checkpoint(path):
+    """``_io._read`` of checkpoint ``path``: its checked header, optimizer and arrays."""
+    from . import _io
+
+    if not Path(path).is_file():
+        raise CommandError(f"--resume {path}: no such file. Pass the path given to "
+                           "--checkpoint when the run was started.")
+    return _io._read(path)
+
+
+def _stored_in(path, header):
+    """The train options stored in checkpoint ``path`` (its checked ``header``), each checked
+    as if typed.
 
     Unknown keys are ignored, and so are the output paths (OUTPUT_OPTIONS):
     they are never taken from a file.  Relative data paths are resolved
     against the checkpoint's directory.
     """
-    from ._io import read_model_file
-
-    if not Path(path).is_file():
-        raise CommandError(f"--resume {path}: no such file. Pass the path given to "
-                           "--checkpoint when the run was started.")
-    header, _ = read_model_file(path)
     extra = header.get("extra") or {}
     options = extra.get("train_options") if isinstance(extra, dict) else None
     if options is None:
@@ -601,12 +609,13 @@ def _check_resume_options(stored, given, position):
             "(it counts from the start of the original run).")
 
 
-def _load_checkpoint(path, backend):
-    import fastbp
+def _load_checkpoint(path, read, backend):
+    """The network of checkpoint ``path`` from ``read`` (``_read_checkpoint``), not reread."""
+    from . import _io
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return fastbp.load(path, backend=backend)
+        return _io.network_from(path, read, backend)
 
 
 def _check_options(opts, given):
@@ -756,9 +765,7 @@ def _check_output_paths(opts):
 
     for option, example in (("save", "model.fbp"), ("plot", "loss.png"),
                             ("checkpoint", "run.ckpt")):
-        path = check_path(opts.get(option), f"--{option}", example)
-        if path is not None:
-            _probe_directory(path, f"--{option}")
+        check_path(opts.get(option), f"--{option}", example)  # creates a probe file there
     if opts.get("plot") is not None:
         import importlib.util
 
@@ -776,26 +783,6 @@ def _check_output_paths(opts):
                                f"{', '.join('.' + f for f in sorted(formats))}; found "
                                f"{'.' + suffix if suffix else 'no extension'}. Pass e.g. "
                                "--plot loss.png.")
-
-
-def _probe_directory(path, option):
-    """Create and remove a file next to ``path``: where permission bits do not tell.
-
-    Root passes every permission check, yet cannot create files in /proc or on
-    a read-only mount; the model file is written as a temporary file in the
-    same directory first, so that is what is tried.
-    """
-    import tempfile
-
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=directory)
-    except OSError as exc:
-        raise CommandError(f"{option} {path}: cannot create files in {directory} "
-                           f"({exc.strerror or type(exc).__name__}). Pass a path in a writable "
-                           "directory.") from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 def _stored_options(opts):
@@ -1083,8 +1070,15 @@ def _plot(history, path, loss_name):
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # rendered in memory, then written as model files are: never through a link at the path
+    import io
+
+    from . import _files
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=Path(path).suffix.lower().lstrip("."), dpi=120)
     plt.close(fig)
+    _files.atomic_write(path, [buffer.getvalue()], "--plot")
 
 
 # ---------------------------------------------------------------------------- demo

@@ -115,6 +115,32 @@ def test_stored_train_options_must_be_an_object(capsys, tmp_path):
     assert status == 1 and "JSON object" in err
 
 
+def test_resume_reads_the_checkpoint_once(capsys, tmp_path, monkeypatch):
+    """Options and network come from one read of the file: no second read that another
+    process could have replaced in between (options of one file, weights of another)."""
+    from fastbp import _io
+
+    ckpt = _checkpoint(capsys, tmp_path / "ck.fbp")
+    other = _checkpoint(capsys, tmp_path / "other.fbp", "--seed", 5, "--batch-size", 16)
+    real_read, reads = _io._read, []
+
+    def read(path):
+        reads.append(str(path))
+        result = real_read(path)
+        os.replace(other, ckpt)  # the file changes right after it was read
+        return result
+
+    monkeypatch.setattr(_io, "_read", read)
+    status, out, err = run(capsys, "train", "--resume", ckpt, "--epochs", 3, "--quiet",
+                           "--checkpoint", tmp_path / "next.fbp")
+    assert status == 0, err
+    assert reads == [str(ckpt)]
+    monkeypatch.undo()
+    resumed = fastbp.load(tmp_path / "next.fbp", backend="numpy")
+    assert resumed._extra["train_options"]["seed"] == 0  # the first file's, throughout
+    assert resumed._position["settings"]["batch_size"] != 16
+
+
 # ---------------------------------------------------------------------------- 2: options
 def test_resume_refuses_a_different_optimizer(capsys, tmp_path):
     ckpt = _checkpoint(capsys, tmp_path / "run.ckpt", "--learning-rate", 0.02, epochs=1)
