@@ -228,3 +228,20 @@ def test_batch_size_beyond_the_data_trains_one_batch_per_epoch(capsys):
                            "--batch-size", 2**63, "--backend", compiled[0], "--quiet")
     assert status == 0, err
     assert "270 rows" in out
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "symlink"), reason="needs symbolic links")
+@pytest.mark.parametrize("option", ["--save", "--checkpoint", "--plot"])
+def test_output_path_that_is_a_link_fails_before_training(capsys, tmp_path, option):
+    """A link at an output path is refused, not written through (its target is untouched)."""
+    if option == "--plot":
+        pytest.importorskip("matplotlib")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    link = tmp_path / ("loss.png" if option == "--plot" else "m.fbp")
+    link.symlink_to(victim)
+    status, out, err = run(capsys, "train", "--synthetic", 300, *FAST, option, link)
+    assert status == 1 and option in err and "symbolic link" in err, err
+    assert "loss per epoch" not in out and len(err.strip().splitlines()) == 1
+    assert victim.read_bytes() == b"precious" and link.is_symlink()
+
