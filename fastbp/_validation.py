@@ -2,6 +2,14 @@
 
 Each error says what was expected, what was found, and how to fix it.  The
 checks run before anything is modified, so bad input changes nothing.
+
+Two helpers build the parts of such messages, here and in other modules
+(``_io``'s file checks among them):
+
+- :func:`show` -- a value as it is quoted after "found": its ``repr``, cut to
+  80 characters, never failing (a broken or huge ``repr`` included);
+- :func:`example` -- the "Pass e.g. ..." part: how to write an argument with
+  a valid value, ``seed=0 (or None)`` or ``EarlyStopping(patience=3)``.
 """
 
 import collections.abc
@@ -92,12 +100,37 @@ def _type_name(value):
 
 
 def show(value, limit=80):
-    """``repr(value)``, shortened for an error message."""
+    """``repr(value)`` for an error message, at most ``limit`` (80) characters.
+
+    The one helper that quotes found values in messages: a longer text keeps
+    its first ``limit - 3`` characters and ends in ``...``; a ``repr`` that
+    raises (a broken ``__repr__``, an int too long to print) gives
+    ``<TYPE object>`` instead, so the real error is never hidden.
+    """
     try:
         text = repr(value)
     except Exception:  # a broken __repr__ must not hide the real error
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[:limit - 5] + "...>"
+        text = f"<{type(value).__name__} object>"
+    if not isinstance(text, str):
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def example(name, value):
+    """``name=value`` as a user writes it, for the "Pass e.g. ..." part of a message.
+
+    ``name`` is what the message starts with: an argument (``"seed"``), one of
+    a class (``"EarlyStopping patience"`` -> ``EarlyStopping(patience=3)``),
+    either with a note in parentheses after it (``"seed (or None)"`` ->
+    ``seed=0 (or None)``).
+    """
+    note = ""
+    if name.endswith(")") and " (" in name:
+        name, note = name.split(" (", 1)
+        note = f" ({note}"
+    owner, _, argument = name.rpartition(" ")
+    text = f"{argument}={value!r}" if isinstance(value, str) else f"{argument}={value}"
+    return (f"{owner}({text})" if owner else text) + note
 
 
 def _found(value, number):
@@ -122,14 +155,17 @@ def as_real(value):
 
 
 def check_int(value, name, minimum=1, example=None):
-    """An integer (Python or NumPy, not bool) >= ``minimum``, as a plain ``int``."""
+    """An integer (Python or NumPy, not bool) >= ``minimum``, as a plain ``int``.
+
+    ``example`` (default ``minimum``) is the valid value the message suggests.
+    """
     example = minimum if example is None else example
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
             or value < minimum:
         kind = (f"{_type_name(value)} {show(value)}" if not isinstance(value, numbers.Integral)
                 or isinstance(value, (bool, np.bool_)) else show(value))
         raise ValueError(f"{name}: expected an integer >= {minimum}; found {kind}. "
-                         f"Pass e.g. {name}={example}.")
+                         f"Pass e.g. {_example(name, example)}.")
     return int(value)
 
 
@@ -141,7 +177,7 @@ def check_bool(value, name):
     """
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False; found {_type_name(value)} {show(value)}. "
-                        f"Pass {name}=True or {name}=False.")
+                        f"Pass {example(name, True)} or {example(name, False)}.")
     return bool(value)
 
 
@@ -151,7 +187,8 @@ def check_initializer(value, what, names, dtype=None):
         number = as_real(value)
         if number is None or not math.isfinite(number):
             raise ValueError(f"{what}: expected a finite number or one of "
-                             f"{_name_list(names)}; found {show(value)}.")
+                             f"{_name_list(names)}; found {show(value)}. Pass e.g. "
+                             f"{example(what, 0.0)} or {example(what, next(iter(names)))}.")
         with np.errstate(over="ignore"):
             overflows = dtype is not None and not np.isfinite(np.array(number).astype(dtype))
         if overflows:
@@ -172,7 +209,7 @@ def check_positive_float(value, name):
     if number is None or not math.isfinite(number) or number <= 0:
         raise ValueError(f"{name}: expected a finite number > 0; found "
                          f"{_found(value, number)}. "
-                         f"Pass e.g. {name}=0.001.")
+                         f"Pass e.g. {example(name, 0.001)}.")
     return number
 
 
@@ -184,10 +221,10 @@ def check_fraction(value, name, low_open=False, high_open=True):
           and (number < 1 if high_open else number <= 1))
     if not ok:
         interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
-        example = 0.5 if low_open else 0.0
+        value_example = 0.5 if low_open else 0.0
         raise ValueError(f"{name}: expected a number in {interval}; found "
                          f"{_found(value, number)}. "
-                         f"Pass e.g. {name}={example}.")
+                         f"Pass e.g. {_example(name, value_example)}.")
     return number
 
 
@@ -294,3 +331,6 @@ def check_weights(weights, shapes, dtype):
                              f"{array.shape}. All expected shapes: [{expected}].")
         out.append(to_dtype(array, dtype, f"weights[{i}]"))
     return out
+
+
+_example = example  # for the checks whose ``example`` argument shadows it

@@ -58,8 +58,9 @@ class EarlyStopping(Callback):
     Parameters
     ----------
     monitor : {"val_loss", "loss"}, default "val_loss"
-    min_delta : float >= 0, default 0
-        An improvement must lower the monitored value by more than this.
+    min_delta : float, default 0
+        An improvement must lower the monitored value by more than this.  Its
+        absolute value is used (as in Keras): ``-0.01`` means ``0.01``.
     patience : int >= 0, default 0
         Epochs without improvement after which training stops.
     restore_best_weights : bool, default False
@@ -73,12 +74,13 @@ class EarlyStopping(Callback):
                              f"{V.show(monitor)}. Pass monitor='val_loss' (with validation "
                              "data) or monitor='loss'.")
         delta = V.as_real(min_delta)
-        if delta is None or not math.isfinite(delta) or delta < 0:
-            raise ValueError(f"EarlyStopping min_delta: expected a finite number >= 0; found "
-                             f"{V.show(min_delta)}. Pass e.g. min_delta=0.0 (any improvement "
-                             "counts) or min_delta=1e-4.")
+        if delta is None or not math.isfinite(delta):
+            raise ValueError(f"EarlyStopping min_delta: expected a finite number; found "
+                             f"{V._found(min_delta, delta)}. Pass e.g. "
+                             "EarlyStopping(min_delta=0.0) (any improvement counts) or "
+                             "EarlyStopping(min_delta=1e-4).")
         self.monitor = str(monitor)
-        self.min_delta = delta
+        self.min_delta = abs(delta)  # as Keras: the sign does not matter
         self.patience = V.check_int(patience, "EarlyStopping patience", minimum=0, example=3)
         self.restore_best_weights = V.check_bool(restore_best_weights,
                                                  "EarlyStopping restore_best_weights")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from ._backends import _codes as C
-from ._validation import check_bool, check_fraction, check_positive_float
+from ._validation import check_bool, check_fraction, check_positive_float, show
 
 
 class Optimizer:
@@ -41,17 +41,23 @@ class Optimizer:
         if not isinstance(config, dict):
             raise TypeError(f"optimizer config: expected a dict as get_config() returns; found "
                             f"{type(config).__name__}. Pass e.g. fastbp.Adam().get_config().")
+        config_keys = set(config)
         config = dict(config)
         name = config.pop("name", None)
         classes = {cls.__name__: cls for cls in (SGD, Adam, RMSprop)}
         if not isinstance(name, str) or name not in classes:
-            raise ValueError(f"unknown optimizer: expected one of {sorted(classes)}; "
-                             f"found {name!r}.")
+            hint = ""
+            if isinstance(name, str) and name.lower() in {n.lower() for n in classes}:
+                hint = " (the name is case-sensitive)"
+            found = "no 'name' key" if "name" not in config_keys else f"name {show(name)}"
+            raise ValueError(f"unknown optimizer: expected a 'name' of {sorted(classes)}; "
+                             f"found {found}{hint}. Pass the dict that get_config() returns, "
+                             f"e.g. fastbp.Adam().get_config() = {Adam().get_config()}.")
         known = [field.name for field in fields(classes[name])]
         unknown = sorted(str(key) for key in config if key not in known)
         if unknown:
             raise ValueError(f"{name} config: expected only the keys {known}; found "
-                             f"{unknown}. Pass the dict that get_config() returns.")
+                             f"{show(unknown)}. Pass the dict that get_config() returns.")
         return classes[name](**config)
 
 

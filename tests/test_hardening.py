@@ -509,7 +509,7 @@ def test_layers_too_large_for_memory(layers):
 # ------------------------------------------------------------------------ 6. EarlyStopping
 @pytest.mark.parametrize("kwargs,error", [
     (dict(min_delta=float("nan")), ValueError), (dict(min_delta=float("inf")), ValueError),
-    (dict(min_delta=-0.1), ValueError), (dict(min_delta="0.1"), ValueError),
+    (dict(min_delta="0.1"), ValueError), (dict(min_delta=-math.inf), ValueError),
     (dict(min_delta=None), ValueError), (dict(min_delta=True), ValueError),
     (dict(min_delta=np.float64("nan")), ValueError), (dict(min_delta=10**400), ValueError),
     (dict(patience=-1), ValueError), (dict(patience=1.5), ValueError),

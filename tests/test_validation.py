@@ -212,3 +212,82 @@ def test_forced_backend_setting_overrides_the_argument(monkeypatch):
     buffer = __import__("io").StringIO()
     fastbp.show_config(file=buffer)   # a diagnosis tool must not crash on a bad setting
     assert "found 'bogus'" in buffer.getvalue()
+
+
+# ------------------------------------------------------------ the "how to fix" part of messages
+def _message(make):
+    with pytest.raises((ValueError, TypeError)) as excinfo:
+        make()
+    _assert_clear(excinfo)
+    return str(excinfo.value)
+
+
+@pytest.mark.parametrize("make,hint", [
+    (lambda: _net(seed=-1), "Pass e.g. seed=0 (or None)."),
+    (lambda: _net(seed=1.5), "Pass e.g. seed=0 (or None)."),
+    (lambda: fastbp.EarlyStopping(patience=-1), "Pass e.g. EarlyStopping(patience=3)."),
+    (lambda: fastbp.ProgbarLogger(epochs=0), "Pass e.g. ProgbarLogger(epochs=1)."),
+    (lambda: fastbp.ProgbarLogger(rows=-3), "Pass e.g. ProgbarLogger(rows=1)."),
+    (lambda: fastbp.EarlyStopping(restore_best_weights=1),
+     "Pass EarlyStopping(restore_best_weights=True) or "
+     "EarlyStopping(restore_best_weights=False)."),
+    (lambda: fastbp.EarlyStopping(min_delta=float("nan")), "Pass e.g. EarlyStopping(min_delta="),
+    (lambda: _net().fit(*_data(), batch_size=0), "Pass e.g. batch_size=1."),
+    (lambda: _net().fit(*_data(), shuffle="no"), "Pass shuffle=True or shuffle=False."),
+    (lambda: fastbp.Adam(beta_1=2), "Pass e.g. beta_1=0.5."),
+    (lambda: fastbp.SGD(learning_rate=-1), "Pass e.g. learning_rate=0.001."),
+    (lambda: _net(kernel_initializer=float("nan")),
+     "Pass e.g. kernel_initializer=0.0 or kernel_initializer='glorot_uniform'."),
+    (lambda: _net(bias_initializer=float("inf")),
+     "Pass e.g. bias_initializer=0.0 or bias_initializer='zeros'."),
+    (lambda: fastbp.Optimizer.from_config({"name": "adam"}),
+     "(the name is case-sensitive). Pass the dict that get_config() returns, e.g. "
+     "fastbp.Adam().get_config() = {'name': 'Adam'"),
+    (lambda: fastbp.Optimizer.from_config({"learning_rate": 0.1}), "found no 'name' key. Pass"),
+])
+def test_messages_say_how_to_fix_in_words_a_user_can_type(make, hint):
+    message = _message(make)
+    assert hint in message, message
+
+
+def test_example_writes_an_argument_as_a_user_types_it():
+    from fastbp._validation import example
+
+    assert example("batch_size", 1) == "batch_size=1"
+    assert example("seed (or None)", 0) == "seed=0 (or None)"
+    assert example("EarlyStopping patience", 3) == "EarlyStopping(patience=3)"
+    assert example("kernel_initializer", "zeros") == "kernel_initializer='zeros'"
+
+
+def test_show_is_the_one_helper_that_quotes_found_values():
+    from fastbp._validation import show
+
+    class Broken:
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+    assert show(5) == "5" and show("a") == "'a'"
+    long = show(list(range(100)))
+    assert len(long) == 80 and long.endswith("...") and long.startswith("[0, 1, 2")
+    assert len(show("x" * 500, limit=20)) == 20
+    assert show(Broken()) == "<Broken object>"
+    assert len(show(10 ** 5000)) <= 80        # a repr that raises or is huge
+    assert show.__doc__ and "80" in show.__doc__
+
+
+# ----------------------------------------------------------------- EarlyStopping min_delta
+def test_negative_min_delta_counts_as_its_absolute_value_as_in_keras():
+    assert fastbp.EarlyStopping(min_delta=-0.01).min_delta == 0.01
+    assert type(fastbp.EarlyStopping(min_delta=np.float32(-0.5)).min_delta) is float
+    X, y = _data()
+    runs = []
+    for delta in (0.05, -0.05):
+        net = _net(seed=1)
+        stopper = fastbp.EarlyStopping(monitor="loss", min_delta=delta, patience=1)
+        history = net.fit(X, y, epochs=30, batch_size=2, callbacks=[stopper], verbose=0)
+        runs.append((history.history["loss"], stopper.stopped_epoch,
+                     [w.tobytes() for w in net.get_weights()]))
+    assert runs[0] == runs[1] and runs[0][1] > 0     # it stopped, and the same way
+    for bad in (float("nan"), float("inf"), -float("inf"), "0.1", None, True):
+        with pytest.raises(ValueError):
+            fastbp.EarlyStopping(min_delta=bad)
