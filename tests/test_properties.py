@@ -31,16 +31,37 @@ from . import naive  # noqa: E402
 from .conftest import assert_close  # noqa: E402
 
 _EXAMPLES = os.environ.get("FASTBP_HYPOTHESIS_EXAMPLES", "").strip()
-settings.register_profile(
-    "fastbp", deadline=None, database=None, derandomize=not _EXAMPLES,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.data_too_large])
-settings.load_profile("fastbp")
 
 
 def examples(default):
-    """``default`` examples in CI, or ``FASTBP_HYPOTHESIS_EXAMPLES`` when set."""
-    return settings(max_examples=int(_EXAMPLES) if _EXAMPLES else default)
+    """This module's settings for one test: ``default`` examples in CI, or
+    ``FASTBP_HYPOTHESIS_EXAMPLES`` when set.
+
+    Per test, never a loaded profile: loading one here would change the
+    settings of every test module collected after this one.
+    """
+    return settings(
+        max_examples=int(_EXAMPLES) if _EXAMPLES else default, deadline=None, database=None,
+        derandomize=not _EXAMPLES,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                               HealthCheck.data_too_large])
+
+
+def test_importing_this_module_leaves_the_hypothesis_profile_alone():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import hypothesis; before = repr(hypothesis.settings.default); "
+            "import tests.test_properties; "
+            "assert repr(hypothesis.settings.default) == before, 'profile changed'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    chosen = examples(7)
+    assert chosen.max_examples == (int(_EXAMPLES) if _EXAMPLES else 7)
+    assert chosen.deadline is None and chosen.database is None
+    assert chosen.derandomize is not bool(_EXAMPLES)
 
 
 ACTIVATIONS = ["linear", "relu", "sigmoid", "tanh"]
