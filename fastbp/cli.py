@@ -433,7 +433,7 @@ def _resolve_options(given):
                                "--checkpoint`; found a model file without a training position "
                                "(a --save file, or one saved after training ended). Pass the "
                                "--checkpoint file, or train anew.")
-        stored.update(_recorded_by_fit(network, resume))
+        stored.update(_recorded_by_fit(network, resume, stored))
         _check_resume_options(stored, given, network._position)
     opts = {**TRAIN_DEFAULTS, **stored, **given}
     for name in ("features", "outputs"):  # typed ones win over the --layers widths
@@ -533,11 +533,13 @@ def _bad_stored(path, key, value, reason):
                         "`fastbp train` or has been edited; train anew.")
 
 
-def _recorded_by_fit(network, path):
+def _recorded_by_fit(network, path, stored):
     """The options the interrupted fit itself recorded: optimizer, batch size, shuffle.
 
     They are the truth on --resume (the stored train options could disagree
-    with them only in an edited file).
+    with them only in an edited file).  ``fit`` records a batch size larger
+    than the training rows as the rows (one batch per epoch), so a stored
+    --batch-size at least that large is the one the user typed, and kept.
     """
     position = network._position
     settings = position.get("settings") or {}
@@ -547,6 +549,9 @@ def _recorded_by_fit(network, path):
             raise CommandError(f"--resume {path}: the training position lacks {key!r}; the "
                                "file was not written by `fastbp train --checkpoint`.")
         recorded[key] = settings[key]
+    typed = stored.get("batch_size")
+    if isinstance(typed, int) and typed >= recorded["batch_size"] == settings.get("n_rows"):
+        recorded["batch_size"] = typed
     optimizer = network.optimizer
     if optimizer is not None:
         config = optimizer.get_config()

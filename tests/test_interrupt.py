@@ -274,8 +274,6 @@ def test_fastbp_train_checkpoint_with_a_batch_larger_than_the_data_resumes(tmp_p
                           fastbp.load(tmp_path / "out.fbp", backend="numpy"))
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py compares the typed --batch-size with the "
-                   "clamped batch size the checkpoint records (45 rows here)")
 def test_fastbp_train_resume_accepts_the_same_large_batch_size_typed_again(tmp_path, capsys):
     data = ["--synthetic", 50, "--layers", "3,4,1", "--batch-size", 1000]
     assert _train(tmp_path, *data, "--epochs", 2, "--checkpoint", "run.ckpt") == 0
