@@ -10,7 +10,7 @@ ASV    := cd benchmarks && $(abspath $(PY)) -m asv
 # the smoke run fails when one of these backends is missing instead of skipping it
 BENCH_REQUIRE ?= numpy,numba,cython
 
-.PHONY: demo test install bench bench-smoke clean
+.PHONY: demo test install bench bench-smoke docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ bench-smoke: install
 	$(ASV) check --python=same
 	cd benchmarks && FASTBP_BENCH_REPEATS=1 FASTBP_BENCH_REQUIRE=$(BENCH_REQUIRE) \
 	  $(abspath $(PY)) -m asv run --python=same --quick --durations 5 $(BENCH_ARGS)
+
+# The documentation site (docs/_build/html), warnings as errors.  Installs the
+# requirements of the docs extra, read from pyproject.toml, rather than
+# `pip install -e '.[docs]'`, which would rebuild the C extension for nothing.
+DOCS_REQUIREMENTS := $(shell sed -n 's/^docs *= *\[\(.*\)\]/\1/p' pyproject.toml | tr ',' ' ')
+docs: install
+	$(if $(DOCS_REQUIREMENTS),,$(error no `docs = [...]` line in pyproject.toml))
+	$(PIP) install $(DOCS_REQUIREMENTS)
+	$(VENV)/bin/sphinx-build -E -W --keep-going -b html docs docs/_build/html
 
 clean:
 	rm -rf build *.egg-info fastbp/_ckernels*.so csrc/*.c .pytest_cache
