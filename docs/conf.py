@@ -27,7 +27,8 @@ myst_enable_extensions = ["colon_fence"]
 myst_heading_anchors = 3
 
 # API reference from the numpydoc docstrings of the public names only.
-autodoc_default_options = {"members": True}
+# Each page lists the members it documents (no default ``:members:``).
+autodoc_default_options = {}
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"
 # Private helpers (``_code``, ``_pack``, ...) never appear; numpydoc lists a
