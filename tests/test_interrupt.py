@@ -124,13 +124,20 @@ def test_second_ctrl_c_inside_a_chunk_undoes_that_chunk_and_resume_is_still_exac
         def __getattr__(self, name):
             return getattr(real, name)
 
-        def train_chunk(self, *args):
-            result = real.train_chunk(*args)
-            calls.append(1)
-            if len(calls) == 5:
-                os.kill(os.getpid(), signal.SIGINT)
-                os.kill(os.getpid(), signal.SIGINT)
-            return result
+        def open_trainer(self, *args):
+            trainer = real.open_trainer(*args)
+            train = trainer.train
+
+            def interrupted_train(*chunk):
+                result = train(*chunk)
+                calls.append(1)
+                if len(calls) == 5:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    os.kill(os.getpid(), signal.SIGINT)
+                return result
+
+            trainer.train = interrupted_train
+            return trainer
 
     net._kernels = TwiceInKernel()
     path = tmp_path / "ck"

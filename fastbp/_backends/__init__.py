@@ -1,13 +1,11 @@
 """Backend registry: which kernel modules exist, which import, and what ``"auto"`` picks.
 
-Every backend is a module in this package offering the same four functions
-with the same arguments (documented in ``numpy_.py``):
-
-``predict(params, sizes, acts, X, out)``
-``loss_sum(params, sizes, acts, loss, X, Y) -> float``
-``loss_and_gradients(params, sizes, acts, loss, X, Y, grad) -> float``
-``train_chunk(params, sizes, acts, loss, X, Y, order, batch_size,
-optimizer, hyper, state, step) -> (loss_sum, rows_done)``
+Every backend is a module in this package offering the functions of the
+backend contract (``_contract.Backend``: ``predict``, ``loss_sum``,
+``loss_and_gradients``, ``open_trainer``) with the same arguments; a module
+that lacks one is reported as broken, not handed out.  Registering a module
+here is all a new backend needs: the conformance suite
+(``tests/test_backend_contract.py``) runs every registered backend.
 
 Backends are imported lazily, the first time they are asked for, so that
 ``import fastbp`` never imports Numba or compiles anything.
@@ -16,6 +14,8 @@ Backends are imported lazily, the first time they are asked for, so that
 import importlib
 import logging
 import warnings
+
+from . import _contract
 
 logger = logging.getLogger("fastbp")
 
@@ -60,6 +60,11 @@ def _try_import(name):
         return None
     except Exception as exc:  # a broken install must not break the fallback chain
         _errors[name] = f"{type(exc).__name__}: {exc}"
+        return None
+    absent = _contract.missing(module)
+    if absent:
+        _errors[name] = (f"{_BACKENDS[name][0]} does not implement the backend contract "
+                         f"(missing: {', '.join(absent)})")
         return None
     _modules[name] = module
     return module

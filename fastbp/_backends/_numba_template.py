@@ -495,23 +495,36 @@ def output_delta(x, z0, d0, ld, Y, y0, m, n, loss, scale):
 
 
 @_helper
-def apply_update(w, g, s, opt, hyper, t):
-    """One optimizer step over whole working buffers (Keras 3 formulas, see _codes).
+def adam_alpha(hyper, t):
+    """Adam's bias-corrected step size at the 1-based step ``t``.
 
-    ``w`` parameters, ``g`` gradient, ``s`` state (2, size); ``t`` is the
-    1-based step count of Adam's bias correction.  Scalars are cast to
-    ``DT`` first, as NumPy does with Python floats.  Element-wise, so the
-    layout (and its zero padding) does not matter.  State values below
-    ``TINY`` are stored as zero (see there).
+    Formed in float64 and then rounded to ``DT``, as numpy_ forms it from
+    Python floats; computed once per step, not per parameter or row.
     """
-    n = w.shape[0]
+    tf = np.float64(t)
+    return DT(hyper[0] * math.sqrt(1.0 - hyper[2] ** tf) / (1.0 - hyper[1] ** tf))
+
+
+@_helper
+def apply_update(w, g, s, opt, hyper, alpha, start, stop):
+    """One optimizer step on parameters ``start:stop`` (Keras 3 formulas, see _codes).
+
+    ``w`` parameters, ``g`` gradient (same offsets), ``s`` state (2, size);
+    ``alpha`` is :func:`adam_alpha` of this step (unused by the other
+    optimizers).  Scalars are cast to ``DT`` first, as NumPy does with Python
+    floats.  Element-wise, so a range may cover any part of the layout (its
+    zero padding included).  State values below ``TINY`` are stored as zero
+    (see there).
+    """
     lr = DT(hyper[0])
     if opt == C.SGD:
-        for k in range(n):
+        for q in range(start, stop):
+            k = U(q)
             w[k] -= lr * g[k]
     elif opt == C.SGD_MOMENTUM:
         mu = DT(hyper[1])
-        for k in range(n):
+        for q in range(start, stop):
+            k = U(q)
             v = s[0, k] * mu - lr * g[k]
             w[k] += v
             if abs(v) < TINY:
@@ -519,7 +532,8 @@ def apply_update(w, g, s, opt, hyper, t):
             s[0, k] = v
     elif opt == C.SGD_NESTEROV:
         mu = DT(hyper[1])
-        for k in range(n):
+        for q in range(start, stop):
+            k = U(q)
             gk = g[k]
             v = s[0, k] * mu - lr * gk
             w[k] += mu * v - lr * gk
@@ -527,15 +541,11 @@ def apply_update(w, g, s, opt, hyper, t):
                 v = DT(0)
             s[0, k] = v
     elif opt == C.ADAM:
-        b1 = hyper[1]
-        b2 = hyper[2]
-        tf = np.float64(t)
-        # alpha in float64, then rounded to DT: numpy_'s Python float
-        alpha = DT(hyper[0] * math.sqrt(1.0 - b2 ** tf) / (1.0 - b1 ** tf))
-        c1 = DT(1.0 - b1)
-        c2 = DT(1.0 - b2)
+        c1 = DT(1.0 - hyper[1])
+        c2 = DT(1.0 - hyper[2])
         eps = DT(hyper[3])
-        for k in range(n):
+        for q in range(start, stop):
+            k = U(q)
             gk = g[k]
             mk = s[0, k] + (gk - s[0, k]) * c1
             vk = s[1, k] + (gk * gk - s[1, k]) * c2
@@ -552,7 +562,8 @@ def apply_update(w, g, s, opt, hyper, t):
         eps = DT(hyper[3])
         if opt == C.RMSPROP_MOMENTUM:
             mom = DT(hyper[2])
-            for k in range(n):
+            for q in range(start, stop):
+                k = U(q)
                 gk = g[k]
                 vk = s[0, k] * rho + c * (gk * gk)
                 bk = s[1, k] * mom + lr * gk / math.sqrt(vk + eps)
@@ -564,7 +575,8 @@ def apply_update(w, g, s, opt, hyper, t):
                 s[0, k] = vk
                 s[1, k] = bk
         else:
-            for k in range(n):
+            for q in range(start, stop):
+                k = U(q)
                 gk = g[k]
                 vk = s[0, k] * rho + c * (gk * gk)
                 w[k] -= lr * gk / math.sqrt(vk + eps)
@@ -659,31 +671,45 @@ def backward_flat_sgd(x, a0, dx, d0, p0, w, k0, ld, b0, n_in, n_out, lr, propaga
 
 
 @_helper
-def backward_flat_grad(x, a0, dx, d0, p0, w, g, k0, ld, b0, n_in, n_out, propagate):
-    """Backward pass of one layer for one row: its gradient into ``g`` (same offsets as ``w``)."""
-    if n_out == 1:
+def backward_flat_update(x, a0, dx, d0, p0, w, g, s, k0, ld, b0, n_in, n_out, propagate, opt,
+                         hyper, alpha):
+    """Backward pass of one layer for one row fused with a stateful optimizer's update.
+
+    Row by row of the kernel: the delta of the layer below from the OLD row
+    (with ``propagate``), the row's gradient ``a_i * d`` into ``g`` at the
+    row's offsets, then :func:`apply_update` on that row while its gradient
+    is still in L1; the bias last.  numpy_'s numbers (every delta is formed
+    from weights not yet updated, and each parameter gets the same update),
+    but each parameter, gradient and state value is streamed once per sample
+    instead of twice: on a 100-256-256-1 net the gradient buffer alone is
+    ~740 KB (float64), which a separate update pass read back from L2/L3.
+    """
+    if n_out == 1:  # a contiguous column: run along i
         e = dx[U(d0)]
-        for i in range(n_in):
-            g[U(k0 + i)] = x[U(a0 + i)] * e
         if propagate:
             for i in range(n_in):
                 dx[U(p0 + i)] = w[U(k0 + i)] * e
+        for i in range(n_in):
+            g[U(k0 + i)] = x[U(a0 + i)] * e
+        apply_update(w, g, s, opt, hyper, alpha, k0, k0 + n_in)
     else:
         for i in range(n_in):
             ai = x[U(a0 + i)]
             r = k0 + i * ld
             if propagate:
-                s = DT(0)
+                acc = DT(0)
                 for j in range(n_out):
                     dj = dx[U(d0 + j)]
-                    s += w[U(r + j)] * dj
+                    acc += w[U(r + j)] * dj
                     g[U(r + j)] = ai * dj
-                dx[U(p0 + i)] = s
+                dx[U(p0 + i)] = acc
             else:
                 for j in range(n_out):
                     g[U(r + j)] = ai * dx[U(d0 + j)]
+            apply_update(w, g, s, opt, hyper, alpha, r, r + n_out)
     for j in range(n_out):
         g[U(b0 + j)] = dx[U(d0 + j)]
+    apply_update(w, g, s, opt, hyper, alpha, b0, b0 + n_out)
 
 
 @_helper
@@ -1027,9 +1053,9 @@ def train_sgd(wp, lay, sizes, acts, loss, X, Y, order, hyper, work):
 def train_single(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, opt, hyper, step, work):
     """Batch size 1 with momentum, Nesterov, Adam or RMSprop, any widths.
 
-    Per sample: forward pass, loss, the gradient into ``wg``, one update of
-    ``wp`` and ``wst`` over the whole working buffer.  Returns
-    ``(loss_sum, rows_done)``.
+    Per sample: forward pass, loss, then per layer the backward pass fused
+    with the update (``backward_flat_update``: each kernel row updated while
+    its gradient is in L1).  Returns ``(loss_sum, rows_done)``.
     """
     n_layers = sizes.shape[0] - 1
     half = work.shape[0] // 2
@@ -1060,15 +1086,16 @@ def train_single(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, opt, hyper, s
         if not abs(lsum) <= F64_MAX:  # NaN or inf (see F64_MAX)
             return total, q  # this sample's update is not applied
         total += lsum / n_out
+        t += 1
+        alpha = adam_alpha(hyper, t) if opt == C.ADAM else DT(0)
         for li in range(n_layers - 1, -1, -1):
             if acts[li] != C.LINEAR:  # d loss / d z of this layer
                 derivative_rows(work, half + lay[4, li + 1], lay[4, li + 1], 0, 1,
                                 sizes[li + 1], acts[li])
-            backward_flat_grad(work, lay[4, li], work, half + lay[4, li + 1], half + lay[4, li],
-                               wp, wg, lay[0, li], lay[2, li], lay[1, li], sizes[li],
-                               sizes[li + 1], li > 0)
-        t += 1
-        apply_update(wp, wg, wst, opt, hyper, t)
+            backward_flat_update(work, lay[4, li], work, half + lay[4, li + 1],
+                                 half + lay[4, li], wp, wg, wst, lay[0, li], lay[2, li],
+                                 lay[1, li], sizes[li], sizes[li + 1], li > 0, opt, hyper,
+                                 alpha)
     return total, n
 
 
@@ -1142,5 +1169,6 @@ def train_batch(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, batch_size, ro
             return total, start  # this batch's update is not applied
         total += lsum / n_out
         t += 1
-        apply_update(wp, wg, wst, opt, hyper, t)
+        alpha = adam_alpha(hyper, t) if opt == C.ADAM else DT(0)
+        apply_update(wp, wg, wst, opt, hyper, alpha, 0, wp.shape[0])
     return total, n

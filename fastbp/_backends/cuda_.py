@@ -1,7 +1,9 @@
 """CUDA backend: the reference semantics of ``numpy_.py`` as one ``numba.cuda`` kernel.
 
-Every contract call copies its inputs to the GPU, launches ONE kernel with
-ONE thread block and copies the results back.  Inside the kernel the rows
+``predict``, ``loss_sum`` and ``loss_and_gradients`` copy their inputs to the
+GPU, launch ONE kernel with ONE thread block and copy the results back; a
+trainer (one per ``fit``) keeps the parameters, the optimizer state and the
+network description on the GPU and copies only each chunk's rows over.  Inside the kernel the rows
 are processed one after another -- per-sample SGD is sequential by nature --
 and the threads of the block share the work within a row: each thread owns
 some units of a layer (forward, deltas), some weights (gradient
@@ -59,8 +61,9 @@ from numba import int32  # noqa: E402
 SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
 
 from . import _codes as C  # noqa: E402
-from ._checks import (check_gradients_call, check_loss_call,  # noqa: E402
-                      check_predict_call, check_train_call)
+from . import _contract  # noqa: E402
+from ._contract import (check_chunk, check_gradients_call, check_loss_call,  # noqa: E402
+                        check_predict_call, check_trainer_call)
 
 NAME = "cuda"
 
@@ -395,53 +398,132 @@ def _adam_alphas(dtype, hyper, step, n_batches):
     return alphas
 
 
-def _launch(mode, params, sizes, acts, loss, X, Y, batch_size, *, optimizer=C.SGD,
-            consts, alphas=None, state=None, grad=None, out=None):
-    """Copy the inputs to the GPU, run the kernel once, copy results back.
+class _DeviceNet:
+    """One network's layer description and per-row scratch, on the device.
 
-    Returns ``(loss_sum, rows_done)``.  ``params``, ``state``, ``grad`` and
-    ``out`` are written back in place where the mode changes them.
+    Built once per contract call, or once per trainer (per ``fit``).
     """
-    dtype = params.dtype
-    n_layers = len(acts)
-    sizes = np.ascontiguousarray(sizes, dtype=np.int64)
-    param_offsets = np.zeros(n_layers, dtype=np.int64)
-    unit_offsets = np.zeros(n_layers + 1, dtype=np.int64)
-    offset = 0
-    for layer in range(n_layers):
-        param_offsets[layer] = offset
-        offset += int(sizes[layer]) * int(sizes[layer + 1]) + int(sizes[layer + 1])
-        unit_offsets[layer + 1] = unit_offsets[layer] + sizes[layer]
-    n_units = int(unit_offsets[-1] + sizes[-1])
-    placeholder_rows = np.zeros((1, 1), dtype=dtype)
-    d_params = cuda.to_device(params)
-    d_state = cuda.to_device(state if state is not None else np.zeros((1, 1), dtype=dtype))
-    if grad is not None:
-        d_grad = cuda.to_device(grad)
-    else:  # training accumulates each batch's gradient in device scratch
-        d_grad = cuda.device_array(params.shape[0] if mode == _TRAIN else 1, dtype=dtype)
-    d_out = cuda.to_device(out if out is not None else placeholder_rows)
+
+    def __init__(self, sizes, acts, dtype):
+        n_layers = len(acts)
+        sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+        param_offsets = np.zeros(n_layers, dtype=np.int64)
+        unit_offsets = np.zeros(n_layers + 1, dtype=np.int64)
+        offset = 0
+        for layer in range(n_layers):
+            param_offsets[layer] = offset
+            offset += int(sizes[layer]) * int(sizes[layer + 1]) + int(sizes[layer + 1])
+            unit_offsets[layer + 1] = unit_offsets[layer] + sizes[layer]
+        n_units = int(unit_offsets[-1] + sizes[-1])
+        self.dtype = np.dtype(dtype)
+        self.n_params = offset
+        self.threads = _threads(sizes)
+        self.sizes = cuda.to_device(sizes)
+        self.param_offsets = cuda.to_device(param_offsets)
+        self.unit_offsets = cuda.to_device(unit_offsets)
+        self.acts = cuda.to_device(np.ascontiguousarray(acts, np.int64))
+        self.activations = cuda.device_array(n_units, dtype=dtype)
+        self.deltas = cuda.device_array(n_units, dtype=dtype)
+        self.output_sums = cuda.device_array(int(sizes[-1]), dtype=np.float64)
+        self.placeholder = cuda.to_device(np.zeros((1, 1), dtype=dtype))
+
+
+def _run(mode, net, d_params, loss, X, Y, batch_size, *, optimizer=C.SGD, consts, alphas=None,
+         d_state=None, d_grad=None, d_out=None):
+    """Launch the kernel once on device-resident parameters; returns ``(loss_sum, rows_done)``.
+
+    ``X``/``Y`` (host rows), ``consts`` and ``alphas`` are copied to the
+    device; ``d_params``, ``d_state``, ``d_grad`` and ``d_out`` are device
+    arrays that the kernel reads and writes where the mode says.
+    """
+    placeholder = net.placeholder
     d_result = cuda.to_device(np.zeros(2, dtype=np.float64))
-    args = (mode, d_params, cuda.to_device(sizes), cuda.to_device(param_offsets),
-            cuda.to_device(unit_offsets), cuda.to_device(np.ascontiguousarray(acts, np.int64)),
-            int(loss), cuda.to_device(X),
-            cuda.to_device(Y if Y is not None else placeholder_rows),
+    args = (mode, d_params, net.sizes, net.param_offsets, net.unit_offsets, net.acts,
+            int(loss), cuda.to_device(X), cuda.to_device(Y) if Y is not None else placeholder,
             int(batch_size), int(optimizer), cuda.to_device(consts),
-            cuda.to_device(alphas if alphas is not None else np.zeros(1, dtype=dtype)),
-            d_state, cuda.device_array(n_units, dtype=dtype),
-            cuda.device_array(n_units, dtype=dtype),
-            cuda.device_array(int(sizes[-1]), dtype=np.float64), d_grad, d_out, d_result)
+            cuda.to_device(alphas if alphas is not None else np.zeros(1, dtype=net.dtype)),
+            d_state if d_state is not None else placeholder, net.activations, net.deltas,
+            net.output_sums, d_grad if d_grad is not None else cuda.device_array(1, net.dtype),
+            d_out if d_out is not None else placeholder, d_result)
     with _simulator_quirks():
-        _kernel[1, _threads(sizes)](*args)
-    if mode == _TRAIN:
-        d_params.copy_to_host(params)
-        d_state.copy_to_host(state)
-    elif mode == _GRADIENTS:
+        _kernel[1, net.threads](*args)
+    result = d_result.copy_to_host()
+    return float(result[0]), int(result[1])
+
+
+def _launch(mode, params, sizes, acts, loss, X, Y, batch_size, *, consts, grad=None, out=None):
+    """One stateless contract call: copy the parameters over, run the kernel, copy results back."""
+    net = _DeviceNet(sizes, acts, params.dtype)
+    d_grad = cuda.to_device(grad) if grad is not None else None
+    d_out = cuda.to_device(out) if out is not None else None
+    total, done = _run(mode, net, cuda.to_device(params), loss, X, Y, batch_size,
+                       consts=consts, d_grad=d_grad, d_out=d_out)
+    if mode == _GRADIENTS:
         d_grad.copy_to_host(grad)
     elif mode == _PREDICT:
         d_out.copy_to_host(out)
-    result = d_result.copy_to_host()
-    return float(result[0]), int(result[1])
+    return total, done
+
+
+class _Trainer:
+    """Parameters, optimizer state and the network description resident on the device for a fit.
+
+    A chunk copies only its rows (already in training order: ``X`` may be
+    a large memory-mapped file) and a few constants to the device;
+    parameters come back to the host when stored (and when checked for
+    finiteness, into the host mirror ``store`` then copies from).
+    """
+
+    def __init__(self, params, state, dtype, sizes, acts, loss, batch_size, optimizer, hyper):
+        self._params, self._state = params, state
+        self._dtype, self._sizes, self._loss = dtype, sizes, loss
+        self._batch_size, self._optimizer, self._hyper = batch_size, optimizer, hyper
+        self._net = _DeviceNet(sizes, acts, dtype)
+        self._d_params = cuda.to_device(params)
+        self._d_state = cuda.to_device(state)
+        self._d_grad = cuda.device_array(params.shape[0], dtype=dtype)
+        self._host = params.copy()  # the device parameters as last copied back
+        self._host_current = True
+
+    def train(self, X, Y, order, step):
+        check_chunk(self._dtype, self._sizes, X, Y, order)
+        n = len(order)
+        if n == 0:
+            return 0.0, 0
+        Xo = np.ascontiguousarray(X[order])
+        Yo = np.ascontiguousarray(Y[order])
+        n_batches = -(-n // self._batch_size)
+        alphas = (_adam_alphas(self._dtype, self._hyper, int(step), n_batches)
+                  if self._optimizer == C.ADAM else None)
+        self._host_current = False
+        return _run(_TRAIN, self._net, self._d_params, self._loss, Xo, Yo, self._batch_size,
+                    optimizer=self._optimizer,
+                    consts=_consts(self._dtype, int(self._sizes[-1]), n, self._batch_size,
+                                   self._hyper),
+                    alphas=alphas, d_state=self._d_state, d_grad=self._d_grad)
+
+    def _fetch(self):
+        if not self._host_current:
+            self._d_params.copy_to_host(self._host)
+            self._host_current = True
+
+    def finite(self):
+        self._fetch()
+        return bool(np.isfinite(self._host).all())
+
+    def store(self):
+        self._fetch()
+        self._params[...] = self._host
+        self._d_state.copy_to_host(self._state)
+
+    def reload(self):
+        self._d_params.copy_to_device(self._params)
+        self._d_state.copy_to_device(self._state)
+        self._host[...] = self._params
+        self._host_current = True
+
+    def close(self):
+        self._net = self._d_params = self._d_state = self._d_grad = None
 
 
 # ---------------------------------------------------------------------------- contract
@@ -517,46 +599,15 @@ def loss_and_gradients(params, sizes, acts, loss, X, Y, grad):
     return total
 
 
-def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size,
-                optimizer, hyper, state, step):
-    """Train on the rows ``order`` in consecutive batches of ``batch_size``.
+def open_trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper):
+    """A trainer for one fit (see ``_contract.Trainer``): parameters and state stay on the GPU."""
+    dtype, loss, batch_size, optimizer = check_trainer_call(params, state, sizes, acts, loss,
+                                                            batch_size, optimizer, hyper)
+    return _Trainer(params, state, dtype, sizes, acts, loss, batch_size, optimizer, hyper)
 
-    Parameters
-    ----------
-    params, sizes, acts, loss, X, Y
-        As in :func:`loss_sum`; ``params`` is updated in place.
-    order : ndarray of int64
-        Row indices into ``X``/``Y``, in training order.
-    batch_size : int
-        Rows per optimizer step; the last batch may be short.
-    optimizer : int
-        Optimizer code (``_codes``).
-    hyper : ndarray of float64, shape (4,)
-        ``[learning_rate, h1, h2, epsilon]`` (see ``_codes``).
-    state : ndarray, shape (2, n_params)
-        Optimizer state in the parameter dtype, updated in place.
-    step : int
-        Optimizer steps taken before this chunk (Adam's ``t - 1``).
 
-    Returns
-    -------
-    loss_sum : float
-        Sum of per-row losses, each taken before its batch's update.
-    rows_done : int
-        Rows in completed batches; less than ``len(order)`` when a batch's
-        loss was not finite (that batch was not applied).
-    """
-    dtype, loss, batch_size, optimizer, step = check_train_call(
-        params, sizes, acts, loss, X, Y, order, batch_size, optimizer, hyper, state, step)
-    n = len(order)
-    if n == 0:
-        return 0.0, 0
-    # Only the chunk's rows travel to the GPU, already in training order (X
-    # may be a large memory-mapped file); the kernel then walks them in turn.
-    Xo = np.ascontiguousarray(X[order])
-    Yo = np.ascontiguousarray(Y[order])
-    n_batches = -(-n // batch_size)
-    alphas = _adam_alphas(dtype, hyper, step, n_batches) if optimizer == C.ADAM else None
-    return _launch(_TRAIN, params, sizes, acts, loss, Xo, Yo, batch_size, optimizer=optimizer,
-                   consts=_consts(dtype, int(sizes[-1]), n, batch_size, hyper),
-                   alphas=alphas, state=state)
+def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size, optimizer, hyper, state,
+                step):
+    """One chunk through a fresh trainer, stored at once (``_contract.train_chunk``)."""
+    return _contract.train_chunk(sys.modules[__name__], params, sizes, acts, loss, X, Y, order,
+                                 batch_size, optimizer, hyper, state, step)

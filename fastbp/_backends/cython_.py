@@ -34,8 +34,11 @@ except ImportError as exc:  # not built: let the registry say how to build it
         "`pip install --no-build-isolation -e .` (needs Cython and a C compiler; "
         "FASTBP_REQUIRE_EXTENSION=1 makes a failed build an error)") from exc
 
-from ._checks import (check_gradients_call, check_loss_call, check_predict_call,
-                      check_train_call)
+import sys
+
+from . import _contract
+from ._contract import (CopyTrainer, check_chunk, check_gradients_call, check_loss_call,
+                        check_predict_call, check_trainer_call)
 
 NAME = "cython"
 
@@ -100,13 +103,21 @@ def loss_and_gradients(params, sizes, acts, loss, X, Y, grad):
     return _kernels.loss_and_gradients(params, sizes, acts, loss, X, Y, grad)
 
 
-def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size,
-                optimizer, hyper, state, step):
-    """Train on the rows ``order`` in consecutive batches of ``batch_size``.
+def open_trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper):
+    """A trainer over flat working copies (``_contract.CopyTrainer``) for one fit."""
+    dtype, loss, batch_size, optimizer = check_trainer_call(params, state, sizes, acts, loss,
+                                                            batch_size, optimizer, hyper)
 
-    Returns ``(loss_sum, rows_done)`` as described in ``numpy_.train_chunk``.
-    """
-    _, loss, batch_size, optimizer, step = check_train_call(
-        params, sizes, acts, loss, X, Y, order, batch_size, optimizer, hyper, state, step)
-    return _kernels.train_chunk(params, sizes, acts, loss, X, Y, order, batch_size, optimizer,
-                                hyper, state, step)
+    def run(work_params, work_state, X, Y, order, step):
+        check_chunk(dtype, sizes, X, Y, order)
+        return _kernels.train_chunk(work_params, sizes, acts, loss, X, Y, order, batch_size,
+                                    optimizer, hyper, work_state, int(step))
+
+    return CopyTrainer(params, state, optimizer, run)
+
+
+def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size, optimizer, hyper, state,
+                step):
+    """One chunk through a fresh trainer, stored at once (``_contract.train_chunk``)."""
+    return _contract.train_chunk(sys.modules[__name__], params, sizes, acts, loss, X, Y, order,
+                                 batch_size, optimizer, hyper, state, step)

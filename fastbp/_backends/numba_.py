@@ -82,9 +82,11 @@ import numba  # noqa: F401  (a missing Numba must fail this import: "auto" then 
 import numpy as np
 
 from .. import _config
-from . import _codes
+from . import _codes, _contract
 from . import _numba_codegen as _gen
-from ._layout import layer_views, n_params
+from ._contract import (check_chunk, check_gradients_call, check_loss_call, check_predict_call,
+                        check_trainer_call)
+from ._layout import layer_views
 
 NAME = "numba"
 
@@ -569,58 +571,8 @@ def _from_work(work, sizes, lay, flat):
         b[...] = work[lay[1, li]:lay[1, li] + n_out]
 
 
-def _state_slots(optimizer):
-    """How many rows of the optimizer state the rule uses (see _codes)."""
-    if optimizer in (_codes.ADAM, _codes.RMSPROP_MOMENTUM):
-        return 2
-    return 0 if optimizer == _codes.SGD else 1
-
-
-# ----------------------------------------------------------------------------- argument checks
-def _dtype_of(params):
-    dtype = params.dtype
-    if dtype not in (np.float32, np.float64) or params.ndim != 1 or not params.flags.c_contiguous:
-        raise TypeError(f"params: expected a 1-D C-contiguous float32 or float64 buffer; found "
-                        f"{dtype} with shape {params.shape} (contiguous: "
-                        f"{params.flags.c_contiguous}).")
-    return dtype
-
-
-def _rows(a, dtype):
-    """A C-contiguous 2-D array in ``dtype`` (no copy when it already is one)."""
-    return np.ascontiguousarray(a, dtype=dtype)
-
-
-def _ints(a):
-    return np.ascontiguousarray(a, dtype=np.int64)
-
-
 def _sizes(sizes):
     return tuple(int(s) for s in sizes)
-
-
-def _writable(buf, dtype, what, shape):
-    if (buf.dtype != dtype or buf.shape != shape or not buf.flags.writeable
-            or not buf.flags.c_contiguous):
-        raise TypeError(f"{what}: expected a writable C-contiguous {dtype} array of shape "
-                        f"{shape}; found {buf.dtype} {buf.shape} (writeable: "
-                        f"{buf.flags.writeable}, contiguous: {buf.flags.c_contiguous}).")
-    return buf
-
-
-def _check(params, shape, acts, X, Y=None, order=None):
-    """Shapes the compiled code relies on (it does no bounds checks): a mismatch
-    raises here instead of reading or writing out of bounds."""
-    if len(shape) < 2 or min(shape) < 1 or params.shape[0] != n_params(shape):
-        raise ValueError(f"params: {params.shape[0]} values do not fit layer sizes {shape}.")
-    if acts.shape != (len(shape) - 1,):
-        raise ValueError(f"acts: expected {len(shape) - 1} codes; found shape {acts.shape}.")
-    if X.ndim != 2 or X.shape[1] != shape[0]:
-        raise ValueError(f"X: expected shape (n, {shape[0]}); found {X.shape}.")
-    if Y is not None and (Y.ndim != 2 or Y.shape != (X.shape[0], shape[-1])):
-        raise ValueError(f"Y: expected shape ({X.shape[0]}, {shape[-1]}); found {Y.shape}.")
-    if order is not None and len(order) and (order.min() < 0 or order.max() >= X.shape[0]):
-        raise IndexError(f"order: row indices must lie in [0, {X.shape[0]}).")
 
 
 def _working_params(params, shape, lay, wsize):
@@ -631,172 +583,143 @@ def _working_params(params, shape, lay, wsize):
 
 # ----------------------------------------------------------------------------- the contract
 def predict(params, sizes, acts, X, out):
-    """Write the network's outputs for the rows of ``X`` into ``out``.
-
-    Parameters
-    ----------
-    params : ndarray, float32 or float64, shape (n_params,)
-        Flat parameters: per layer the kernel ``(n_in, n_out)`` row-major, then the bias.
-    sizes : ndarray of int64, shape (n_layers + 1,)
-        Layer widths, inputs first.
-    acts : ndarray of int64, shape (n_layers,)
-        Activation code per layer (``_codes``).
-    X : ndarray, shape (n_rows, sizes[0])
-        Inputs in the parameter dtype.
-    out : ndarray, shape (n_rows, sizes[-1])
-        Written with the outputs.
-    """
-    dtype = _dtype_of(params)
+    """Write the network's outputs for the rows of ``X`` into ``out`` (see ``_contract``)."""
+    dtype = check_predict_call(params, sizes, acts, X, out)
     shape = _sizes(sizes)
-    X, acts = _rows(X, dtype), _ints(acts)
-    _check(params, shape, acts, X)
-    if out.shape != (X.shape[0], shape[-1]):
-        raise ValueError(f"out: expected shape {(X.shape[0], shape[-1])}; found {out.shape}.")
     rows = _block_rows(shape, dtype.itemsize, X.shape[0])
     lay, wsize, half = _layout(shape, dtype.itemsize, rows)
     wp = _working_params(params, shape, lay, wsize)
-    target = out
-    if out.dtype != dtype or not out.flags.c_contiguous or not out.flags.writeable:
-        target = np.empty(out.shape, dtype=dtype)
-    kernel("predict", dtype)(wp, lay, _ints(sizes), acts, X, target,
-                             _aligned_zeros(2 * half, dtype), rows)
-    if target is not out:
-        out[...] = target
+    kernel("predict", dtype)(wp, lay, sizes, acts, X, out, _aligned_zeros(2 * half, dtype), rows)
 
 
 def loss_sum(params, sizes, acts, loss, X, Y):
-    """Sum over rows of the per-row loss (each row's loss is a mean over outputs).
-
-    Parameters
-    ----------
-    params, sizes, acts : see :func:`predict`
-    loss : int
-        Loss code (``_codes``).
-    X, Y : ndarray, shapes (n_rows, sizes[0]) and (n_rows, sizes[-1])
-
-    Returns
-    -------
-    float
-        The sum, accumulated in float64.
-    """
-    dtype = _dtype_of(params)
+    """Sum over rows of the per-row loss, accumulated in float64 (see ``_contract``)."""
+    dtype, loss = check_loss_call(params, sizes, acts, loss, X, Y)
     shape = _sizes(sizes)
-    X, Y, acts = _rows(X, dtype), _rows(Y, dtype), _ints(acts)
-    _check(params, shape, acts, X, Y)
     rows = _block_rows(shape, dtype.itemsize, X.shape[0])
     lay, wsize, half = _layout(shape, dtype.itemsize, rows)
     wp = _working_params(params, shape, lay, wsize)
-    return float(kernel("loss_sum", dtype)(wp, lay, _ints(sizes), acts, int(loss), X, Y,
+    return float(kernel("loss_sum", dtype)(wp, lay, sizes, acts, loss, X, Y,
                                            _aligned_zeros(2 * half, dtype), rows))
 
 
 def loss_and_gradients(params, sizes, acts, loss, X, Y, grad):
-    """Return the loss sum over rows and write d(loss sum)/d(param) into ``grad``.
-
-    Parameters
-    ----------
-    params, sizes, acts, loss, X, Y : see :func:`loss_sum`
-    grad : ndarray, shaped and typed like ``params``
-        Overwritten with the gradient of the summed per-row losses.
-
-    Returns
-    -------
-    float
-        The loss sum, as :func:`loss_sum` returns it.
-    """
-    dtype = _dtype_of(params)
-    _writable(grad, dtype, "grad", params.shape)
+    """The loss sum over rows; d(loss sum)/d(param) written into ``grad`` (see ``_contract``)."""
+    dtype, loss = check_gradients_call(params, sizes, acts, loss, X, Y, grad)
     shape = _sizes(sizes)
-    X, Y, acts = _rows(X, dtype), _rows(Y, dtype), _ints(acts)
-    _check(params, shape, acts, X, Y)
     rows = _block_rows(shape, dtype.itemsize, X.shape[0])
     lay, wsize, half = _layout(shape, dtype.itemsize, rows)
     wp = _working_params(params, shape, lay, wsize)
     wg = _aligned_zeros(wsize, dtype)
-    total = kernel("loss_and_gradients", dtype)(wp, wg, lay, _ints(sizes), acts, int(loss), X,
-                                                Y, _aligned_zeros(2 * half, dtype), rows)
+    total = kernel("loss_and_gradients", dtype)(wp, wg, lay, sizes, acts, loss, X, Y,
+                                                _aligned_zeros(2 * half, dtype), rows)
     _from_work(wg, shape, lay, grad)
     return float(total)
 
 
-def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size,
-                optimizer, hyper, state, step):
-    """Train on the rows ``order`` in consecutive batches of ``batch_size``.
+class _ScalarTrainer(_contract.CopyTrainer):
+    """Tiny nets, per-sample plain SGD: the architecture's generated kernel on a flat copy."""
 
-    One compiled call runs every batch of the chunk: forward pass, loss,
-    backward pass and one optimizer step per batch.  ``params`` and
-    ``state`` are updated in place.
-
-    Parameters
-    ----------
-    params, sizes, acts, loss, X, Y : see :func:`loss_sum`
-        ``params`` is updated in place.
-    order : ndarray of int64
-        Row indices into ``X``/``Y`` (already range-checked), in training order.
-    batch_size : int
-        Rows per optimizer step; the last batch may be short.
-    optimizer : int
-        Update rule code (``_codes``).
-    hyper : ndarray of float64, shape (4,)
-        ``[learning_rate, h1, h2, epsilon]`` (see ``_codes``).
-    state : ndarray, shape (2, n_params), parameter dtype
-        Optimizer state, updated in place.
-    step : int
-        Optimizer steps taken before this call (Adam uses ``t = step + 1``
-        for the first batch here).
-
-    Returns
-    -------
-    loss_sum : float
-        Sum of the per-row losses, each taken before its batch's update.
-    rows_done : int
-        Rows in completed batches.  Less than ``len(order)`` when a batch's
-        loss was not finite: that batch was not applied and training stopped.
-    """
-    dtype = _dtype_of(params)
-    if not params.flags.writeable:
-        raise TypeError("params: expected a writable buffer.")
-    _writable(state, dtype, "state", (_codes.N_STATE_SLOTS, params.shape[0]))
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer; found {batch_size}.")
-    shape = _sizes(sizes)
-    acts, X, Y, order = _ints(acts), _rows(X, dtype), _rows(Y, dtype), _ints(order)
-    _check(params, shape, acts, X, Y, order)
-    hyper = np.ascontiguousarray(hyper, dtype=np.float64)
-    if hyper.shape != (_codes.N_HYPER,):
-        raise ValueError(f"hyper: expected {_codes.N_HYPER} values; found shape {hyper.shape}.")
-    loss, optimizer, step = int(loss), int(optimizer), int(step)
-    if len(order) == 0:
-        return 0.0, 0
-    if batch_size == 1 and optimizer == _codes.SGD and _gen.wants_scalar(shape):
-        # tiny net: the architecture-specialised kernel, weights in registers
+    def __init__(self, params, state, dtype, shape, acts, loss, hyper):
         fn = _entry(_module(dtype, shape), "train_scalar")
-        total, done = fn(params, acts, loss, X, Y, order, hyper)
+
+        def run(work_params, work_state, X, Y, order, step):
+            check_chunk(dtype, shape, X, Y, order)
+            if len(order) == 0:
+                return 0.0, 0
+            total, done = fn(work_params, acts, loss, X, Y, order, hyper)
+            return float(total), int(done)
+
+        super().__init__(params, state, _codes.SGD, run)
+
+
+class _Trainer:
+    """The generic kernels on aligned working buffers laid out once per fit.
+
+    ``wp`` (parameters), ``wst`` (the optimizer state rows the rule uses),
+    ``wg`` (gradient scratch) and ``work`` (activations and deltas) are
+    allocated and filled at open; a chunk is one compiled call on them.
+    """
+
+    def __init__(self, params, state, dtype, shape, sizes, acts, loss, batch_size, optimizer,
+                 hyper):
+        self._params, self._state = params, state
+        self._dtype, self._shape = dtype, shape
+        self._sizes, self._acts, self._loss = sizes, acts, loss
+        self._batch_size, self._optimizer, self._hyper = batch_size, optimizer, hyper
+        self._slots = _contract.state_slots(optimizer)
+        # Rows of workspace: one for per-sample training; for minibatches the
+        # block the template processes a batch in (the whole batch when small).
+        rows = 1 if batch_size == 1 else _batch_rows(shape, dtype.itemsize, batch_size,
+                                                     batch_size)
+        self._rows = rows
+        self._lay, wsize, half = _layout(shape, dtype.itemsize, rows)
+        self._wp = _aligned_zeros(wsize, dtype)
+        self._work = _aligned_zeros(2 * half, dtype)
+        self._wg = _aligned_zeros(wsize, dtype)
+        self._wst = _aligned_zeros(2 * wsize, dtype).reshape(2, wsize)
+        if batch_size == 1 and optimizer == _codes.SGD:
+            self._fn = kernel("train_sgd", dtype)
+        elif batch_size == 1:
+            self._fn = kernel("train_single", dtype)
+        else:
+            self._fn = kernel("train_batch", dtype)
+        self.reload()
+
+    def train(self, X, Y, order, step):
+        check_chunk(self._dtype, self._shape, X, Y, order)
+        if len(order) == 0:
+            return 0.0, 0
+        if self._batch_size == 1 and self._optimizer == _codes.SGD:
+            total, done = self._fn(self._wp, self._lay, self._sizes, self._acts, self._loss, X,
+                                   Y, order, self._hyper, self._work)
+        elif self._batch_size == 1:
+            total, done = self._fn(self._wp, self._wg, self._wst, self._lay, self._sizes,
+                                   self._acts, self._loss, X, Y, order, self._optimizer,
+                                   self._hyper, int(step), self._work)
+        else:
+            total, done = self._fn(self._wp, self._wg, self._wst, self._lay, self._sizes,
+                                   self._acts, self._loss, X, Y, order, self._batch_size,
+                                   self._rows, self._optimizer, self._hyper, int(step),
+                                   self._work)
         return float(total), int(done)
-    rows = 1 if batch_size == 1 else _batch_rows(shape, dtype.itemsize, batch_size, len(order))
-    lay, wsize, half = _layout(shape, dtype.itemsize, rows)
-    wp = _working_params(params, shape, lay, wsize)
-    work = _aligned_zeros(2 * half, dtype)
-    sizes = _ints(sizes)
-    if batch_size == 1 and optimizer == _codes.SGD:
-        total, done = kernel("train_sgd", dtype)(wp, lay, sizes, acts, loss, X, Y, order, hyper,
-                                                 work)
-        _from_work(wp, shape, lay, params)
-        return float(total), int(done)
-    wg = _aligned_zeros(wsize, dtype)
-    wst = _aligned_zeros(2 * wsize, dtype).reshape(2, wsize)
-    slots = _state_slots(optimizer)
-    for k in range(slots):
-        _to_work(state[k], shape, lay, wst[k])
-    if batch_size == 1:
-        total, done = kernel("train_single", dtype)(wp, wg, wst, lay, sizes, acts, loss, X, Y,
-                                                    order, optimizer, hyper, step, work)
-    else:
-        total, done = kernel("train_batch", dtype)(wp, wg, wst, lay, sizes, acts, loss, X, Y,
-                                                   order, batch_size, rows, optimizer, hyper,
-                                                   step, work)
-    _from_work(wp, shape, lay, params)
-    for k in range(slots):
-        _from_work(wst[k], shape, lay, state[k])
-    return float(total), int(done)
+
+    def finite(self):
+        # the padding of the working layout is zero, so the whole buffer can be tested
+        return bool(np.isfinite(self._wp).all())
+
+    def store(self):
+        _from_work(self._wp, self._shape, self._lay, self._params)
+        for k in range(self._slots):
+            _from_work(self._wst[k], self._shape, self._lay, self._state[k])
+
+    def reload(self):
+        _to_work(self._params, self._shape, self._lay, self._wp)
+        for k in range(self._slots):
+            _to_work(self._state[k], self._shape, self._lay, self._wst[k])
+
+    def close(self):
+        self._wp = self._wg = self._wst = self._work = None
+
+
+def open_trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper):
+    """A trainer for one fit (see ``_contract.Trainer``): working buffers laid out once.
+
+    Tiny nets trained per sample with plain SGD get the kernel generated for
+    their architecture (weights in registers); everything else the generic
+    kernels of the template on the aligned working layout.
+    """
+    dtype, loss, batch_size, optimizer = check_trainer_call(params, state, sizes, acts, loss,
+                                                            batch_size, optimizer, hyper)
+    shape = _sizes(sizes)
+    if batch_size == 1 and optimizer == _codes.SGD and _gen.wants_scalar(shape):
+        return _ScalarTrainer(params, state, dtype, shape, acts, loss, hyper)
+    return _Trainer(params, state, dtype, shape, sizes, acts, loss, batch_size, optimizer,
+                    hyper)
+
+
+def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size, optimizer, hyper, state,
+                step):
+    """One chunk through a fresh trainer, stored at once (``_contract.train_chunk``)."""
+    return _contract.train_chunk(sys.modules[__name__], params, sizes, acts, loss, X, Y, order,
+                                 batch_size, optimizer, hyper, state, step)

@@ -5,23 +5,21 @@ purpose: it is the reference every compiled backend is checked against and
 the baseline their speedups are measured over.  It is vectorised within a
 sample (or within a minibatch) and loops in Python over samples / batches.
 
-Backend contract (every backend module offers these four functions with
-exactly these arguments; see ``fastbp/_backends/__init__.py``):
-
-``params``  1-D C-contiguous float32/float64 buffer; layer ``l`` stores its
-            kernel ``(sizes[l], sizes[l+1])`` row-major, then its bias.
-``sizes``   int64 layer widths, ``len(sizes) == n_layers + 1``.
-``acts``    int64 activation code per layer (``_codes``).
-``loss``    int loss code.
-``X, Y``    C-contiguous 2-D arrays in the parameter dtype.
-``order``   int64 row indices into ``X``/``Y`` (already range-checked).
+The backend contract (the functions, their arguments and the one policy:
+kernels get validated arrays and only assert that) is written once, in
+``_contract.py``.
 """
 
 import math
 
 import numpy as np
 
+import sys
+
 from . import _codes as C
+from . import _contract
+from ._contract import (CopyTrainer, check_chunk, check_gradients_call, check_loss_call,
+                        check_predict_call, check_trainer_call)
 from ._layout import layer_views
 
 NAME = "numpy"
@@ -152,12 +150,14 @@ def _apply_update(params, grad, optimizer, hyper, state, step):
 
 def predict(params, sizes, acts, X, out):
     """Write the network's outputs for the rows of ``X`` into ``out``."""
+    check_predict_call(params, sizes, acts, X, out)
     layers = layer_views(params, sizes)
     out[...] = _forward(layers, acts, X)[-1]
 
 
 def loss_sum(params, sizes, acts, loss, X, Y):
     """Sum over rows of the per-row loss (each row's loss is a mean over outputs)."""
+    check_loss_call(params, sizes, acts, loss, X, Y)
     layers = layer_views(params, sizes)
     p = _forward(layers, acts, X)[-1]
     value, _ = _loss_terms(p, Y, loss)
@@ -166,28 +166,29 @@ def loss_sum(params, sizes, acts, loss, X, Y):
 
 def loss_and_gradients(params, sizes, acts, loss, X, Y, grad):
     """Return the loss sum over rows and write d(loss sum)/d(param) into ``grad``."""
+    check_gradients_call(params, sizes, acts, loss, X, Y, grad)
     layers = layer_views(params, sizes)
     outputs = _forward(layers, acts, X)
     return _backward(layers, layer_views(grad, sizes), acts, loss, outputs, Y, 1.0)
 
 
-def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size,
-                optimizer, hyper, state, step):
-    """Train on the rows ``order`` in consecutive batches of ``batch_size``.
-
-    Returns ``(loss_sum, rows_done)``: the sum of per-row losses, each taken
-    before its batch's update, and the number of rows in completed batches.
-    ``rows_done < len(order)`` means a batch's loss was not finite; that
-    batch was not applied and training stopped there.
-    """
-    layers = layer_views(params, sizes)
+def open_trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper):
+    """A trainer over flat working copies (``_contract.CopyTrainer``) running the batch loop."""
+    dtype, loss, batch_size, optimizer = check_trainer_call(params, state, sizes, acts, loss,
+                                                            batch_size, optimizer, hyper)
     grad = np.empty_like(params)
-    grads = layer_views(grad, sizes)
-    # Overflow on the way to divergence is reported by the caller as one clear
-    # error; NumPy's per-operation warnings would only be noise.
-    with np.errstate(over="ignore", invalid="ignore"):
-        return _train_batches(layers, grads, params, grad, acts, loss, X, Y, order, batch_size,
-                              optimizer, hyper, state, step)
+
+    def run(work_params, work_state, X, Y, order, step):
+        check_chunk(dtype, sizes, X, Y, order)
+        layers = layer_views(work_params, sizes)
+        # Overflow on the way to divergence is reported by the caller as one clear
+        # error; NumPy's per-operation warnings would only be noise.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _train_batches(layers, layer_views(grad, sizes), work_params, grad, acts,
+                                  loss, X, Y, order, batch_size, optimizer, hyper, work_state,
+                                  step)
+
+    return CopyTrainer(params, state, optimizer, run)
 
 
 def _train_batches(layers, grads, params, grad, acts, loss, X, Y, order, batch_size,
@@ -208,3 +209,10 @@ def _train_batches(layers, grads, params, grad, acts, loss, X, Y, order, batch_s
         _apply_update(params, grad, optimizer, hyper, state, step)
         step += 1
     return total, n
+
+
+def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size, optimizer, hyper, state,
+                step):
+    """One chunk through a fresh trainer, stored at once (``_contract.train_chunk``)."""
+    return _contract.train_chunk(sys.modules[__name__], params, sizes, acts, loss, X, Y, order,
+                                 batch_size, optimizer, hyper, state, step)
