@@ -282,6 +282,8 @@ class Network:
         # that travels with the model file (the command line's arguments).
         self._position = None
         self._extra = None
+        # The backend's trainer while a fit runs (see _backends._contract.Trainer).
+        self._trainer = None
 
     # ------------------------------------------------------------------ parameters
     def _initialize(self, rng):
@@ -343,6 +345,8 @@ class Network:
         for target, source in zip((a for pair in self._views for a in pair), arrays):
             target[...] = source
         self._position = None
+        if self._trainer is not None:  # called from a callback: train on from these weights
+            self._trainer.reload()
 
     # ------------------------------------------------------------------ inference
     def _source(self, X, y, names=("X", "y")):
@@ -590,6 +594,12 @@ class Network:
         if position is not None:
             _checkpoint.restore_callbacks(position, callbacks)
         self.stop_training = stopped
+        # One trainer for the whole fit: the backend lays out its working
+        # buffers once; the model's own buffers are written after every chunk
+        # that ends finite, so they always hold the last accepted state.
+        self._trainer = self._kernels.open_trainer(
+            self._params, self._state, self._sizes, self._acts, self._loss, batch_size,
+            self._opt_code, self._hyper)
         try:
             with _deferred_sigint() as interrupted:
                 while epoch < epochs and not self.stop_training:
@@ -639,6 +649,9 @@ class Network:
                 if isinstance(callback, ProgbarLogger):
                     callback.on_train_end()
             raise
+        finally:
+            self._trainer.close()
+            self._trainer = None
         self._position = None
         for callback in callbacks:
             callback.on_train_end()
@@ -654,25 +667,25 @@ class Network:
         far the epoch got.
         """
         rows = start_row
+        trainer = self._trainer
         for X, Y, order in source.chunks(self._rng, shuffle, chunk_rows, start_row):
-            # Cheap next to a chunk of training: lets a chunk whose last update
-            # overflowed the weights roll back to finite ones.
-            saved = self._snapshot()
             try:
-                chunk_loss, done = self._kernels.train_chunk(
-                    self._params, self._sizes, self._acts, self._loss, X, Y, order, batch_size,
-                    self._opt_code, self._hyper, self._state, self._step)
+                chunk_loss, done = trainer.train(X, Y, order, self._step)
             except KeyboardInterrupt:
                 # A second Ctrl-C inside a long chunk (the NumPy backend loops in
-                # Python): undo the partial chunk so model and position agree.
-                self._restore(saved)
+                # Python): the model's buffers still hold the state before the
+                # chunk, so model and position agree; the trainer follows them.
+                trainer.reload()
                 return rows, loss_sum, False
-            self._step += -(-done // batch_size)
+            finite = trainer.finite()
+            if finite:  # the batches before a non-finite loss count
+                trainer.store()
+                self._step += -(-done // batch_size)
+            else:  # an update overflowed the weights: back to the state before the chunk
+                trainer.reload()
             loss_sum += chunk_loss
             rows += done
-            if done < len(order) or not np.isfinite(self._params).all():
-                if not np.isfinite(self._params).all():
-                    self._restore(saved)
+            if done < len(order) or not finite:
                 raise TrainingDivergedError(
                     f"training diverged in epoch {epoch + 1} after {rows} rows: the loss or the "
                     "weights became NaN or infinite. The model keeps its last finite weights. "
