@@ -6,6 +6,7 @@
 """
 
 from ._backends import available_backends
+from ._config import config_context, get_config, set_config
 from ._io import load
 from ._version import __version__
 from .callbacks import Callback, EarlyStopping, History, ProgbarLogger
@@ -16,6 +17,6 @@ from . import datasets
 
 __all__ = [
     "Adam", "Callback", "EarlyStopping", "History", "Network", "Optimizer", "ProgbarLogger",
-    "RMSprop", "SGD", "TrainingDivergedError", "__version__", "available_backends", "datasets",
-    "load", "show_config",
+    "RMSprop", "SGD", "TrainingDivergedError", "__version__", "available_backends",
+    "config_context", "datasets", "get_config", "load", "set_config", "show_config",
 ]

@@ -805,10 +805,17 @@ def _stored_options(opts):
 
 def _run_training(opts, network=None, resume_from=None, banner=None):
     """Load data, build (or take) the network, fit, report; returns the exit status."""
+    from . import _config
+
+    if opts["chunk_rows"] is None:
+        return _train_and_report(opts, network, resume_from, banner)
+    with _config.config_context(chunk_rows=opts["chunk_rows"]):
+        return _train_and_report(opts, network, resume_from, banner)
+
+
+def _train_and_report(opts, network, resume_from, banner):
     import fastbp
 
-    if opts["chunk_rows"] is not None:
-        os.environ["FASTBP_CHUNK_ROWS"] = str(opts["chunk_rows"])
     _check_output_paths(opts)
     X, Y, described = _load_data(opts)
     if network is None:

@@ -16,15 +16,15 @@ Up to three builds of the same source are installed: ``fastbp._ckernels``
 (portable x86-64), ``fastbp._ckernels_avx2`` (AVX2 + FMA) and
 ``fastbp._ckernels_avx512`` (AVX-512).  The best one the running CPU
 supports is used -- the Numba backend, too, compiles for the host CPU.
-``FASTBP_CYTHON_ISA=baseline|avx2|avx512`` forces one (``auto`` is the
-default); ``ISA`` says which one runs.
+The ``cython_isa`` setting (``FASTBP_CYTHON_ISA=baseline|avx2|avx512``, see
+``fastbp._config``; ``auto`` is the default) forces one, read when this
+module is first imported; ``ISA`` says which one runs.
 
 Importing this module raises ``ImportError`` when the extension was not
 built; the registry turns that into "how to build it".
 """
 
 import importlib
-import os
 
 try:
     from .. import _ckernels as _baseline
@@ -36,6 +36,7 @@ except ImportError as exc:  # not built: let the registry say how to build it
 
 import sys
 
+from .. import _config
 from . import _contract
 from ._contract import (CopyTrainer, check_chunk, check_gradients_call, check_loss_call,
                         check_predict_call, check_trainer_call)
@@ -44,7 +45,6 @@ NAME = "cython"
 
 #: Compiled copies, best first: (ISA name, module suffix, CPU check in the baseline module).
 _COPIES = (("avx512", "_avx512", "cpu_has_avx512"), ("avx2", "_avx2", "cpu_has_avx2_fma"))
-_ISA_CHOICES = ("auto", "baseline", "avx2", "avx512")
 
 
 def _select_kernels():
@@ -53,10 +53,10 @@ def _select_kernels():
     ``FASTBP_CYTHON_ISA`` (``auto`` by default) names one copy instead; a
     named copy that is missing or unsupported raises ImportError.
     """
-    choice = os.environ.get("FASTBP_CYTHON_ISA", "").strip().lower() or "auto"
-    if choice not in _ISA_CHOICES:
-        raise ImportError(f"FASTBP_CYTHON_ISA: expected one of {_ISA_CHOICES}; found "
-                          f"{choice!r}. Unset it to pick automatically.")
+    try:
+        choice = _config.cython_isa()
+    except ValueError as exc:  # the registry reports the backend as unavailable, and why
+        raise ImportError(str(exc)) from None
     if choice == "baseline":
         return _baseline
     for isa, suffix, check in _COPIES:
