@@ -21,13 +21,13 @@ class Optimizer:
     def _code(self):
         raise NotImplementedError
 
-    def _hyper(self):
+    def _hyperparameters(self):
         raise NotImplementedError
 
     def _pack(self):
         """``(code, hyper)``: the integer rule and its float64 hyper-parameters."""
         hyper = np.zeros(C.N_HYPER, dtype=np.float64)
-        values = self._hyper()
+        values = self._hyperparameters()
         hyper[:len(values)] = values
         return self._code(), hyper
 
@@ -91,7 +91,7 @@ class SGD(Optimizer):
             return C.SGD_NESTEROV
         return C.SGD_MOMENTUM if self.momentum > 0 else C.SGD
 
-    def _hyper(self):
+    def _hyperparameters(self):
         return (self.learning_rate, self.momentum)
 
 
@@ -127,7 +127,7 @@ class Adam(Optimizer):
     def _code(self):
         return C.ADAM
 
-    def _hyper(self):
+    def _hyperparameters(self):
         return (self.learning_rate, self.beta_1, self.beta_2, self.epsilon)
 
 
@@ -161,5 +161,5 @@ class RMSprop(Optimizer):
     def _code(self):
         return C.RMSPROP_MOMENTUM if self.momentum > 0 else C.RMSPROP
 
-    def _hyper(self):
+    def _hyperparameters(self):
         return (self.learning_rate, self.rho, self.momentum, self.epsilon)

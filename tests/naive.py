@@ -1,6 +1,6 @@
 """A slow, obviously correct oracle: scalar Python loops over neurons, Python floats.
 
-Written from the formulas of DESIGN.md §2 without looking at the backends, so
+Written from Keras 3's formulas (see docs/guide/keras.md) without looking at the backends, so
 that it can check them.  Weights are lists in Keras layout: ``K[i][j]`` joins
 input ``i`` to unit ``j``; ``b[j]`` is unit ``j``'s bias.
 """

@@ -1,4 +1,4 @@
-"""The public surface of DESIGN §1: names, defaults, reporting, backend selection."""
+"""The public surface: names, defaults, reporting, backend selection."""
 
 import io
 import subprocess

@@ -80,6 +80,6 @@ def test_bce_gradient_is_zero_where_clipped(backend):
                          kernel_initializer=5.0, backend=backend)
     grads = net.gradients(np.array([[1.0]]), np.array([1.0]))
     assert grads[0][0, 0] == 0.0 and grads[1][0] == 0.0
-    # loss there is -log(1 - 1e-7) per DESIGN: the clipped value
+    # loss there is -log(1 - 1e-7) as Keras clips: the clipped value
     assert np.isclose(net.evaluate(np.array([[1.0]]), np.array([1.0])), -np.log(1 - 1e-7),
                       rtol=1e-6)

@@ -1,4 +1,4 @@
-"""Keras semantics, checked against numbers derived by hand from DESIGN.md §2.
+"""Keras semantics, checked against numbers derived by hand from Keras 3's formulas.
 
 Every expected value here is computed in the test from the formulas, with
 plain scalar arithmetic -- never copied from fastbp's output.
@@ -81,7 +81,7 @@ def test_epoch_loss_weights_short_last_batch(backend, dtype):
 def _two_steps(kind, **hyper):
     """w, b of p = w*x + b after two steps on x=1, y=0, mse, from w=0.5, b=0.
 
-    L = (w + b)^2, so both gradients equal 2 (w + b).  Formulas of DESIGN §2.
+    L = (w + b)^2, so both gradients equal 2 (w + b).  Keras 3's formulas.
     """
     w, b = 0.5, 0.0
     slots = {"w": [0.0, 0.0], "b": [0.0, 0.0]}

@@ -50,7 +50,7 @@ DTYPES = ["float64", "float32"]
 BASELINE = "numpy"
 
 #: Rows per timed epoch, (compiled backends, NumPy backend).  Tuned so one
-#: epoch takes roughly 0.05-0.3 s at the DESIGN.md targets (compiled) and at
+#: epoch takes roughly 0.05-0.3 s at the fastbp._bench targets (compiled) and at
 #: the measured speed of the NumPy loop (~45-75 k/s W1, ~25-40 k/s W2,
 #: ~7-17 k/s W3, ~0.4-0.75 M/s W4 on one Zen3 core).  The NumPy backend trains on the
 #: first rows of the same data; speedups compare time per sample.
