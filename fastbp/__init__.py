@@ -7,10 +7,9 @@
 
 from ._backends import available_backends
 from ._config import config_context, get_config, set_config
-from ._io import load
 from ._version import __version__
 from .callbacks import Callback, EarlyStopping, History, ProgbarLogger
-from .network import Network, TrainingDivergedError
+from .network import Network, TrainingDivergedError, load
 from .optimizers import SGD, Adam, Optimizer, RMSprop
 from ._info import show_config
 from . import datasets

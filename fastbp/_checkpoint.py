@@ -1,8 +1,8 @@
 """Training positions: where a ``fit`` stopped, so that ``fit(resume=True)`` continues it exactly.
 
-A position is a JSON-able dict plus a few arrays, kept on the network as
-``network._position`` and written into model files by ``_io.save_network``
-(header field ``"training"``; arrays in the payload).  It records
+A position is a JSON-able dict plus a few arrays, kept on the network (read
+it with ``Network.training_position``) and written into model files by
+``_io.write_model_file`` (header field ``"training"``; arrays in the payload).  It records
 
 - where in the data training stood: ``epoch`` (0-based, the one in progress),
   ``rows`` trained in it and their ``loss_sum`` (for the epoch's mean loss);
@@ -38,8 +38,8 @@ def settings(train, val, batch_size, shuffle, validation_split):
             "validation_split": float(validation_split)}
 
 
-def capture(*, epoch, rows, loss_sum, epoch_rng, stopped, epochs, chunk_rows, call, history,
-            callbacks):
+def capture(*, epoch, rows, loss_sum, epoch_rng, stopped, epochs, chunk_rows, resume_settings,
+            history, callbacks):
     """A position (dict with an ``"arrays"`` entry) from the training loop's state."""
     states, arrays = [], {}
     for callback in callbacks:
@@ -54,13 +54,16 @@ def capture(*, epoch, rows, loss_sum, epoch_rng, stopped, epochs, chunk_rows, ca
             arrays[f"callback{index}.{name}"] = np.array(array)
     return {"epoch": int(epoch), "rows": int(rows), "loss_sum": float(loss_sum),
             "epoch_rng": epoch_rng, "stopped": bool(stopped), "epochs": int(epochs),
-            "chunk_rows": int(chunk_rows), "settings": dict(call),
+            "chunk_rows": int(chunk_rows), "settings": dict(resume_settings),
             "history": {key: [float(v) for v in values] for key, values in history.items()},
             "callbacks": states, "arrays": arrays}
 
 
-def check_resume(position, call, optimizer, current_optimizer):
-    """Raise ValueError unless ``position`` can be continued by a call with settings ``call``."""
+def check_resume(position, resume_settings, optimizer, current_optimizer):
+    """Raise ValueError unless ``position`` can be continued by a call with ``resume_settings``.
+
+    ``resume_settings`` is :func:`settings` of the resuming call.
+    """
     if position is None:
         raise ValueError(
             "fit(resume=True): expected a network holding an unfinished training position "
@@ -69,11 +72,11 @@ def check_resume(position, call, optimizer, current_optimizer):
             "resume=True to start a new fit.")
     saved = position["settings"]
     for key, what in _MUST_MATCH.items():
-        if saved.get(key) != call[key]:
+        if saved.get(key) != resume_settings[key]:
             raise ValueError(
                 f"fit(resume=True): the interrupted fit was run with {what} = {saved.get(key)!r}; "
-                f"this call has {call[key]!r}. Resume with the same data, batch_size, shuffle "
-                "and validation split as the interrupted call (only epochs may change).")
+                f"this call has {resume_settings[key]!r}. Resume with the same data, batch_size, "
+                "shuffle and validation split as the interrupted call (only epochs may change).")
     if optimizer is not None and optimizer != current_optimizer:
         raise ValueError(
             f"fit(resume=True): the interrupted fit used {current_optimizer!r}; this call "

@@ -16,7 +16,7 @@ payload (``history.<i>`` arrays, float64, in the order of the header's
 ``training.history`` key list), so the header stays small however long a run
 is; ``save`` refuses to write a header ``load`` could not read.
 
-``load`` checks in this order, and allocates nothing the file does not
+:func:`read_model_file` checks in this order, and allocates nothing the file does not
 already hold: the signature, the header (size, JSON, checksum), the payload
 (size, checksum), every header field's type and range, and then each payload
 member's ``.npy`` header (name, dtype, shape, stored size) against what the
@@ -26,6 +26,11 @@ uncompressed, as ``numpy.savez`` writes them.
 
 Version 1 files (no ``header_sha256``, history inside the header) are still
 read, with the same field checks.
+
+This module reads and writes the format and nothing else: it knows no
+:class:`~fastbp.Network`.  The network gives :func:`write_model_file` its
+state and builds itself from what :func:`read_model_file` returns (see
+``fastbp.network.load``).
 """
 
 import hashlib
@@ -37,6 +42,8 @@ import os
 import numpy as np
 
 from . import _files
+from ._backends._codes import ACTIVATIONS, LOSSES, N_STATE_SLOTS
+from ._initializers import BIAS_INITIALIZERS, KERNEL_INITIALIZERS
 
 MAGIC = b"FASTBP-MODEL\n"
 FORMAT_VERSION = 2
@@ -57,24 +64,32 @@ def _canonical(header):
                       allow_nan=True).encode("ascii")
 
 
-def save_network(network, path, extra=None):
-    """Write ``network`` (and an optional JSON-able ``extra`` dict) to ``path``.
+def write_model_file(path, state, arrays):
+    """Write one model file at ``path``, atomically: ``state`` in the header, ``arrays`` after it.
 
-    ``extra`` defaults to ``network._extra`` (what the file it was loaded from
-    carried, or what the command line attached).  A network whose ``fit`` was
-    interrupted also carries its training position (``network._position``,
-    see ``_checkpoint``); it is written too, so ``fastbp.load`` followed by
-    ``fit(..., resume=True)`` continues that training exactly.
+    Parameters
+    ----------
+    path : str or path-like
+        Checked before anything is written (a regular file or a new path).
+    state : dict
+        The header fields: ``"config"`` (``Network.get_config()``),
+        ``"optimizer"`` (its ``get_config()`` dict, or None), ``"step"``,
+        ``"shuffle_rng"`` (a PCG64 state dict), ``"extra"`` (a JSON-able dict
+        or None) and ``"training"``: a training position (see ``_checkpoint``)
+        or None.  A position's arrays and its per-epoch history are written
+        into the payload; the rest of it into the header.
+    arrays : dict of ndarray
+        ``"params"`` and, with an optimizer, ``"optimizer_state"``.
+
+    Raises
+    ------
+    ValueError
+        The header would be larger than ``load`` reads; nothing is written.
     """
-    from ._checkpoint import check_path
-
-    path = check_path(path, "path", "model.fbp")  # before anything is written
-    if extra is None:
-        extra = getattr(network, "_extra", None)
-    arrays = {"params": network._params}
-    if network._state is not None:
-        arrays["optimizer_state"] = network._state
-    position = getattr(network, "_position", None)
+    path = _files.check_output_path(path, "path", "model.fbp")  # before anything is written
+    extra = state["extra"]
+    arrays = dict(arrays)
+    position = state["training"]
     training = None
     if position is not None:
         training = {key: value for key, value in position.items()
@@ -92,10 +107,10 @@ def save_network(network, path, extra=None):
     header = {
         "format": "fastbp-model",
         "version": FORMAT_VERSION,
-        "config": network.get_config(),
-        "optimizer": None if network.optimizer is None else network.optimizer.get_config(),
-        "step": int(network._step),
-        "shuffle_rng": network._rng.bit_generator.state,
+        "config": state["config"],
+        "optimizer": state["optimizer"],
+        "step": int(state["step"]),
+        "shuffle_rng": state["shuffle_rng"],
         "extra": extra,
         "training": training,
         "payload_bytes": len(payload),
@@ -113,11 +128,17 @@ def save_network(network, path, extra=None):
 
 
 # ---------------------------------------------------------------------------- reading
-class _Invalid(ValueError):
-    """A header field or payload member that is not what ``save`` writes."""
+class InvalidContent(ValueError):
+    """A header field or payload member that is not what ``save`` writes.
+
+    Its message says which and why; :func:`corrupt` turns it into the error a
+    reader of ``path`` reports.
+    """
 
 
-def _corrupt(path, what):
+
+def corrupt(path, what):
+    """The ValueError for a file at ``path`` that is not a valid model file (``what`` is wrong)."""
     return ValueError(f"{path}: not a valid fastbp model file ({what}). Expected a file "
                       "written by Network.save(); it may be truncated, corrupted or of another "
                       "format. Save the model again.")
@@ -132,7 +153,7 @@ def _short(value):
 
 
 def _bad(field, expected, value):
-    return _Invalid(f"header field {field!r}: expected {expected}; found {_short(value)}")
+    return InvalidContent(f"header field {field!r}: expected {expected}; found {_short(value)}")
 
 
 def _int(value, field, low=0, high=_INT64_LIMIT - 1):
@@ -173,10 +194,10 @@ def _dict(value, field, required=(), optional=()):
         raise _bad(field, "a JSON object", value)
     missing = [key for key in required if key not in value]
     if missing:
-        raise _Invalid(f"header field {field!r}: lacks {missing[0]!r}")
+        raise InvalidContent(f"header field {field!r}: lacks {missing[0]!r}")
     unknown = [key for key in value if key not in required and key not in optional]
     if unknown:
-        raise _Invalid(f"header field {field!r}: unknown entry {_short(unknown[0])}")
+        raise InvalidContent(f"header field {field!r}: unknown entry {_short(unknown[0])}")
     return value
 
 
@@ -209,9 +230,6 @@ def _initializer(value, field, names):
 
 
 def _check_config(value):
-    from ._backends import _codes as C
-    from .network import BIAS_INITIALIZERS, KERNEL_INITIALIZERS
-
     value = _dict(value, "config", _CONFIG_KEYS)
     layers = _list(value["layers"], "config.layers")
     if len(layers) < 2:
@@ -222,11 +240,11 @@ def _check_config(value):
         raise _bad("config.activations", f"{len(layers) - 2} names (one per hidden layer)",
                    activations)
     return {"layers": layers,
-            "activations": [_str(a, f"config.activations[{i}]", C.ACTIVATIONS)
+            "activations": [_str(a, f"config.activations[{i}]", ACTIVATIONS)
                             for i, a in enumerate(activations)],
             "output_activation": _str(value["output_activation"], "config.output_activation",
-                                      C.ACTIVATIONS),
-            "loss": _str(value["loss"], "config.loss", C.LOSSES),
+                                      ACTIVATIONS),
+            "loss": _str(value["loss"], "config.loss", LOSSES),
             "kernel_initializer": _initializer(value["kernel_initializer"],
                                                "config.kernel_initializer", KERNEL_INITIALIZERS),
             "bias_initializer": _initializer(value["bias_initializer"],
@@ -256,7 +274,7 @@ def _check_optimizer(value):
     try:
         return Optimizer.from_config(config)
     except (TypeError, ValueError) as exc:
-        raise _Invalid(f"header field 'optimizer': {exc}") from None
+        raise InvalidContent(f"header field 'optimizer': {exc}") from None
 
 
 _TRAINING_KEYS = ("epoch", "rows", "loss_sum", "epoch_rng", "stopped", "epochs", "chunk_rows",
@@ -375,9 +393,7 @@ def _check_header(header, version):
     training, declared = _check_training(header.get("training"), version, layer_shapes)
     declared["params"] = ("net", (n_params,))
     if optimizer is not None:
-        from ._backends import _codes as C
-
-        declared["optimizer_state"] = ("net", (C.N_STATE_SLOTS, n_params))
+        declared["optimizer_state"] = ("net", (N_STATE_SLOTS, n_params))
     checked = {"format": header["format"], "version": version, "config": config,
                "optimizer": None if optimizer is None else optimizer.get_config(),
                "step": step, "shuffle_rng": _rng_state(header.get("shuffle_rng"), "shuffle_rng"),
@@ -399,17 +415,17 @@ def _read_members(payload, declared, net_dtype):
     try:
         archive = zipfile.ZipFile(io.BytesIO(payload))
     except Exception as exc:  # zipfile raises many types on damaged archives
-        raise _Invalid(f"unreadable payload: {type(exc).__name__}: {exc}") from None
+        raise InvalidContent(f"unreadable payload: {type(exc).__name__}: {exc}") from None
     with archive:
         infos = archive.infolist()
         names = [info.filename for info in infos]
         if len(set(names)) != len(names):
-            raise _Invalid("unreadable payload: duplicate members")
+            raise InvalidContent("unreadable payload: duplicate members")
         found = {name[:-4] for name in names if name.endswith(".npy")}
         if len(found) != len(names) or found != set(declared):
             extra = sorted(set(names) - {n + ".npy" for n in declared})
             missing = sorted(set(declared) - found)
-            raise _Invalid("payload members do not match the header: "
+            raise InvalidContent("payload members do not match the header: "
                            + (f"unexpected {_short(extra)}" if extra else "")
                            + (" " if extra and missing else "")
                            + (f"missing {_short(missing)}" if missing else ""))
@@ -418,10 +434,10 @@ def _read_members(payload, declared, net_dtype):
             name = info.filename[:-4]
             kind, shape = declared[name]
             if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
-                raise _Invalid(f"payload member {name!r}: expected an uncompressed member, as "
+                raise InvalidContent(f"payload member {name!r}: expected an uncompressed member, as "
                                "numpy.savez writes")
             if info.file_size > len(payload):
-                raise _Invalid(f"payload member {name!r}: declares {info.file_size} bytes, "
+                raise InvalidContent(f"payload member {name!r}: declares {info.file_size} bytes, "
                                f"more than the payload's {len(payload)}")
             try:
                 with archive.open(info) as member:
@@ -457,10 +473,10 @@ def _read_members(payload, declared, net_dtype):
                     data = member.read(nbytes)
                     if len(data) != nbytes:
                         raise ValueError("truncated member")
-            except _Invalid:
+            except InvalidContent:
                 raise
             except Exception as exc:
-                raise _Invalid(f"payload member {name!r}: {exc}") from None
+                raise InvalidContent(f"payload member {name!r}: {exc}") from None
             array = np.frombuffer(data, dtype=dtype).reshape(got_shape,
                                                              order="F" if fortran else "C")
             arrays[name] = array.astype(want if want is not None else dtype.newbyteorder("="),
@@ -481,37 +497,37 @@ def _check_values(arrays, declared, optimizer):
 
     for name, (kind, _) in declared.items():
         if kind == "net" and not np.isfinite(arrays[name]).all():
-            raise _Invalid(f"payload member {name!r}: expected finite numbers; found NaN or "
+            raise InvalidContent(f"payload member {name!r}: expected finite numbers; found NaN or "
                            "infinity")
     if optimizer is not None:
         slot = 1 if isinstance(optimizer, Adam) else 0 if isinstance(optimizer, RMSprop) else None
         if slot is not None and (arrays["optimizer_state"][slot] < 0).any():
-            raise _Invalid(f"payload member 'optimizer_state': expected the second-moment "
+            raise InvalidContent(f"payload member 'optimizer_state': expected the second-moment "
                            f"averages of {type(optimizer).__name__} (slot {slot}) >= 0; found "
                            "negative values")
 
 
 def _read_header_line(path, f):
     if f.read(len(MAGIC)) != MAGIC:
-        raise _corrupt(path, "missing the FASTBP-MODEL signature")
+        raise corrupt(path, "missing the FASTBP-MODEL signature")
     line = f.readline(_MAX_HEADER_BYTES + 1)
     if not line.endswith(b"\n") or len(line) > _MAX_HEADER_BYTES:
         what = "truncated" if len(line) <= _MAX_HEADER_BYTES else \
             f"longer than {_MAX_HEADER_BYTES:,} bytes"
-        raise _corrupt(path, f"unreadable header: {what}")
+        raise corrupt(path, f"unreadable header: {what}")
     try:
         header = json.loads(line)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise _corrupt(path, "unreadable header") from None
+        raise corrupt(path, "unreadable header") from None
     if not isinstance(header, dict) or header.get("format") != "fastbp-model":
-        raise _corrupt(path, "unknown header")
+        raise corrupt(path, "unknown header")
     version = header.get("version")
     if type(version) is not int or version not in _READABLE_VERSIONS:
         if type(version) is int and version > FORMAT_VERSION:
             raise ValueError(f"{path}: model file format version {version}; this fastbp reads "
                              f"versions {', '.join(map(str, _READABLE_VERSIONS))}. Use the "
                              "fastbp release that wrote it.")
-        raise _corrupt(path, f"unknown format version {_short(version)}")
+        raise corrupt(path, f"unknown format version {_short(version)}")
     if version >= 2:
         claimed = header.pop("header_sha256", None)
         try:
@@ -519,21 +535,39 @@ def _read_header_line(path, f):
         except (ValueError, TypeError, RecursionError):
             digest = None
         if type(claimed) is not str or claimed != digest:
-            raise _corrupt(path, "header checksum mismatch")
+            raise corrupt(path, "header checksum mismatch")
     elif "header_sha256" in header:  # version 1 never had one: a damaged version number
-        raise _corrupt(path, "header checksum mismatch")
+        raise corrupt(path, "header checksum mismatch")
     return header, version
 
 
 def read_model_file(path):
-    """Return ``(header, arrays)`` of a model file after checking all of it.
+    """Read and check all of the model file at ``path``; return ``(state, arrays)``.
 
-    ``header`` is a checked, normalised copy (``training.history`` a dict of
-    lists, as a training position holds it, whatever the version); ``arrays``
-    are the payload arrays by name, history excluded.
+    ``state`` holds the checked header fields that :func:`write_model_file`
+    takes (``config``, ``optimizer``, ``step``, ``shuffle_rng``, ``extra``,
+    ``training``) plus ``format`` and ``version``; a training position comes
+    back as ``write_model_file`` took it, with its ``history`` (a dict of
+    lists, whatever the version) and its ``arrays``.  ``arrays`` holds
+    ``params`` and, with an optimizer, ``optimizer_state``.
+
+    Raises
+    ------
+    ValueError
+        The file is not a model file this fastbp reads (damaged, truncated,
+        crafted or of another format).
+    OSError
+        The file cannot be opened or read.
     """
-    header, _, arrays = _read(path)
-    return header, arrays
+    return _read(path)
+
+
+def _rng_state_usable(state, field):
+    """Refuse a PCG64 state numpy would not take (header field ``field``)."""
+    try:
+        np.random.PCG64().state = state
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidContent(f"header field {field!r}: {exc}") from None
 
 
 def _read(path):
@@ -541,103 +575,30 @@ def _read(path):
         header, version = _read_header_line(path, f)
         size = header.get("payload_bytes")
         if type(size) is not int or size < 0 or type(header.get("sha256")) is not str:
-            raise _corrupt(path, "checksum mismatch (no valid payload size or checksum)")
+            raise corrupt(path, "checksum mismatch (no valid payload size or checksum)")
         remaining = os.fstat(f.fileno()).st_size - f.tell()
         if remaining != size:  # before reading any of it
-            raise _corrupt(path, f"checksum mismatch (payload of {remaining} bytes; the header "
-                                 f"declares {size})")
+            raise corrupt(path, f"checksum mismatch (payload of {remaining} bytes; the header "
+                                f"declares {size})")
         payload = f.read(size + 1)
     if len(payload) != size or hashlib.sha256(payload).hexdigest() != header["sha256"]:
-        raise _corrupt(path, "checksum mismatch")
+        raise corrupt(path, "checksum mismatch")
     try:
         checked, optimizer, declared = _check_header(header, version)
         net_dtype = np.dtype(checked["config"]["dtype"])
         arrays = _read_members(payload, declared, net_dtype)
         _check_values(arrays, declared, optimizer)
-    except _Invalid as exc:
-        raise _corrupt(path, str(exc)) from None
+        _rng_state_usable(checked["shuffle_rng"], "shuffle_rng")
+        if checked["training"] is not None:  # reported as the shuffle state, as ever
+            _rng_state_usable(checked["training"]["epoch_rng"], "shuffle_rng")
+    except InvalidContent as exc:
+        raise corrupt(path, str(exc)) from None
     training = checked["training"]
-    if training is not None and version >= 2:
-        keys = training["history"]
-        training["history"] = {key: arrays.pop(f"{_HISTORY_PREFIX}{i}").tolist()
-                               for i, key in enumerate(keys)}
-    return checked, optimizer, arrays
-
-
-def load(path, backend="auto"):
-    """Load a network saved with :meth:`Network.save`.
-
-    Parameters
-    ----------
-    path : str or path-like
-    backend : str, default "auto"
-        The backend of the loaded network.
-
-    Returns
-    -------
-    Network
-        With the saved weights, optimizer, optimizer state and shuffle state,
-        so that a further ``fit`` continues the saved training.  A file written
-        by ``fit(checkpoint=...)`` also restores the training position, which
-        ``fit(..., resume=True)`` continues.
-
-    Raises
-    ------
-    ValueError
-        The file is not a model file this fastbp reads (damaged, truncated,
-        crafted or of another format), or ``backend`` is not a backend name.
-    OSError
-        The file cannot be opened or read.
-    """
-    # the caller's argument first, so that its error is not blamed on the file
-    _check_backend(backend)
-    return network_from(path, _read(path), backend)
-
-
-def _check_backend(backend):
-    """Refuse a bad ``backend`` argument or ``FASTBP_BACKEND`` setting (ValueError)."""
-    from . import _backends, _config
-    from . import _validation as V
-
-    choices = ("auto", *_backends.backend_names())
-    V.check_choice(backend, choices, "backend")
-    V.check_choice(_config.backend(), choices, "backend (from FASTBP_BACKEND)")
-
-
-def network_from(path, read, backend="auto"):
-    """The network of ``read = _read(path)``: a file read and checked once.
-
-    Lets a caller look at the header (``read[0]``, e.g. its ``extra``) before
-    choosing the backend, without reading the file a second time.
-    """
-    from .network import Network
-
-    _check_backend(backend)
-    header, optimizer, arrays = read
-    try:
-        network = Network(**header["config"], backend=backend)
-    except ImportError:  # a missing compiled backend: not the file's fault
-        raise
-    except (TypeError, ValueError, OverflowError) as exc:
-        # the backend name and setting are checked above: this is the file's config
-        raise _corrupt(path, f"config: {exc}") from None
-    network._params[...] = arrays["params"]
-    if optimizer is not None:
-        network._bind_optimizer(optimizer)
-        network._state[...] = arrays["optimizer_state"]
-        network._step = header["step"]
-    try:
-        network._rng.bit_generator.state = header["shuffle_rng"]
-        if header["training"] is not None:
-            np.random.default_rng().bit_generator.state = header["training"]["epoch_rng"]
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise _corrupt(path, f"header field 'shuffle_rng': {exc}") from None
-    network._extra = header["extra"]
-    training = header["training"]
     if training is not None:
-        training = dict(training)
-        training["arrays"] = {name[len(_TRAINING_PREFIX):]: array
-                              for name, array in arrays.items()
-                              if name.startswith(_TRAINING_PREFIX)}
-    network._position = training
-    return network
+        if version >= 2:
+            keys = training["history"]
+            training["history"] = {key: arrays.pop(f"{_HISTORY_PREFIX}{i}").tolist()
+                                   for i, key in enumerate(keys)}
+        training["arrays"] = {name[len(_TRAINING_PREFIX):]: arrays.pop(name)
+                              for name in list(arrays) if name.startswith(_TRAINING_PREFIX)}
+    return checked, arrays

@@ -428,13 +428,13 @@ def _resolve_options(given):
         # the backend of the interrupted run (bitwise equality needs the same kernels)
         network = _load_checkpoint(resume, read,
                                    given.get("backend", stored.get("backend", "auto")))
-        if network._position is None:
+        if network.training_position is None:
             raise CommandError(f"{resume}: expected a checkpoint written by `fastbp train "
                                "--checkpoint`; found a model file without a training position "
                                "(a --save file, or one saved after training ended). Pass the "
                                "--checkpoint file, or train anew.")
         stored.update(_recorded_by_fit(network, resume, stored))
-        _check_resume_options(stored, given, network._position)
+        _check_resume_options(stored, given, network.training_position)
     opts = {**TRAIN_DEFAULTS, **stored, **given}
     for name in ("features", "outputs"):  # typed ones win over the --layers widths
         opts[f"_{name}_typed"] = name in given or bool(stored.get(f"_{name}_typed"))
@@ -457,13 +457,13 @@ _STORED_TYPES = {_positive_int: int, _non_negative_int: int, _positive_float: (i
 
 
 def _read_checkpoint(path):
-    """``_io._read`` of checkpoint ``path``: its checked header, optimizer and arrays."""
+    """``_io.read_model_file`` of checkpoint ``path``: its checked header and arrays."""
     from . import _io
 
     if not Path(path).is_file():
         raise CommandError(f"--resume {path}: no such file. Pass the path given to "
                            "--checkpoint when the run was started.")
-    return _io._read(path)
+    return _io.read_model_file(path)
 
 
 def _stored_in(path, header):
@@ -541,7 +541,7 @@ def _recorded_by_fit(network, path, stored):
     than the training rows as the rows (one batch per epoch), so a stored
     --batch-size at least that large is the one the user typed, and kept.
     """
-    position = network._position
+    position = network.training_position
     settings = position.get("settings") or {}
     recorded = {}
     for key in ("batch_size", "shuffle"):
@@ -616,11 +616,11 @@ def _check_resume_options(stored, given, position):
 
 def _load_checkpoint(path, read, backend):
     """The network of checkpoint ``path`` from ``read`` (``_read_checkpoint``), not reread."""
-    from . import _io
+    from .network import load_contents
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return _io.network_from(path, read, backend)
+        return load_contents(path, read, backend)
 
 
 def _check_options(opts, given):
@@ -829,7 +829,7 @@ def _train_and_report(opts, network, resume_from, banner):
     optimizer = _make_optimizer(opts) if resume_from is None else network.optimizer
     stored = _stored_options(opts)
     stored["backend"] = network.backend  # "auto" might pick another one when resumed
-    network._extra = {"train_options": stored}
+    network.metadata = {"train_options": stored}
     n_rows = len(X)
     n_val = int(n_rows * opts["validation_split"])
     if n_val >= n_rows:  # e.g. a single row: nothing left to train on
@@ -858,7 +858,7 @@ def _train_and_report(opts, network, resume_from, banner):
          f"{opts['epochs']} epoch(s)" + (f", early stopping (patience {opts['patience']})"
                                           if opts["patience"] is not None else ""))
     if resume_from is not None:
-        position = network._position
+        position = network.training_position
         _say(f"resuming {resume_from}: epoch {position['epoch'] + 1}, "
              f"{position['rows']:,} rows done; checkpoints go to {opts['checkpoint']}")
         for key, path in opts.get("_ignored_outputs", {}).items():
@@ -956,7 +956,7 @@ def _describe_optimizer(optimizer):
 
 
 def _report_interrupt(network, opts):
-    position = network._position
+    position = network.training_position
     where = ""
     if position is not None:
         where = (f" in epoch {position['epoch'] + 1} after {position['rows']:,} rows"

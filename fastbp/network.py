@@ -5,7 +5,9 @@ the selected backend's kernels, one call per chunk of rows.
 """
 
 import contextlib
+import copy
 import functools
+import json
 import math
 import numbers
 import signal
@@ -15,16 +17,14 @@ import warnings
 
 import numpy as np
 
-from . import _backends, _checkpoint, _config
-from . import _validation as V
-from ._backends import _codes as C
+from . import _backends, _checkpoint, _config, _io
+from . import _validation as validation
+from ._backends._codes import ACTIVATIONS, LOSSES, N_STATE_SLOTS
 from ._backends._layout import layer_views, n_params
 from ._data import make_source
+from ._initializers import BIAS_INITIALIZERS, KERNEL_INITIALIZERS
 from .callbacks import Callback, EarlyStopping, History, ProgbarLogger
-from .optimizers import SGD, Adam, RMSprop
-
-KERNEL_INITIALIZERS = ("glorot_uniform", "he_uniform", "zeros")
-BIAS_INITIALIZERS = ("zeros",)
+from .optimizers import SGD, Adam, Optimizer, RMSprop
 
 
 def _check_callbacks(callbacks):
@@ -230,20 +230,20 @@ class Network:
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  dtype="float64", backend="auto", seed=0):
         self._guard = _Guard()
-        sizes = V.check_layer_sizes(layers)
-        hidden = V.check_activations(activations, len(sizes) - 2, C.ACTIVATIONS)
-        output = V.check_choice(output_activation, C.ACTIVATIONS, "output_activation")
-        self._loss_name = V.check_choice(loss, C.LOSSES, "loss")
-        self._dtype = V.check_dtype(dtype)
-        self._kernel_init = V.check_initializer(kernel_initializer, "kernel_initializer",
+        sizes = validation.check_layer_sizes(layers)
+        hidden = validation.check_activations(activations, len(sizes) - 2, ACTIVATIONS)
+        output = validation.check_choice(output_activation, ACTIVATIONS, "output_activation")
+        self._loss_name = validation.check_choice(loss, LOSSES, "loss")
+        self._dtype = validation.check_dtype(dtype)
+        self._kernel_init = validation.check_initializer(kernel_initializer, "kernel_initializer",
                                                 KERNEL_INITIALIZERS, self._dtype)
-        self._bias_init = V.check_initializer(bias_initializer, "bias_initializer",
+        self._bias_init = validation.check_initializer(bias_initializer, "bias_initializer",
                                               BIAS_INITIALIZERS, self._dtype)
         if seed is not None:  # stored as a plain int: it goes into model files as JSON
-            seed = V.check_int(seed, "seed (or None)", minimum=0, example=0)
+            seed = validation.check_int(seed, "seed (or None)", minimum=0, example=0)
         choices = ("auto", *_backends.backend_names())
-        requested = V.check_choice(backend, choices, "backend")
-        forced = V.check_choice(_config.backend(), choices, "backend (from FASTBP_BACKEND)")
+        requested = validation.check_choice(backend, choices, "backend")
+        forced = validation.check_choice(_config.backend(), choices, "backend (from FASTBP_BACKEND)")
         if forced != "auto":  # the setting forces a backend, e.g. to rerun a script on numpy
             if requested not in ("auto", forced):
                 warnings.warn(f"FASTBP_BACKEND={forced} overrides backend={requested!r}.",
@@ -252,15 +252,15 @@ class Network:
         self.backend, self._kernels = _backends.resolve(requested)
 
         self._activation_names = hidden + [output]
-        self._acts = np.array([C.ACTIVATIONS[a] for a in self._activation_names], dtype=np.int64)
-        self._loss = C.LOSSES[self._loss_name]
+        self._acts = np.array([ACTIVATIONS[a] for a in self._activation_names], dtype=np.int64)
+        self._loss = LOSSES[self._loss_name]
         count = n_params(sizes)
         try:
             self._params = np.zeros(count, dtype=self._dtype)
         except (MemoryError, ValueError, OverflowError):
             raise ValueError(
                 f"layer sizes: expected a network whose parameters fit in memory; found "
-                f"{V.show(list(sizes))}, which has {count:,} parameters "
+                f"{validation.show(list(sizes))}, which has {count:,} parameters "
                 f"({count * self._dtype.itemsize / 2**30:,.1f} GiB in {self._dtype.name}). "
                 "Use narrower or fewer layers.") from None
         self._sizes = np.array(sizes, dtype=np.int64)
@@ -278,8 +278,8 @@ class Network:
         self._state = None
         self._step = 0
         self.stop_training = False
-        # Where an interrupted fit stopped (see _checkpoint), and JSON metadata
-        # that travels with the model file (the command line's arguments).
+        # Where an interrupted fit stopped (see _checkpoint; training_position),
+        # and JSON metadata that travels with the model file (metadata).
         self._position = None
         self._extra = None
         # The backend's trainer while a fit runs (see _backends._contract.Trainer).
@@ -319,6 +319,67 @@ class Network:
         """The loss name."""
         return self._loss_name
 
+    @property
+    def training_position(self):
+        """Where an interrupted ``fit`` stopped, or None.
+
+        A ``fit`` stopped by Ctrl-C, or one that writes a checkpoint, leaves
+        the network holding its training position until a later ``fit``
+        finishes (``set_weights`` drops it); ``fit(..., resume=True)``
+        continues from it, and :meth:`save` writes it with the model.
+
+        Returns
+        -------
+        dict or None
+            A copy of the position's JSON part: ``"epoch"`` (0-based, the one
+            in progress), ``"rows"`` trained in it, ``"loss_sum"``,
+            ``"epochs"`` (of the interrupted call), ``"chunk_rows"``,
+            ``"stopped"``, ``"history"`` (per-epoch values so far),
+            ``"settings"`` (what a resuming call must repeat: ``n_rows``,
+            ``batch_size``, ``shuffle``, ...), ``"epoch_rng"`` and
+            ``"callbacks"`` (their saved states).  The callbacks' arrays are
+            left out.  Changing the copy changes nothing.
+        """
+        if self._position is None:
+            return None
+        return copy.deepcopy({key: value for key, value in self._position.items()
+                              if key != "arrays"})
+
+    @property
+    def metadata(self):
+        """JSON-able metadata saved with the model, or None.
+
+        Written into the model file by :meth:`save` and read back by
+        :func:`fastbp.load`; ``fastbp train`` stores its options here.
+
+        Returns
+        -------
+        dict or None
+            A copy: set the attribute to change it.
+
+        Raises
+        ------
+        TypeError
+            On assignment of something other than a dict or None.
+        ValueError
+            On assignment of a dict that JSON cannot represent.
+        """
+        return copy.deepcopy(self._extra)
+
+    @metadata.setter
+    def metadata(self, value):
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"metadata: expected a dict or None; found {type(value).__name__}. "
+                            "Pass e.g. net.metadata = {'note': 'trained on 2024 data'}.")
+        if value is not None:
+            try:  # stored as a file will hold it: tuples become lists, keys strings
+                value = json.loads(json.dumps(value, allow_nan=True))
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise ValueError(f"metadata: expected a dict JSON can represent (strings, "
+                                 f"numbers, booleans, None, lists and dicts of them); {exc}. "
+                                 "Convert other values, e.g. arrays with .tolist().") from None
+        self._extra = value
+
     def count_params(self):
         """Total number of trainable parameters."""
         return self._params.size
@@ -341,7 +402,7 @@ class Network:
         The training position of an interrupted fit, if any, is dropped: the
         weights no longer match it, so ``fit(resume=True)`` is refused after this.
         """
-        arrays = V.check_weights(weights, self._shapes(), self._dtype)
+        arrays = validation.check_weights(weights, self._shapes(), self._dtype)
         for target, source in zip((a for pair in self._views for a in pair), arrays):
             target[...] = source
         self._position = None
@@ -355,11 +416,11 @@ class Network:
     @_reads
     def predict(self, X):
         """Network outputs for the rows of ``X``; shape ``(n_samples, n_outputs)``."""
-        X = V.check_features(X, self.layers[0])
+        X = validation.check_features(X, self.layers[0])
         out = np.empty((X.shape[0], self.layers[-1]), dtype=self._dtype)
         step = _config.chunk_rows()
         for start in range(0, X.shape[0], step):
-            block = V.to_dtype(X[start:start + step], self._dtype, "X")
+            block = validation.to_dtype(X[start:start + step], self._dtype, "X")
             self._kernels.predict(self._params, self._sizes, self._acts, block,
                                   out[start:start + step])
         return out
@@ -401,7 +462,7 @@ class Network:
         if optimizer != self.optimizer:
             self.optimizer = optimizer
             self._opt_code, self._hyper = optimizer._pack()
-            self._state = np.zeros((C.N_STATE_SLOTS, self._params.size), dtype=self._dtype)
+            self._state = np.zeros((N_STATE_SLOTS, self._params.size), dtype=self._dtype)
             self._step = 0
 
     def _snapshot(self, shuffle_state=False):
@@ -486,11 +547,11 @@ class Network:
             the last completed chunk and its training position, so that
             ``fit(..., resume=True)`` (or ``save`` and later ``load``) continues it.
         """
-        epochs = V.check_positive_int(epochs, "epochs")
-        batch_size = V.check_positive_int(batch_size, "batch_size")
-        shuffle = V.check_bool(shuffle, "shuffle")
-        resume = V.check_bool(resume, "resume")
-        validation_split = V.check_fraction(validation_split, "validation_split")
+        epochs = validation.check_positive_int(epochs, "epochs")
+        batch_size = validation.check_positive_int(batch_size, "batch_size")
+        shuffle = validation.check_bool(shuffle, "shuffle")
+        resume = validation.check_bool(resume, "resume")
+        validation_split = validation.check_fraction(validation_split, "validation_split")
         if optimizer is not None and not isinstance(optimizer, (SGD, Adam, RMSprop)):
             self._bind_optimizer(optimizer)  # raises the type error
         verbose = _check_verbose(verbose)
@@ -523,19 +584,20 @@ class Network:
         # The data's fingerprint reads about 1,150 scattered rows (as many pages
         # of a memory-map): only computed when a position is kept or a resume
         # checked, once per fit.
-        call = _checkpoint.settings(_Unprinted(train), val, batch_size, shuffle,
-                                    validation_split)
+        resume_settings = _checkpoint.settings(_Unprinted(train), val, batch_size, shuffle,
+                                               validation_split)
 
         def settings():
-            if call["fingerprint"] is None:
-                call["fingerprint"] = train.fingerprint()
-            return call
+            if resume_settings["fingerprint"] is None:
+                resume_settings["fingerprint"] = train.fingerprint()
+            return resume_settings
 
         position = None
         if resume:
             if self._position is not None:
                 settings()
-            _checkpoint.check_resume(self._position, call, optimizer, self.optimizer)
+            _checkpoint.check_resume(self._position, resume_settings, optimizer,
+                                     self.optimizer)
             position = self._position
 
         # From here on the model changes.  It keeps a training position only
@@ -575,7 +637,8 @@ class Network:
         def keep_position(**where):
             nonlocal failed_save
             self._position = _checkpoint.capture(epochs=epochs, chunk_rows=chunk_rows,
-                                                 call=settings(), history=history.history,
+                                                 resume_settings=settings(),
+                                                 history=history.history,
                                                  callbacks=callbacks, **where)
             if checkpoint is not None:
                 try:
@@ -732,14 +795,99 @@ class Network:
 
         Load it back with :func:`fastbp.load`.
         """
-        from ._io import save_network
+        _io.write_model_file(path, *self._saved_state())
 
-        save_network(self, path)
+    def _saved_state(self):
+        """``(state, arrays)`` for ``_io.write_model_file``: all a model file holds."""
+        arrays = {"params": self._params}
+        if self._state is not None:
+            arrays["optimizer_state"] = self._state
+        state = {"config": self.get_config(),
+                 "optimizer": None if self.optimizer is None else self.optimizer.get_config(),
+                 "step": int(self._step), "shuffle_rng": self._rng.bit_generator.state,
+                 "extra": self._extra, "training": self._position}
+        return state, arrays
+
+    @classmethod
+    def _from_state(cls, state, arrays, backend="auto"):
+        """The network ``_io.read_model_file`` describes: ``state`` (its checked header), ``arrays``.
+
+        Raises ``_io.InvalidContent`` when the file's config does not build a
+        network, ImportError when ``backend`` is not installed.
+        """
+        try:
+            network = cls(**state["config"], backend=backend)
+        except ImportError:  # a missing compiled backend: not the file's fault
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            # the backend name and setting are checked before: this is the file's config
+            raise _io.InvalidContent(f"config: {exc}") from None
+        network._params[...] = arrays["params"]
+        if state["optimizer"] is not None:
+            network._bind_optimizer(Optimizer.from_config(state["optimizer"]))
+            network._state[...] = arrays["optimizer_state"]
+            network._step = state["step"]
+        network._rng.bit_generator.state = state["shuffle_rng"]
+        network._extra = state["extra"]
+        network._position = state["training"]
+        return network
 
     def __repr__(self):
         return (f"Network({list(self.layers)}, activations={self._activation_names[:-1]}, "
                 f"output_activation={self._activation_names[-1]!r}, loss={self._loss_name!r}, "
                 f"dtype={self._dtype.name!r}, backend={self.backend!r})")
+
+
+def load(path, backend="auto"):
+    """Load a network saved with :meth:`Network.save`.
+
+    Parameters
+    ----------
+    path : str or path-like
+    backend : str, default "auto"
+        The backend of the loaded network.
+
+    Returns
+    -------
+    Network
+        With the saved weights, optimizer, optimizer state and shuffle state,
+        so that a further ``fit`` continues the saved training.  A file written
+        by ``fit(checkpoint=...)`` also restores the training position, which
+        ``fit(..., resume=True)`` continues.
+
+    Raises
+    ------
+    ValueError
+        The file is not a model file this fastbp reads (damaged, truncated,
+        crafted or of another format), or ``backend`` is not a backend name.
+    OSError
+        The file cannot be opened or read.
+    """
+    # the caller's argument first, so that its error is not blamed on the file
+    _check_backend(backend)
+    return load_contents(path, _io.read_model_file(path), backend)
+
+
+def load_contents(path, contents, backend="auto"):
+    """The network of ``contents = _io.read_model_file(path)``: a file read and checked once.
+
+    Internal (the command line's): lets a caller look at the header
+    (``contents[0]``, e.g. its ``extra``) before choosing the backend, without
+    reading the file a second time.  Errors as :func:`load`'s.
+    """
+    _check_backend(backend)
+    state, arrays = contents
+    try:
+        return Network._from_state(state, arrays, backend)
+    except _io.InvalidContent as exc:
+        raise _io.corrupt(path, str(exc)) from None
+
+
+def _check_backend(backend):
+    """Refuse a bad ``backend`` argument or ``FASTBP_BACKEND`` setting (ValueError)."""
+    choices = ("auto", *_backends.backend_names())
+    validation.check_choice(backend, choices, "backend")
+    validation.check_choice(_config.backend(), choices, "backend (from FASTBP_BACKEND)")
 
 
 @contextlib.contextmanager

@@ -122,7 +122,7 @@ def test_resume_reads_the_checkpoint_once(capsys, tmp_path, monkeypatch):
 
     ckpt = _checkpoint(capsys, tmp_path / "ck.fbp")
     other = _checkpoint(capsys, tmp_path / "other.fbp", "--seed", 5, "--batch-size", 16)
-    real_read, reads = _io._read, []
+    real_read, reads = _io.read_model_file, []
 
     def read(path):
         reads.append(str(path))
@@ -130,7 +130,7 @@ def test_resume_reads_the_checkpoint_once(capsys, tmp_path, monkeypatch):
         os.replace(other, ckpt)  # the file changes right after it was read
         return result
 
-    monkeypatch.setattr(_io, "_read", read)
+    monkeypatch.setattr(_io, "read_model_file", read)
     status, out, err = run(capsys, "train", "--resume", ckpt, "--epochs", 3, "--quiet",
                            "--checkpoint", tmp_path / "next.fbp")
     assert status == 0, err

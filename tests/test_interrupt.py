@@ -294,19 +294,19 @@ def test_fastbp_train_resume_accepts_the_same_large_batch_size_typed_again(tmp_p
 
 # ------------------------------------------------------------------ a failed checkpoint write
 class FailingWrites:
-    """``_io.save_network`` that fails with ENOSPC on the calls numbered in ``fail``."""
+    """``_io.write_model_file`` that fails with ENOSPC on the calls numbered in ``fail``."""
 
     def __init__(self, monkeypatch, *fail):
         import fastbp._io
 
-        self.real, self.fail, self.calls = fastbp._io.save_network, set(fail), 0
-        monkeypatch.setattr(fastbp._io, "save_network", self)
+        self.real, self.fail, self.calls = fastbp._io.write_model_file, set(fail), 0
+        monkeypatch.setattr(fastbp._io, "write_model_file", self)
 
-    def __call__(self, network, path):
+    def __call__(self, path, state, arrays):
         self.calls += 1
         if self.calls in self.fail:
             raise OSError(28, "No space left on device")
-        return self.real(network, path)
+        return self.real(path, state, arrays)
 
 
 def test_a_failed_checkpoint_write_keeps_the_exact_position(tmp_path, monkeypatch):
