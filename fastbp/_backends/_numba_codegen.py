@@ -34,7 +34,6 @@ This module only produces text; it imports neither Numba nor the API.
 """
 
 import hashlib
-from pathlib import Path
 
 #: Nets with at most this many parameters (and widths at most MAX_WIDTH) get
 #: the all-scalar per-sample SGD kernel.  Measured against the generic
@@ -52,19 +51,17 @@ PREFETCH_LINES = 8
 #: sample, so the next rows' cache misses must be started well ahead).
 PREFETCH_AHEAD = 32
 
-#: Names the generated module takes from the materialised template module.
+#: Names the generated module takes from the kernels module of its dtype.
 HELPERS = ("DT", "C", "CACHE", "F64_MAX", "SIGNATURES", "_entry", "prefetch", "activate1",
            "derivative1", "loss_value", "loss_grad")
 
-_TEMPLATE = Path(__file__).with_name("_numba_template.py")
 _HEADER_START = "# ---- header: rewritten when the module is materialised"
 _HEADER_END = "# ---- end of header"
 
 
-def template_source(dtype, cache):
-    """The kernel template with its header set for ``dtype`` and ``cache``."""
-    text = _TEMPLATE.read_text(encoding="utf-8")
-    head, rest = text.split(_HEADER_START, 1)
+def kernels_source(source, dtype, cache):
+    """``source``, the text of ``_numba_kernels``, with its header set for ``dtype``, ``cache``."""
+    head, rest = source.split(_HEADER_START, 1)
     _, tail = rest.split(_HEADER_END, 1)
     header = (f"{_HEADER_START} (done) --------\n"
               f"DTYPE = {dtype!r}\nCACHE = {bool(cache)!r}\n{_HEADER_END}")
@@ -116,132 +113,135 @@ def _layers(sizes):
     return out
 
 
-def _emit_prefetch_row(w, row, n0, nl, itemsize):
+def _emit_prefetch_row(emit, row, n0, nl, itemsize):
     """Prefetch the cache lines of ``X[row]`` (up to PREFETCH_LINES) and ``Y[row]``."""
     per_line = CACHE_LINE // itemsize
     offsets = list(range(0, n0, per_line))[:PREFETCH_LINES]
     if n0 - 1 not in offsets and len(offsets) < PREFETCH_LINES:
         offsets.append(n0 - 1)  # a row that starts mid-line spills into one more line
     for off in offsets:
-        w(f"prefetch(X, {row} * {n0} + {off})")
-    w(f"prefetch(Y, {row} * {nl})")
+        emit(f"prefetch(X, {row} * {n0} + {off})")
+    emit(f"prefetch(Y, {row} * {nl})")
 
 
-def _emit_train_scalar(w, sizes, itemsize):
+def _emit_train_scalar(emit, sizes, itemsize):
     """Per-sample plain SGD with every weight in a local variable."""
     layers = _layers(sizes)
-    L = len(layers)
+    n_layers = len(layers)
     n0, nl = sizes[0], sizes[-1]
 
-    def k(li, i, j):
+    def weight(li, i, j):  # kernel entry (i, j) of layer li
         return f"k{li}_{i}_{j}"
 
-    def h(li, j):
+    def unit(li, j):  # output j of layer li (li = 0: the input)
         return f"x_{j}" if li == 0 else f"h{li}_{j}"
 
-    w("@_entry")
-    w("def train_scalar(params, acts, loss, X, Y, order, hyper):")
-    w.indent()
-    w(f'"""Batch size 1, plain SGD, layers {"-".join(map(str, sizes))}: '
+    emit("@_entry")
+    emit("def train_scalar(params, acts, loss, X, Y, order, hyper):")
+    emit.indent()
+    emit(f'"""Batch size 1, plain SGD, layers {"-".join(map(str, sizes))}: '
       'weights in registers for the whole chunk.')
-    w()
-    w("Same contract and numbers as the generic ``train_sgd``.")
-    w('"""')
-    for li in range(1, L + 1):
-        w(f"act{li} = acts[{li - 1}]")
-    w("lr = DT(hyper[0])")
+    emit()
+    emit("Same contract and numbers as the generic ``train_sgd``.")
+    emit('"""')
+    for li in range(1, n_layers + 1):
+        emit(f"act{li} = acts[{li - 1}]")
+    emit("lr = DT(hyper[0])")
     if nl != 1:
-        w(f"scale = DT(1.0 / {nl})  # d(mean over outputs)/dp for a batch of one row")
-    w("n = order.shape[0]")
-    w("total = 0.0")
-    w("done = n")
+        emit(f"scale = DT(1.0 / {nl})  # d(mean over outputs)/dp for a batch of one row")
+    emit("n = order.shape[0]")
+    emit("total = 0.0")
+    emit("done = n")
     for li, (k_off, b_off, n_in, n_out) in enumerate(layers, 1):
         for i in range(n_in):
-            w("; ".join(f"{k(li, i, j)} = params[{k_off + i * n_out + j}]" for j in range(n_out)))
-        w("; ".join(f"c{li}_{j} = params[{b_off + j}]" for j in range(n_out)))
-    w("for q in range(n):")
-    w.indent()
-    w(f"if q + {PREFETCH_AHEAD} < n:  # start the cache misses of a later row now")
-    w.indent()
-    w(f"ahead = order[q + {PREFETCH_AHEAD}]")
-    _emit_prefetch_row(w, "ahead", n0, nl, itemsize)
-    w.dedent()
-    w("row = order[q]")
-    w("; ".join(f"x_{i} = X[row, {i}]" for i in range(n0)))
+            emit("; ".join(f"{weight(li, i, j)} = params[{k_off + i * n_out + j}]"
+                           for j in range(n_out)))
+        emit("; ".join(f"c{li}_{j} = params[{b_off + j}]" for j in range(n_out)))
+    emit("for q in range(n):")
+    emit.indent()
+    emit(f"if q + {PREFETCH_AHEAD} < n:  # start the cache misses of a later row now")
+    emit.indent()
+    emit(f"ahead = order[q + {PREFETCH_AHEAD}]")
+    _emit_prefetch_row(emit, "ahead", n0, nl, itemsize)
+    emit.dedent()
+    emit("row = order[q]")
+    emit("; ".join(f"x_{i} = X[row, {i}]" for i in range(n0)))
     for li, (_, _, n_in, n_out) in enumerate(layers, 1):
-        w(f"# layer {li}: {n_in} -> {n_out}")
+        emit(f"# layer {li}: {n_in} -> {n_out}")
         for j in range(n_out):
-            terms = " + ".join(f"{h(li - 1, i)} * {k(li, i, j)}" for i in range(n_in))
-            w(f"h{li}_{j} = ({terms}) + c{li}_{j}")
-        w(f"if act{li} != C.LINEAR:")
-        w.indent()
+            terms = " + ".join(f"{unit(li - 1, i)} * {weight(li, i, j)}" for i in range(n_in))
+            emit(f"h{li}_{j} = ({terms}) + c{li}_{j}")
+        emit(f"if act{li} != C.LINEAR:")
+        emit.indent()
         for j in range(n_out):
-            w(f"h{li}_{j} = activate1(h{li}_{j}, act{li})")
-        w.dedent()
-    w("; ".join(f"y_{j} = Y[row, {j}]" for j in range(nl)))
-    w("lsum = " + " + ".join(f"np.float64(loss_value(h{L}_{j}, y_{j}, loss))"
+            emit(f"h{li}_{j} = activate1(h{li}_{j}, act{li})")
+        emit.dedent()
+    emit("; ".join(f"y_{j} = Y[row, {j}]" for j in range(nl)))
+    emit("lsum = " + " + ".join(f"np.float64(loss_value(h{n_layers}_{j}, y_{j}, loss))"
                              for j in range(nl)))
-    w("if not abs(lsum) <= F64_MAX:  # NaN or inf")
-    w("    done = q  # this sample's update is not applied")
-    w("    break")
-    w(f"total += lsum / {nl}")
+    emit("if not abs(lsum) <= F64_MAX:  # NaN or inf")
+    emit("    done = q  # this sample's update is not applied")
+    emit("    break")
+    emit(f"total += lsum / {nl}")
     scale = " * scale" if nl != 1 else ""  # 1 / n_out is exactly 1 for one output
     for j in range(nl):
-        w(f"e{L}_{j} = loss_grad(h{L}_{j}, y_{j}, loss){scale}")
-    w(f"if act{L} != C.LINEAR:")
-    w.indent()
+        emit(f"e{n_layers}_{j} = loss_grad(h{n_layers}_{j}, y_{j}, loss){scale}")
+    emit(f"if act{n_layers} != C.LINEAR:")
+    emit.indent()
     for j in range(nl):
-        w(f"e{L}_{j} = e{L}_{j} * derivative1(h{L}_{j}, act{L})")
-    w.dedent()
-    for li in range(L, 0, -1):
+        emit(f"e{n_layers}_{j} = e{n_layers}_{j} * derivative1(h{n_layers}_{j}, act{n_layers})")
+    emit.dedent()
+    for li in range(n_layers, 0, -1):
         _, _, n_in, n_out = layers[li - 1]
-        w(f"# layer {li} backward and update")
+        emit(f"# layer {li} backward and update")
         if li > 1:  # delta of the layer below, from the OLD weights
             for i in range(n_in):
-                terms = " + ".join(f"{k(li, i, j)} * e{li}_{j}" for j in range(n_out))
-                w(f"e{li - 1}_{i} = {terms}")
-            w(f"if act{li - 1} != C.LINEAR:")
-            w.indent()
+                terms = " + ".join(f"{weight(li, i, j)} * e{li}_{j}" for j in range(n_out))
+                emit(f"e{li - 1}_{i} = {terms}")
+            emit(f"if act{li - 1} != C.LINEAR:")
+            emit.indent()
             for i in range(n_in):
-                w(f"e{li - 1}_{i} = e{li - 1}_{i} * derivative1(h{li - 1}_{i}, act{li - 1})")
-            w.dedent()
+                emit(f"e{li - 1}_{i} = e{li - 1}_{i} * derivative1(h{li - 1}_{i}, act{li - 1})")
+            emit.dedent()
         for i in range(n_in):
             for j in range(n_out):
-                w(f"{k(li, i, j)} -= lr * ({h(li - 1, i)} * e{li}_{j})")
+                emit(f"{weight(li, i, j)} -= lr * ({unit(li - 1, i)} * e{li}_{j})")
         for j in range(n_out):
-            w(f"c{li}_{j} -= lr * e{li}_{j}")
-    w.dedent()
+            emit(f"c{li}_{j} -= lr * e{li}_{j}")
+    emit.dedent()
     for li, (k_off, b_off, n_in, n_out) in enumerate(layers, 1):
         for i in range(n_in):
-            w("; ".join(f"params[{k_off + i * n_out + j}] = {k(li, i, j)}" for j in range(n_out)))
-        w("; ".join(f"params[{b_off + j}] = c{li}_{j}" for j in range(n_out)))
-    w("return total, done")
-    w.dedent()
+            emit("; ".join(f"params[{k_off + i * n_out + j}] = {weight(li, i, j)}"
+                           for j in range(n_out)))
+        emit("; ".join(f"params[{b_off + j}] = c{li}_{j}" for j in range(n_out)))
+    emit("return total, done")
+    emit.dedent()
 
 
-def network_source(sizes, dtype, template_module):
+def network_source(sizes, dtype, kernels_module):
     """Module source of the scalar kernel for the ``sizes`` net in ``dtype``.
 
-    The helpers come from ``template_module`` (the name under which the
-    materialised template for the same dtype and cache setting is
-    imported); naming it in the source also ties this module's cache
-    entries to that exact template.
+    The helpers come from ``kernels_module``: the name of the kernels module
+    for the same dtype and cache setting (a materialised module, whose name
+    holds the hash of its text, or ``fastbp._backends._numba_kernels`` itself
+    when nothing is cached); naming it in the source also ties this module's
+    cache entries to exactly those kernels.
     """
     sizes = tuple(int(s) for s in sizes)
     itemsize = 4 if dtype == "float32" else 8
-    w = _Writer()
-    w(f'"""fastbp Numba kernel specialised to layers {list(sizes)}, {dtype}.')
-    w()
-    w("Generated by fastbp._backends._numba_codegen; do not edit: the file name is")
-    w('the hash of this content."""')
-    w()
-    w("import numpy as np")
-    w()
-    w(f"from {template_module} import ({', '.join(HELPERS)})")
-    w()
-    w(f"DTYPE = {dtype!r}")
-    w(f"SIZES = {sizes!r}")
-    w()
-    w()
-    _emit_train_scalar(w, sizes, itemsize)
-    return w.text()
+    emit = _Writer()
+    emit(f'"""fastbp Numba kernel specialised to layers {list(sizes)}, {dtype}.')
+    emit()
+    emit("Generated by fastbp._backends._numba_codegen; do not edit: the file name is")
+    emit('the hash of this content."""')
+    emit()
+    emit("import numpy as np")
+    emit()
+    emit(f"from {kernels_module} import ({', '.join(HELPERS)})")
+    emit()
+    emit(f"DTYPE = {dtype!r}")
+    emit(f"SIZES = {sizes!r}")
+    emit()
+    emit()
+    _emit_train_scalar(emit, sizes, itemsize)
+    return emit.text()

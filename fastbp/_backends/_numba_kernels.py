@@ -1,15 +1,37 @@
 """Numba kernels of the ``numba`` backend, written once for any layer widths.
 
-This file is *source text* for ``fastbp._backends.numba_``, not a module it
-imports directly: the backend reads it, rewrites the header block below
-(dtype, caching) and materialises one module per dtype in the per-user
-cache directory (``fastbp._config.cache_dir()``), so that Numba's
-``cache=True`` stores the compiled code next to it, outside site-packages.
-The architecture-specialised modules that ``_numba_codegen`` writes import
-their helpers from the materialised module of the same dtype.  It must
-therefore stay importable on its own: it imports NumPy, Numba and
-``fastbp._backends._codes`` only.  Its numbers follow ``numpy_.py`` (the
-reference); ``csrc/_ckernels.pyx`` is the Cython twin of the same contract.
+An ordinary module: importing it gives the float64 kernels, compiled on first
+use and not cached on disk, and that is what ``fastbp._backends.numba_`` uses
+when caching is off (``FASTBP_NO_CACHE=1``, or ``NUMBA_DISABLE_JIT=1``, where
+nothing is compiled).  For every other case the backend *materialises* it:
+it takes this module's source (through its loader), rewrites the header block
+below (dtype, caching) and compiles one module per dtype from that text,
+written to and verified in the per-user cache directory
+(``fastbp._config.cache_dir()``).  The architecture-specialised modules that
+``_numba_codegen`` writes import their helpers from the module of the same
+dtype.  Why the text step stays (measured with Numba 0.68):
+
+* Numba's ``cache=True`` stores the machine code beside the function's source
+  file (``__pycache__``); for this file that is site-packages, which may be
+  read-only or writable by others (the cache holds pickles that Numba
+  unpickles and code that runs, so it must be private).  A materialised copy
+  in the private cache directory puts the cache there with Numba's public
+  behaviour only; the alternative is a custom cache locator built on
+  Numba's private ``numba.core.caching._CacheLocator`` / ``_CacheImpl``.
+* The dtype-dependent globals (``DT``, ``TINY``, ``VECTOR``, ``TILE_WIDTH``...)
+  cannot simply become per-dtype closures: a factory ``make_kernels(dtype)``
+  defining the ``@njit`` functions in a closure compiles, but Numba's cache
+  index keys a closure by the pickled contents of its cells, and a captured
+  dispatcher pickles with a per-process id, so a second process never hits
+  the cache (measured: 0 hits, a new ``.nbc`` per process).  Reading the
+  dtype from the arrays instead would turn ~80 ``DT(...)`` casts and the
+  tile constants into typed helpers, for no gain in speed.
+* The tiny-net modules name the materialised module (its file name is the
+  hash of its text), which ties their cache entries to these exact kernels.
+
+It imports NumPy, Numba and ``fastbp._backends._codes`` only.  Its numbers
+follow ``numpy_.py`` (the reference); ``csrc/_ckernels.pyx`` is the Cython
+twin of the same contract.
 
 Every entry point is compiled for exactly one signature (``SIGNATURES``),
 which keeps Numba's on-disk cache index at one entry per function: that is
@@ -35,7 +57,7 @@ Performance choices, each measured on the benchmark workloads:
   20-64-64-1 net.  Each view site also costs ~40 ms
   of compile time (slicing and reshaping code with its error paths).
 * Flat indices are cast to unsigned (``U``): Numba then emits no
-  negative-index wraparound, so ``buf[U(offset + j)]`` stays an affine
+  negative-index wraparound, so ``buf[uidx(offset + j)]`` stays an affine
   address and the loop vectorises like a loop over a view.
 * Kernel rows, biases and activation rows start on 64-byte boundaries (see
   "working layout"): an AVX-512 load that straddles two cache lines costs
@@ -54,22 +76,23 @@ import math
 
 import numba
 import numpy as np
-from numba import types as _t
+from numba import types as nbtypes
 from numba.extending import intrinsic
 
 from fastbp._backends import _codes as C
 
 # ---- header: rewritten when the module is materialised -------------------
+# (as imported: float64, no on-disk cache)
 DTYPE = "float64"
 CACHE = False
 # ---- end of header --------------------------------------------------------
 
 DT = np.dtype(DTYPE).type
 ITEMSIZE = np.dtype(DTYPE).itemsize
-_NBT = numba.from_dtype(np.dtype(DTYPE))
+_NUMBA_DT = numba.from_dtype(np.dtype(DTYPE))
 
 #: Index cast (see the module docstring): unsigned, so no wraparound code.
-U = np.uint64
+uidx = np.uint64
 
 #: LLVM fast-math flags: reassociate / contract / no signed zeros / allow
 #: reciprocals.  Never nnan or ninf: they would delete the NaN checks.
@@ -103,6 +126,14 @@ AXPY_MIN_WIDTH = 8
 #: multiple of it with zero inputs and zero deltas, which add nothing.
 ROW_BLOCK = 4
 
+#: Rows of the working-layout table ``lay`` (built by numba_._layout; see
+#: "working layout" below).
+LAY_KERNEL = 0     # kernel offset
+LAY_BIAS = 1       # bias offset
+LAY_KERNEL_LD = 2  # kernel row stride
+LAY_ACT_LD = 3     # activation row stride
+LAY_ACT = 4        # activation block offset
+
 #: Bytes per cache line; at most PREFETCH_LINES lines of a row are prefetched.
 CACHE_LINE = 64
 PREFETCH_LINES = 8
@@ -134,26 +165,29 @@ TILE_WIDTH = 2 * VECTOR
 # working parameter, gradient and optimizer-state buffers and ``work`` the
 # activation/delta workspace, all allocated and laid out by numba_.py (``lay``,
 # see "working layout" below).
-_W = _t.Array(_NBT, 1, "C")                      # wp, wg, work
-_ST = _t.Array(_NBT, 2, "C")                     # wst: optimizer state (2, size)
-_X = _t.Array(_NBT, 2, "C", readonly=True)       # X, Y
-_O = _t.Array(_NBT, 2, "C")                      # out
-_I = _t.Array(_t.int64, 1, "C", readonly=True)   # sizes, acts, order
-_L = _t.Array(_t.int64, 2, "C", readonly=True)   # lay
-_H = _t.Array(_t.float64, 1, "C", readonly=True)  # hyper
-_i8 = _t.int64
-_RET_TRAIN = _t.Tuple((_t.float64, _t.int64))
+_BUF = nbtypes.Array(_NUMBA_DT, 1, "C")                         # wp, wg, work
+_STATE = nbtypes.Array(_NUMBA_DT, 2, "C")                       # wst: optimizer state (2, size)
+_DATA = nbtypes.Array(_NUMBA_DT, 2, "C", readonly=True)         # X, Y
+_OUT = nbtypes.Array(_NUMBA_DT, 2, "C")                         # out
+_INTS = nbtypes.Array(nbtypes.int64, 1, "C", readonly=True)     # sizes, acts, order
+_LAYOUT = nbtypes.Array(nbtypes.int64, 2, "C", readonly=True)   # lay
+_HYPER = nbtypes.Array(nbtypes.float64, 1, "C", readonly=True)  # hyper
+_INT = nbtypes.int64                                            # codes, counts, step
+_TRAIN_RESULT = nbtypes.Tuple((nbtypes.float64, nbtypes.int64))  # (loss sum, rows done)
 
 SIGNATURES = {
-    "predict": _t.none(_W, _L, _I, _I, _X, _O, _W, _i8),
-    "loss_sum": _t.float64(_W, _L, _I, _I, _i8, _X, _X, _W, _i8),
-    "loss_and_gradients": _t.float64(_W, _W, _L, _I, _I, _i8, _X, _X, _W, _i8),
-    "train_sgd": _RET_TRAIN(_W, _L, _I, _I, _i8, _X, _X, _I, _H, _W),
-    "train_single": _RET_TRAIN(_W, _W, _ST, _L, _I, _I, _i8, _X, _X, _I, _i8, _H, _i8, _W),
-    "train_batch": _RET_TRAIN(_W, _W, _ST, _L, _I, _I, _i8, _X, _X, _I, _i8, _i8, _i8, _H,
-                              _i8, _W),
+    "predict": nbtypes.none(_BUF, _LAYOUT, _INTS, _INTS, _DATA, _OUT, _BUF, _INT),
+    "loss_sum": nbtypes.float64(_BUF, _LAYOUT, _INTS, _INTS, _INT, _DATA, _DATA, _BUF, _INT),
+    "loss_and_gradients": nbtypes.float64(_BUF, _BUF, _LAYOUT, _INTS, _INTS, _INT, _DATA,
+                                          _DATA, _BUF, _INT),
+    "train_sgd": _TRAIN_RESULT(_BUF, _LAYOUT, _INTS, _INTS, _INT, _DATA, _DATA, _INTS, _HYPER,
+                               _BUF),
+    "train_single": _TRAIN_RESULT(_BUF, _BUF, _STATE, _LAYOUT, _INTS, _INTS, _INT, _DATA,
+                                  _DATA, _INTS, _INT, _HYPER, _INT, _BUF),
+    "train_batch": _TRAIN_RESULT(_BUF, _BUF, _STATE, _LAYOUT, _INTS, _INTS, _INT, _DATA, _DATA,
+                                 _INTS, _INT, _INT, _INT, _HYPER, _INT, _BUF),
     # the architecture-specialised kernel (generated by _numba_codegen)
-    "train_scalar": _RET_TRAIN(_W, _I, _i8, _X, _X, _I, _H),
+    "train_scalar": _TRAIN_RESULT(_BUF, _INTS, _INT, _DATA, _DATA, _INTS, _HYPER),
 }
 
 
@@ -183,7 +217,7 @@ else:
                               ir.Constant(i32, 3), ir.Constant(i32, 1)])
             return context.get_dummy_value()
 
-        return _t.void(arr, index), codegen
+        return nbtypes.void(arr, index), codegen
 
 
 if numba.config.DISABLE_JIT:
@@ -269,8 +303,8 @@ else:
                     builder.store(builder.load(slot), ptr, align=ITEMSIZE)
             return context.get_dummy_value()
 
-        i8 = _t.int64  # offsets and strides, cast by the caller
-        return _t.void(A, i8, i8, i8, B, i8, i8, Z, i8, i8, i8, _t.boolean), codegen
+        i8 = nbtypes.int64  # offsets and strides, cast by the caller
+        return nbtypes.void(A, i8, i8, i8, B, i8, i8, Z, i8, i8, i8, nbtypes.boolean), codegen
 
 
 #: Options of every kernel.  ``error_model="numpy"``: a float division by zero
@@ -379,7 +413,7 @@ def loss_grad(p, y, code):
 
 # --------------------------------------------------------------------- vector helpers
 # Blocks of rows live in flat buffers: element (r, j) of a block at offset
-# ``o`` with row stride ``ld`` is ``buf[U(o + r * ld + j)]`` (one row: r = 0).
+# ``o`` with row stride ``ld`` is ``buf[uidx(o + r * ld + j)]`` (one row: r = 0).
 
 @_helper
 def activate_rows(x, z0, ld, m, n, code):
@@ -388,20 +422,20 @@ def activate_rows(x, z0, ld, m, n, code):
         for r in range(m):
             o = z0 + r * ld
             for j in range(n):
-                if x[U(o + j)] < 0:  # NaN < 0 is False: NaN passes, as in np.maximum
-                    x[U(o + j)] = DT(0)
+                if x[uidx(o + j)] < 0:  # NaN < 0 is False: NaN passes, as in np.maximum
+                    x[uidx(o + j)] = DT(0)
     elif code == C.SIGMOID:
         for r in range(m):
             o = z0 + r * ld
             for j in range(n):
                 # 1 / (exp(-z) + 1): exp overflows to inf for very negative z,
                 # and 1 / inf = 0 is the right limit (numpy_'s order of operations)
-                x[U(o + j)] = DT(1) / (math.exp(-x[U(o + j)]) + DT(1))
+                x[uidx(o + j)] = DT(1) / (math.exp(-x[uidx(o + j)]) + DT(1))
     elif code == C.TANH:
         for r in range(m):
             o = z0 + r * ld
             for j in range(n):
-                x[U(o + j)] = math.tanh(x[U(o + j)])
+                x[uidx(o + j)] = math.tanh(x[uidx(o + j)])
 
 
 @_helper
@@ -415,19 +449,20 @@ def derivative_rows(x, d0, a0, ld, m, n, code):
         for r in range(m):
             o = r * ld
             for j in range(n):
-                x[U(d0 + o + j)] = x[U(d0 + o + j)] * (DT(1) if x[U(a0 + o + j)] > 0 else DT(0))
+                relu_d = DT(1) if x[uidx(a0 + o + j)] > 0 else DT(0)
+                x[uidx(d0 + o + j)] = x[uidx(d0 + o + j)] * relu_d
     elif code == C.SIGMOID:
         for r in range(m):
             o = r * ld
             for j in range(n):
-                a = x[U(a0 + o + j)]
-                x[U(d0 + o + j)] = x[U(d0 + o + j)] * (a * (DT(1) - a))
+                a = x[uidx(a0 + o + j)]
+                x[uidx(d0 + o + j)] = x[uidx(d0 + o + j)] * (a * (DT(1) - a))
     elif code == C.TANH:
         for r in range(m):
             o = r * ld
             for j in range(n):
-                a = x[U(a0 + o + j)]
-                x[U(d0 + o + j)] = x[U(d0 + o + j)] * (DT(1) - a * a)
+                a = x[uidx(a0 + o + j)]
+                x[uidx(d0 + o + j)] = x[uidx(d0 + o + j)] * (DT(1) - a * a)
 
 
 @_helper
@@ -445,31 +480,31 @@ def output_delta(x, z0, d0, ld, Y, y0, m, n, loss, scale):
         for r in range(m):
             o = r * ld
             for j in range(n):
-                e = x[U(z0 + o + j)] - Y[y0 + r, j]
+                e = x[uidx(z0 + o + j)] - Y[y0 + r, j]
                 total += np.float64(e * e)
-                x[U(d0 + o + j)] = (DT(2) * e) * scale
+                x[uidx(d0 + o + j)] = (DT(2) * e) * scale
     elif loss == C.MAE:
         for r in range(m):
             o = r * ld
             for j in range(n):
-                e = x[U(z0 + o + j)] - Y[y0 + r, j]
+                e = x[uidx(z0 + o + j)] - Y[y0 + r, j]
                 total += np.float64(abs(e))
                 g = DT(1) if e > 0 else (DT(-1) if e < 0 else e)  # np.sign; NaN stays NaN
-                x[U(d0 + o + j)] = g * scale
+                x[uidx(d0 + o + j)] = g * scale
     elif loss == C.HUBER:
         delta = DT(C.HUBER_DELTA)
         for r in range(m):
             o = r * ld
             for j in range(n):
-                e = x[U(z0 + o + j)] - Y[y0 + r, j]
+                e = x[uidx(z0 + o + j)] - Y[y0 + r, j]
                 a = abs(e)
                 if a <= delta:
                     total += np.float64(DT(0.5) * e * e)
-                    x[U(d0 + o + j)] = e * scale
+                    x[uidx(d0 + o + j)] = e * scale
                 else:  # NaN lands here and stays NaN
                     total += np.float64(delta * (a - DT(0.5 * C.HUBER_DELTA)))
                     g = DT(1) if e > 0 else (DT(-1) if e < 0 else e)
-                    x[U(d0 + o + j)] = (delta * g) * scale
+                    x[uidx(d0 + o + j)] = (delta * g) * scale
     else:
         # binary cross-entropy on p clipped to [eps, 1 - eps]: the clip passes
         # no gradient, and NaN passes the clip (comparisons with NaN are False)
@@ -479,7 +514,7 @@ def output_delta(x, z0, d0, ld, Y, y0, m, n, loss, scale):
         for r in range(m):
             o = r * ld
             for j in range(n):
-                p = x[U(z0 + o + j)]
+                p = x[uidx(z0 + o + j)]
                 y = Y[y0 + r, j]
                 pc = p
                 if pc < eps:
@@ -488,21 +523,21 @@ def output_delta(x, z0, d0, ld, Y, y0, m, n, loss, scale):
                     pc = hi
                 total += np.float64(-(y * math.log(pc) + (one - y) * math.log(one - pc)))
                 if p >= eps and p <= hi:
-                    x[U(d0 + o + j)] = -(y / p - (one - y) / (one - p)) * scale
+                    x[uidx(d0 + o + j)] = -(y / p - (one - y) / (one - p)) * scale
                 else:
-                    x[U(d0 + o + j)] = DT(0)
+                    x[uidx(d0 + o + j)] = DT(0)
     return total
 
 
 @_helper
-def adam_alpha(hyper, t):
-    """Adam's bias-corrected step size at the 1-based step ``t``.
+def adam_alpha(hyper, step):
+    """Adam's bias-corrected step size at the 1-based step ``step``.
 
     Formed in float64 and then rounded to ``DT``, as numpy_ forms it from
     Python floats; computed once per step, not per parameter or row.
     """
-    tf = np.float64(t)
-    return DT(hyper[0] * math.sqrt(1.0 - hyper[2] ** tf) / (1.0 - hyper[1] ** tf))
+    step_f = np.float64(step)
+    return DT(hyper[0] * math.sqrt(1.0 - hyper[2] ** step_f) / (1.0 - hyper[1] ** step_f))
 
 
 @_helper
@@ -519,12 +554,12 @@ def apply_update(w, g, s, opt, hyper, alpha, start, stop):
     lr = DT(hyper[0])
     if opt == C.SGD:
         for q in range(start, stop):
-            k = U(q)
+            k = uidx(q)
             w[k] -= lr * g[k]
     elif opt == C.SGD_MOMENTUM:
         mu = DT(hyper[1])
         for q in range(start, stop):
-            k = U(q)
+            k = uidx(q)
             v = s[0, k] * mu - lr * g[k]
             w[k] += v
             if abs(v) < TINY:
@@ -533,7 +568,7 @@ def apply_update(w, g, s, opt, hyper, alpha, start, stop):
     elif opt == C.SGD_NESTEROV:
         mu = DT(hyper[1])
         for q in range(start, stop):
-            k = U(q)
+            k = uidx(q)
             gk = g[k]
             v = s[0, k] * mu - lr * gk
             w[k] += mu * v - lr * gk
@@ -545,7 +580,7 @@ def apply_update(w, g, s, opt, hyper, alpha, start, stop):
         c2 = DT(1.0 - hyper[2])
         eps = DT(hyper[3])
         for q in range(start, stop):
-            k = U(q)
+            k = uidx(q)
             gk = g[k]
             mk = s[0, k] + (gk - s[0, k]) * c1
             vk = s[1, k] + (gk * gk - s[1, k]) * c2
@@ -563,7 +598,7 @@ def apply_update(w, g, s, opt, hyper, alpha, start, stop):
         if opt == C.RMSPROP_MOMENTUM:
             mom = DT(hyper[2])
             for q in range(start, stop):
-                k = U(q)
+                k = uidx(q)
                 gk = g[k]
                 vk = s[0, k] * rho + c * (gk * gk)
                 bk = s[1, k] * mom + lr * gk / math.sqrt(vk + eps)
@@ -576,7 +611,7 @@ def apply_update(w, g, s, opt, hyper, alpha, start, stop):
                 s[1, k] = bk
         else:
             for q in range(start, stop):
-                k = U(q)
+                k = uidx(q)
                 gk = g[k]
                 vk = s[0, k] * rho + c * (gk * gk)
                 w[k] -= lr * gk / math.sqrt(vk + eps)
@@ -604,30 +639,30 @@ def dense_flat(x, a0, w, k0, ld, b0, z0, n_in, n_out):
     """
     if n_out >= AXPY_MIN_WIDTH:
         for j in range(n_out):
-            x[U(z0 + j)] = DT(0)
+            x[uidx(z0 + j)] = DT(0)
         n4 = n_in - n_in % 4
         for i in range(0, n4, 4):
-            c0 = x[U(a0 + i)]
-            c1 = x[U(a0 + i + 1)]
-            c2 = x[U(a0 + i + 2)]
-            c3 = x[U(a0 + i + 3)]
+            c0 = x[uidx(a0 + i)]
+            c1 = x[uidx(a0 + i + 1)]
+            c2 = x[uidx(a0 + i + 2)]
+            c3 = x[uidx(a0 + i + 3)]
             r = k0 + i * ld
             for j in range(n_out):
-                x[U(z0 + j)] += ((c0 * w[U(r + j)] + c1 * w[U(r + ld + j)])
-                                 + (c2 * w[U(r + 2 * ld + j)] + c3 * w[U(r + 3 * ld + j)]))
+                x[uidx(z0 + j)] += ((c0 * w[uidx(r + j)] + c1 * w[uidx(r + ld + j)])
+                                 + (c2 * w[uidx(r + 2 * ld + j)] + c3 * w[uidx(r + 3 * ld + j)]))
         for i in range(n4, n_in):
-            ci = x[U(a0 + i)]
+            ci = x[uidx(a0 + i)]
             r = k0 + i * ld
             for j in range(n_out):
-                x[U(z0 + j)] += ci * w[U(r + j)]
+                x[uidx(z0 + j)] += ci * w[uidx(r + j)]
         for j in range(n_out):
-            x[U(z0 + j)] += w[U(b0 + j)]
+            x[uidx(z0 + j)] += w[uidx(b0 + j)]
     else:  # dot form; a one-unit head's kernel is a contiguous column
         for j in range(n_out):
             s = DT(0)
             for i in range(n_in):
-                s += x[U(a0 + i)] * w[U(k0 + i * ld + j)]
-            x[U(z0 + j)] = s + w[U(b0 + j)]
+                s += x[uidx(a0 + i)] * w[uidx(k0 + i * ld + j)]
+            x[uidx(z0 + j)] = s + w[uidx(b0 + j)]
 
 
 @_helper
@@ -640,34 +675,34 @@ def backward_flat_sgd(x, a0, dx, d0, p0, w, k0, ld, b0, n_in, n_out, lr, propaga
     ``K[i, j] -= lr * (a_i * d_j)``: numpy_'s numbers, without a gradient buffer.
     """
     if n_out == 1:  # a contiguous column: run along i
-        e = dx[U(d0)]
+        e = dx[uidx(d0)]
         if propagate:
             for i in range(n_in):
-                k = w[U(k0 + i)]
-                dx[U(p0 + i)] = k * e
-                w[U(k0 + i)] = k - lr * (x[U(a0 + i)] * e)
+                k = w[uidx(k0 + i)]
+                dx[uidx(p0 + i)] = k * e
+                w[uidx(k0 + i)] = k - lr * (x[uidx(a0 + i)] * e)
         else:
             for i in range(n_in):
-                w[U(k0 + i)] -= lr * (x[U(a0 + i)] * e)
+                w[uidx(k0 + i)] -= lr * (x[uidx(a0 + i)] * e)
     elif propagate:
         for i in range(n_in):
-            ai = x[U(a0 + i)]
+            ai = x[uidx(a0 + i)]
             r = k0 + i * ld
             s = DT(0)
             for j in range(n_out):
-                kij = w[U(r + j)]
-                dj = dx[U(d0 + j)]
+                kij = w[uidx(r + j)]
+                dj = dx[uidx(d0 + j)]
                 s += kij * dj
-                w[U(r + j)] = kij - lr * (ai * dj)
-            dx[U(p0 + i)] = s
+                w[uidx(r + j)] = kij - lr * (ai * dj)
+            dx[uidx(p0 + i)] = s
     else:
         for i in range(n_in):
-            ai = x[U(a0 + i)]
+            ai = x[uidx(a0 + i)]
             r = k0 + i * ld
             for j in range(n_out):
-                w[U(r + j)] -= lr * (ai * dx[U(d0 + j)])
+                w[uidx(r + j)] -= lr * (ai * dx[uidx(d0 + j)])
     for j in range(n_out):
-        w[U(b0 + j)] -= lr * dx[U(d0 + j)]
+        w[uidx(b0 + j)] -= lr * dx[uidx(d0 + j)]
 
 
 @_helper
@@ -685,30 +720,30 @@ def backward_flat_update(x, a0, dx, d0, p0, w, g, s, k0, ld, b0, n_in, n_out, pr
     ~740 KB (float64), which a separate update pass read back from L2/L3.
     """
     if n_out == 1:  # a contiguous column: run along i
-        e = dx[U(d0)]
+        e = dx[uidx(d0)]
         if propagate:
             for i in range(n_in):
-                dx[U(p0 + i)] = w[U(k0 + i)] * e
+                dx[uidx(p0 + i)] = w[uidx(k0 + i)] * e
         for i in range(n_in):
-            g[U(k0 + i)] = x[U(a0 + i)] * e
+            g[uidx(k0 + i)] = x[uidx(a0 + i)] * e
         apply_update(w, g, s, opt, hyper, alpha, k0, k0 + n_in)
     else:
         for i in range(n_in):
-            ai = x[U(a0 + i)]
+            ai = x[uidx(a0 + i)]
             r = k0 + i * ld
             if propagate:
                 acc = DT(0)
                 for j in range(n_out):
-                    dj = dx[U(d0 + j)]
-                    acc += w[U(r + j)] * dj
-                    g[U(r + j)] = ai * dj
-                dx[U(p0 + i)] = acc
+                    dj = dx[uidx(d0 + j)]
+                    acc += w[uidx(r + j)] * dj
+                    g[uidx(r + j)] = ai * dj
+                dx[uidx(p0 + i)] = acc
             else:
                 for j in range(n_out):
-                    g[U(r + j)] = ai * dx[U(d0 + j)]
+                    g[uidx(r + j)] = ai * dx[uidx(d0 + j)]
             apply_update(w, g, s, opt, hyper, alpha, r, r + n_out)
     for j in range(n_out):
-        g[U(b0 + j)] = dx[U(d0 + j)]
+        g[uidx(b0 + j)] = dx[uidx(d0 + j)]
     apply_update(w, g, s, opt, hyper, alpha, b0, b0 + n_out)
 
 
@@ -730,8 +765,8 @@ def rows_forward(x, a0, lda, w, k0, ldk, b0, z0, ldz, m, n_in, n_out):
             for j in range(n_out):
                 s = DT(0)
                 for i in range(n_in):
-                    s += x[U(a + i)] * w[U(k0 + i * ldk + j)]
-                x[U(z0 + r * ldz + j)] = s + w[U(b0 + j)]
+                    s += x[uidx(a + i)] * w[uidx(k0 + i * ldk + j)]
+                x[uidx(z0 + r * ldz + j)] = s + w[uidx(b0 + j)]
         return
     nt = n_out - n_out % TILE_WIDTH  # outputs in full tiles
     for j in range(0, nt, TILE_WIDTH):
@@ -746,40 +781,40 @@ def rows_forward(x, a0, lda, w, k0, ldk, b0, z0, ldz, m, n_in, n_out):
             z = z0 + r * ldz
             y = z + ldz
             for j in range(nt, n_out):
-                x[U(z + j)] = DT(0)
-                x[U(y + j)] = DT(0)
+                x[uidx(z + j)] = DT(0)
+                x[uidx(y + j)] = DT(0)
             for i in range(0, n4, 4):
-                a_0 = x[U(a + i)]
-                a_1 = x[U(a + i + 1)]
-                a_2 = x[U(a + i + 2)]
-                a_3 = x[U(a + i + 3)]
-                c_0 = x[U(c + i)]
-                c_1 = x[U(c + i + 1)]
-                c_2 = x[U(c + i + 2)]
-                c_3 = x[U(c + i + 3)]
+                a_0 = x[uidx(a + i)]
+                a_1 = x[uidx(a + i + 1)]
+                a_2 = x[uidx(a + i + 2)]
+                a_3 = x[uidx(a + i + 3)]
+                c_0 = x[uidx(c + i)]
+                c_1 = x[uidx(c + i + 1)]
+                c_2 = x[uidx(c + i + 2)]
+                c_3 = x[uidx(c + i + 3)]
                 k = k0 + i * ldk
                 for j in range(nt, n_out):
-                    w0 = w[U(k + j)]
-                    w1 = w[U(k + ldk + j)]
-                    w2 = w[U(k + 2 * ldk + j)]
-                    w3 = w[U(k + 3 * ldk + j)]
-                    x[U(z + j)] += (a_0 * w0 + a_1 * w1) + (a_2 * w2 + a_3 * w3)
-                    x[U(y + j)] += (c_0 * w0 + c_1 * w1) + (c_2 * w2 + c_3 * w3)
+                    w0 = w[uidx(k + j)]
+                    w1 = w[uidx(k + ldk + j)]
+                    w2 = w[uidx(k + 2 * ldk + j)]
+                    w3 = w[uidx(k + 3 * ldk + j)]
+                    x[uidx(z + j)] += (a_0 * w0 + a_1 * w1) + (a_2 * w2 + a_3 * w3)
+                    x[uidx(y + j)] += (c_0 * w0 + c_1 * w1) + (c_2 * w2 + c_3 * w3)
             for i in range(n4, n_in):
-                a_i = x[U(a + i)]
-                c_i = x[U(c + i)]
+                a_i = x[uidx(a + i)]
+                c_i = x[uidx(c + i)]
                 k = k0 + i * ldk
                 for j in range(nt, n_out):
-                    x[U(z + j)] += a_i * w[U(k + j)]
-                    x[U(y + j)] += c_i * w[U(k + j)]
+                    x[uidx(z + j)] += a_i * w[uidx(k + j)]
+                    x[uidx(y + j)] += c_i * w[uidx(k + j)]
     for r in range(m):
         z = z0 + r * ldz
         for j in range(n_out):
-            x[U(z + j)] += w[U(b0 + j)]
+            x[uidx(z + j)] += w[uidx(b0 + j)]
 
 
 @_helper
-def rows_backward(x, a0, lda, d0, ldd, p0, w, g, k0, ldk, b0, m, n_in, n_out, propagate, t):
+def rows_backward(x, a0, lda, d0, ldd, p0, w, g, k0, ldk, b0, m, n_in, n_out, propagate, kt):
     """Minibatch backward of one layer for ``m`` rows (a multiple of ROW_BLOCK; the
     caller pads with zero deltas): gK += A.T @ D and gb += the column sums of D.
 
@@ -787,7 +822,7 @@ def rows_backward(x, a0, lda, d0, ldd, p0, w, g, k0, ldk, b0, m, n_in, n_out, pr
     delta) at ``x[d0:]`` (``ldd``); K and gK at offset ``k0`` of ``w`` and
     ``g`` (``ldk``), gb at ``g[b0:]``.  With ``propagate``, also P = D @ K.T
     (the delta of the layer below, before its activation derivative) at
-    ``x[p0:]`` with A's stride; ``t`` is scratch for K.T
+    ``x[p0:]`` with A's stride; ``kt`` is scratch for K.T
     (``transpose_scratch``).  Both products go through register tiles (``gemm_tile``):
     gK's tiles read A transposed through its strides (four inputs per tile
     row, adjacent in A's rows) and D's rows as B; P's read D as A and the
@@ -799,15 +834,15 @@ def rows_backward(x, a0, lda, d0, ldd, p0, w, g, k0, ldk, b0, m, n_in, n_out, pr
     """
     if n_out == 1:
         for r in range(m):
-            e = x[U(d0 + r * ldd)]
+            e = x[uidx(d0 + r * ldd)]
             a = a0 + r * lda
             for i in range(n_in):
-                g[U(k0 + i)] += x[U(a + i)] * e
-            g[U(b0)] += e
+                g[uidx(k0 + i)] += x[uidx(a + i)] * e
+            g[uidx(b0)] += e
             if propagate:
                 p = p0 + r * lda
                 for i in range(n_in):
-                    x[U(p + i)] = w[U(k0 + i)] * e
+                    x[uidx(p + i)] = w[uidx(k0 + i)] * e
         return
     nt = n_out - n_out % TILE_WIDTH  # gK columns in full tiles
     it = n_in - n_in % TILE_ROWS     # gK rows in full tiles
@@ -822,27 +857,28 @@ def rows_backward(x, a0, lda, d0, ldd, p0, w, g, k0, ldk, b0, m, n_in, n_out, pr
         a = a0 + r * lda
         # the edges: columns nt: of the tiled rows (if any), then every column of the rest
         for i in range(0 if nt < n_out else it, n_in):
-            x0 = x[U(a + i)]
-            x1 = x[U(a + lda + i)]
-            x2 = x[U(a + 2 * lda + i)]
-            x3 = x[U(a + 3 * lda + i)]
+            x0 = x[uidx(a + i)]
+            x1 = x[uidx(a + lda + i)]
+            x2 = x[uidx(a + 2 * lda + i)]
+            x3 = x[uidx(a + 3 * lda + i)]
             k = k0 + i * ldk
             for j in range(nt if i < it else 0, n_out):
-                g[U(k + j)] += ((x0 * x[U(d_0 + j)] + x1 * x[U(d_1 + j)])
-                                + (x2 * x[U(d_2 + j)] + x3 * x[U(d_3 + j)]))
+                g[uidx(k + j)] += ((x0 * x[uidx(d_0 + j)] + x1 * x[uidx(d_1 + j)])
+                                   + (x2 * x[uidx(d_2 + j)] + x3 * x[uidx(d_3 + j)]))
         for j in range(n_out):
-            g[U(b0 + j)] += (x[U(d_0 + j)] + x[U(d_1 + j)]) + (x[U(d_2 + j)] + x[U(d_3 + j)])
+            g[uidx(b0 + j)] += ((x[uidx(d_0 + j)] + x[uidx(d_1 + j)])
+                                + (x[uidx(d_2 + j)] + x[uidx(d_3 + j)]))
     if not propagate:
         return
     # K.T into the scratch, rows a multiple of a cache line apart
     ldt = (n_in + VECTOR - 1) // VECTOR * VECTOR
     for i in range(n_in):
         for j in range(n_out):
-            t[U(j * ldt + i)] = w[U(k0 + i * ldk + j)]
+            kt[uidx(j * ldt + i)] = w[uidx(k0 + i * ldk + j)]
     pt = n_in - n_in % TILE_WIDTH  # P columns in full tiles
     for i in range(0, pt, TILE_WIDTH):
         for r in range(0, m, TILE_ROWS):
-            gemm_tile(x, d0 + r * ldd, ldd, 1, t, i, ldt, x, p0 + r * lda + i, lda, n_out,
+            gemm_tile(x, d0 + r * ldd, ldd, 1, kt, i, ldt, x, p0 + r * lda + i, lda, n_out,
                       False)
     for r in range(0, m, 4):
         d_0 = d0 + r * ldd
@@ -857,15 +893,15 @@ def rows_backward(x, a0, lda, d0, ldd, p0, w, g, k0, ldk, b0, m, n_in, n_out, pr
             s2 = DT(0)
             s3 = DT(0)
             for j in range(n_out):
-                kj = w[U(k + j)]
-                s0 += kj * x[U(d_0 + j)]
-                s1 += kj * x[U(d_1 + j)]
-                s2 += kj * x[U(d_2 + j)]
-                s3 += kj * x[U(d_3 + j)]
-            x[U(p + i)] = s0
-            x[U(p + lda + i)] = s1
-            x[U(p + 2 * lda + i)] = s2
-            x[U(p + 3 * lda + i)] = s3
+                kj = w[uidx(k + j)]
+                s0 += kj * x[uidx(d_0 + j)]
+                s1 += kj * x[uidx(d_1 + j)]
+                s2 += kj * x[uidx(d_2 + j)]
+                s3 += kj * x[uidx(d_3 + j)]
+            x[uidx(p + i)] = s0
+            x[uidx(p + lda + i)] = s1
+            x[uidx(p + 2 * lda + i)] = s2
+            x[uidx(p + 3 * lda + i)] = s3
 
 
 @_helper
@@ -878,8 +914,8 @@ def transpose_scratch(sizes):
     n = 1
     for li in range(1, sizes.shape[0] - 1):
         n = max(n, sizes[li + 1] * ((sizes[li] + VECTOR - 1) // VECTOR * VECTOR))
-    t = np.empty(n + CACHE_LINE // ITEMSIZE, dtype=DT)
-    return t[(-t.ctypes.data) % CACHE_LINE // ITEMSIZE:]
+    buf = np.empty(n + CACHE_LINE // ITEMSIZE, dtype=DT)
+    return buf[(-buf.ctypes.data) % CACHE_LINE // ITEMSIZE:]
 
 
 # --------------------------------------------------------------------- working layout
@@ -888,14 +924,17 @@ def transpose_scratch(sizes):
 # aligned working buffers in which every kernel row, bias and activation row
 # starts on a cache-line boundary, calls one kernel for a whole chunk, and
 # copies back: O(n_params) per call.  ``lay`` (int64, shape (5, n_layers + 1))
-# describes that layout, per layer li:
-#   lay[0, li]  kernel offset in wp / wg / wst[k]; rows of stride lay[2, li]
-#   lay[1, li]  bias offset
-#   lay[2, li]  kernel row stride: the width rounded up to a cache line (a one-
-#               to three-unit layer keeps a dense kernel: a one-unit head is a
-#               contiguous column)
-#   lay[3, li]  row stride of layer li's activations in the workspace
-#   lay[4, li]  offset of layer li's (rows, lay[3, li]) block in the workspace
+# describes that layout; its rows, per layer li:
+#   lay[LAY_KERNEL, li]     kernel offset in wp / wg / wst[k]; rows of stride
+#                           lay[LAY_KERNEL_LD, li]
+#   lay[LAY_BIAS, li]       bias offset
+#   lay[LAY_KERNEL_LD, li]  kernel row stride: the width rounded up to a cache
+#                           line (a one- to three-unit layer keeps a dense
+#                           kernel: a one-unit head is a contiguous column)
+#   lay[LAY_ACT_LD, li]     row stride of layer li's activations in the workspace
+#   lay[LAY_ACT, li]        offset of layer li's (rows, lay[LAY_ACT_LD, li])
+#                           block of activations in the workspace
+# (the first three for li < n_layers, the last two also for li = n_layers).
 # The workspace ``work`` holds the activations in its first half and the
 # deltas, at the same offsets plus ``half``, in its second.  The optimizer
 # update is element-wise, so it runs over the whole working buffer at once;
@@ -906,10 +945,10 @@ def load_block(X, x0, m, mp, work, ld, n0):
     """Copy rows ``x0:x0+m`` of X into layer 0 of the workspace, zeroing rows ``m:mp``."""
     for r in range(m):
         for i in range(n0):
-            work[U(r * ld + i)] = X[x0 + r, i]
+            work[uidx(r * ld + i)] = X[x0 + r, i]
     for r in range(m, mp):
         for i in range(n0):
-            work[U(r * ld + i)] = DT(0)
+            work[uidx(r * ld + i)] = DT(0)
 
 
 # --------------------------------------------------------------------- entry points
@@ -918,22 +957,23 @@ def predict(wp, lay, sizes, acts, X, out, work, rows):
     """Network outputs for the rows of ``X`` into ``out``, ``rows`` rows per block."""
     n_layers = sizes.shape[0] - 1
     n_out = sizes[n_layers]
-    top = lay[4, n_layers]
-    ldt = lay[3, n_layers]
+    top = lay[LAY_ACT, n_layers]
+    ldt = lay[LAY_ACT_LD, n_layers]
     n = X.shape[0]
     for start in range(0, n, rows):
         m = min(rows, n - start)
         mp = (m + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
-        load_block(X, start, m, mp, work, lay[3, 0], sizes[0])
+        load_block(X, start, m, mp, work, lay[LAY_ACT_LD, 0], sizes[0])
         for li in range(n_layers):  # forward
-            rows_forward(work, lay[4, li], lay[3, li], wp, lay[0, li], lay[2, li], lay[1, li],
-                         lay[4, li + 1], lay[3, li + 1], mp, sizes[li], sizes[li + 1])
+            rows_forward(work, lay[LAY_ACT, li], lay[LAY_ACT_LD, li], wp, lay[LAY_KERNEL, li],
+                         lay[LAY_KERNEL_LD, li], lay[LAY_BIAS, li], lay[LAY_ACT, li + 1],
+                         lay[LAY_ACT_LD, li + 1], mp, sizes[li], sizes[li + 1])
             if acts[li] != C.LINEAR:
-                activate_rows(work, lay[4, li + 1], lay[3, li + 1], mp, sizes[li + 1],
-                              acts[li])
+                activate_rows(work, lay[LAY_ACT, li + 1], lay[LAY_ACT_LD, li + 1], mp,
+                              sizes[li + 1], acts[li])
         for r in range(m):
             for j in range(n_out):
-                out[start + r, j] = work[U(top + r * ldt + j)]
+                out[start + r, j] = work[uidx(top + r * ldt + j)]
 
 
 @_entry
@@ -942,20 +982,21 @@ def loss_sum(wp, lay, sizes, acts, loss, X, Y, work, rows):
     n_layers = sizes.shape[0] - 1
     n_out = sizes[n_layers]
     half = work.shape[0] // 2
-    top = lay[4, n_layers]
-    ldt = lay[3, n_layers]
+    top = lay[LAY_ACT, n_layers]
+    ldt = lay[LAY_ACT_LD, n_layers]
     n = X.shape[0]
     total = 0.0
     for start in range(0, n, rows):
         m = min(rows, n - start)
         mp = (m + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
-        load_block(X, start, m, mp, work, lay[3, 0], sizes[0])
+        load_block(X, start, m, mp, work, lay[LAY_ACT_LD, 0], sizes[0])
         for li in range(n_layers):  # forward
-            rows_forward(work, lay[4, li], lay[3, li], wp, lay[0, li], lay[2, li], lay[1, li],
-                         lay[4, li + 1], lay[3, li + 1], mp, sizes[li], sizes[li + 1])
+            rows_forward(work, lay[LAY_ACT, li], lay[LAY_ACT_LD, li], wp, lay[LAY_KERNEL, li],
+                         lay[LAY_KERNEL_LD, li], lay[LAY_BIAS, li], lay[LAY_ACT, li + 1],
+                         lay[LAY_ACT_LD, li + 1], mp, sizes[li], sizes[li + 1])
             if acts[li] != C.LINEAR:
-                activate_rows(work, lay[4, li + 1], lay[3, li + 1], mp, sizes[li + 1],
-                              acts[li])
+                activate_rows(work, lay[LAY_ACT, li + 1], lay[LAY_ACT_LD, li + 1], mp,
+                              sizes[li + 1], acts[li])
         total += output_delta(work, top, half + top, ldt, Y, start, m, n_out, loss, DT(1))
     return total / n_out
 
@@ -970,8 +1011,8 @@ def loss_and_gradients(wp, wg, lay, sizes, acts, loss, X, Y, work, rows):
     n_layers = sizes.shape[0] - 1
     n_out = sizes[n_layers]
     half = work.shape[0] // 2
-    top = lay[4, n_layers]
-    ldt = lay[3, n_layers]
+    top = lay[LAY_ACT, n_layers]
+    ldt = lay[LAY_ACT_LD, n_layers]
     scale = DT(1.0 / n_out)
     kt = transpose_scratch(sizes)
     n = X.shape[0]
@@ -979,23 +1020,25 @@ def loss_and_gradients(wp, wg, lay, sizes, acts, loss, X, Y, work, rows):
     for start in range(0, n, rows):
         m = min(rows, n - start)
         mp = (m + ROW_BLOCK - 1) // ROW_BLOCK * ROW_BLOCK
-        load_block(X, start, m, mp, work, lay[3, 0], sizes[0])
+        load_block(X, start, m, mp, work, lay[LAY_ACT_LD, 0], sizes[0])
         for li in range(n_layers):  # forward
-            rows_forward(work, lay[4, li], lay[3, li], wp, lay[0, li], lay[2, li], lay[1, li],
-                         lay[4, li + 1], lay[3, li + 1], mp, sizes[li], sizes[li + 1])
+            rows_forward(work, lay[LAY_ACT, li], lay[LAY_ACT_LD, li], wp, lay[LAY_KERNEL, li],
+                         lay[LAY_KERNEL_LD, li], lay[LAY_BIAS, li], lay[LAY_ACT, li + 1],
+                         lay[LAY_ACT_LD, li + 1], mp, sizes[li], sizes[li + 1])
             if acts[li] != C.LINEAR:
-                activate_rows(work, lay[4, li + 1], lay[3, li + 1], mp, sizes[li + 1],
-                              acts[li])
+                activate_rows(work, lay[LAY_ACT, li + 1], lay[LAY_ACT_LD, li + 1], mp,
+                              sizes[li + 1], acts[li])
         total += output_delta(work, top, half + top, ldt, Y, start, m, n_out, loss, scale)
         for r in range(m, mp):  # padding rows: zero deltas add nothing
             for j in range(n_out):
-                work[U(half + top + r * ldt + j)] = DT(0)
+                work[uidx(half + top + r * ldt + j)] = DT(0)
         for li in range(n_layers - 1, -1, -1):  # backward
             if acts[li] != C.LINEAR:  # d loss / d z of this layer
-                derivative_rows(work, half + lay[4, li + 1], lay[4, li + 1], lay[3, li + 1],
-                                mp, sizes[li + 1], acts[li])
-            rows_backward(work, lay[4, li], lay[3, li], half + lay[4, li + 1], lay[3, li + 1],
-                          half + lay[4, li], wp, wg, lay[0, li], lay[2, li], lay[1, li], mp,
+                derivative_rows(work, half + lay[LAY_ACT, li + 1], lay[LAY_ACT, li + 1],
+                                lay[LAY_ACT_LD, li + 1], mp, sizes[li + 1], acts[li])
+            rows_backward(work, lay[LAY_ACT, li], lay[LAY_ACT_LD, li], half + lay[LAY_ACT, li + 1],
+                          lay[LAY_ACT_LD, li + 1], half + lay[LAY_ACT, li], wp, wg,
+                          lay[LAY_KERNEL, li], lay[LAY_KERNEL_LD, li], lay[LAY_BIAS, li], mp,
                           sizes[li], sizes[li + 1], li > 0, kt)
     return total / n_out
 
@@ -1014,7 +1057,7 @@ def train_sgd(wp, lay, sizes, acts, loss, X, Y, order, hyper, work):
     half = work.shape[0] // 2  # activations of the current sample, then their deltas
     n0 = sizes[0]
     n_out = sizes[n_layers]
-    top = lay[4, n_layers]
+    top = lay[LAY_ACT, n_layers]
     lr = DT(hyper[0])
     scale = DT(1.0 / n_out)  # d(mean over outputs)/dp for a batch of one row
     ahead = 32 if wp.shape[0] <= 256 else (8 if wp.shape[0] <= 8192 else 2)
@@ -1031,20 +1074,21 @@ def train_sgd(wp, lay, sizes, acts, loss, X, Y, order, hyper, work):
         for i in range(n0):
             work[i] = X[row, i]
         for li in range(n_layers):
-            dense_flat(work, lay[4, li], wp, lay[0, li], lay[2, li], lay[1, li], lay[4, li + 1],
-                       sizes[li], sizes[li + 1])
+            dense_flat(work, lay[LAY_ACT, li], wp, lay[LAY_KERNEL, li], lay[LAY_KERNEL_LD, li],
+                       lay[LAY_BIAS, li], lay[LAY_ACT, li + 1], sizes[li], sizes[li + 1])
             if acts[li] != C.LINEAR:
-                activate_rows(work, lay[4, li + 1], 0, 1, sizes[li + 1], acts[li])
+                activate_rows(work, lay[LAY_ACT, li + 1], 0, 1, sizes[li + 1], acts[li])
         lsum = output_delta(work, top, half + top, 0, Y, row, 1, n_out, loss, scale)
         if not abs(lsum) <= F64_MAX:  # NaN or inf (see F64_MAX)
             return total, q  # this sample's update is not applied
         total += lsum / n_out
         for li in range(n_layers - 1, -1, -1):
             if acts[li] != C.LINEAR:  # d loss / d z of this layer
-                derivative_rows(work, half + lay[4, li + 1], lay[4, li + 1], 0, 1,
+                derivative_rows(work, half + lay[LAY_ACT, li + 1], lay[LAY_ACT, li + 1], 0, 1,
                                 sizes[li + 1], acts[li])
-            backward_flat_sgd(work, lay[4, li], work, half + lay[4, li + 1], half + lay[4, li],
-                              wp, lay[0, li], lay[2, li], lay[1, li], sizes[li], sizes[li + 1],
+            backward_flat_sgd(work, lay[LAY_ACT, li], work, half + lay[LAY_ACT, li + 1],
+                              half + lay[LAY_ACT, li], wp, lay[LAY_KERNEL, li],
+                              lay[LAY_KERNEL_LD, li], lay[LAY_BIAS, li], sizes[li], sizes[li + 1],
                               lr, li > 0)
     return total, n
 
@@ -1061,13 +1105,13 @@ def train_single(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, opt, hyper, s
     half = work.shape[0] // 2
     n0 = sizes[0]
     n_out = sizes[n_layers]
-    top = lay[4, n_layers]
+    top = lay[LAY_ACT, n_layers]
     scale = DT(1.0 / n_out)
     ahead = 32 if wp.shape[0] <= 256 else (8 if wp.shape[0] <= 8192 else 2)
     lines = min(PREFETCH_LINES, (n0 * ITEMSIZE + CACHE_LINE - 1) // CACHE_LINE)
     n = order.shape[0]
     total = 0.0
-    t = step
+    opt_step = step  # updates done so far: Adam's t after the += 1 below
     for q in range(n):
         if q + ahead < n:
             nxt = order[q + ahead]
@@ -1078,24 +1122,24 @@ def train_single(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, opt, hyper, s
         for i in range(n0):
             work[i] = X[row, i]
         for li in range(n_layers):
-            dense_flat(work, lay[4, li], wp, lay[0, li], lay[2, li], lay[1, li], lay[4, li + 1],
-                       sizes[li], sizes[li + 1])
+            dense_flat(work, lay[LAY_ACT, li], wp, lay[LAY_KERNEL, li], lay[LAY_KERNEL_LD, li],
+                       lay[LAY_BIAS, li], lay[LAY_ACT, li + 1], sizes[li], sizes[li + 1])
             if acts[li] != C.LINEAR:
-                activate_rows(work, lay[4, li + 1], 0, 1, sizes[li + 1], acts[li])
+                activate_rows(work, lay[LAY_ACT, li + 1], 0, 1, sizes[li + 1], acts[li])
         lsum = output_delta(work, top, half + top, 0, Y, row, 1, n_out, loss, scale)
         if not abs(lsum) <= F64_MAX:  # NaN or inf (see F64_MAX)
             return total, q  # this sample's update is not applied
         total += lsum / n_out
-        t += 1
-        alpha = adam_alpha(hyper, t) if opt == C.ADAM else DT(0)
+        opt_step += 1
+        alpha = adam_alpha(hyper, opt_step) if opt == C.ADAM else DT(0)
         for li in range(n_layers - 1, -1, -1):
             if acts[li] != C.LINEAR:  # d loss / d z of this layer
-                derivative_rows(work, half + lay[4, li + 1], lay[4, li + 1], 0, 1,
+                derivative_rows(work, half + lay[LAY_ACT, li + 1], lay[LAY_ACT, li + 1], 0, 1,
                                 sizes[li + 1], acts[li])
-            backward_flat_update(work, lay[4, li], work, half + lay[4, li + 1],
-                                 half + lay[4, li], wp, wg, wst, lay[0, li], lay[2, li],
-                                 lay[1, li], sizes[li], sizes[li + 1], li > 0, opt, hyper,
-                                 alpha)
+            backward_flat_update(work, lay[LAY_ACT, li], work, half + lay[LAY_ACT, li + 1],
+                                 half + lay[LAY_ACT, li], wp, wg, wst, lay[LAY_KERNEL, li],
+                                 lay[LAY_KERNEL_LD, li], lay[LAY_BIAS, li], sizes[li],
+                                 sizes[li + 1], li > 0, opt, hyper, alpha)
     return total, n
 
 
@@ -1115,15 +1159,15 @@ def train_batch(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, batch_size, ro
     n = order.shape[0]
     half = work.shape[0] // 2
     n0 = sizes[0]
-    ld0 = lay[3, 0]
+    ld0 = lay[LAY_ACT_LD, 0]
     n_out = sizes[n_layers]
-    top = lay[4, n_layers]
-    ldt = lay[3, n_layers]
+    top = lay[LAY_ACT, n_layers]
+    ldt = lay[LAY_ACT_LD, n_layers]
     yb = np.empty((rows, n_out), dtype=DT)
     kt = transpose_scratch(sizes)
     lines = min(PREFETCH_LINES, (n0 * ITEMSIZE + CACHE_LINE - 1) // CACHE_LINE)
     total = 0.0
-    t = step
+    opt_step = step  # updates done so far: Adam's t after the += 1 below
     for start in range(0, n, batch_size):
         size = min(batch_size, n - start)
         scale = DT(1.0 / size / n_out)  # d(batch mean)/dp, rounded like numpy_
@@ -1136,39 +1180,41 @@ def train_batch(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, batch_size, ro
             for r in range(m):  # gather the block
                 row = order[first + r]
                 for i in range(n0):
-                    work[U(r * ld0 + i)] = X[row, i]
+                    work[uidx(r * ld0 + i)] = X[row, i]
                 for j in range(n_out):
                     yb[r, j] = Y[row, j]
             for r in range(m, mp):  # padding rows: zero inputs
                 for i in range(n0):
-                    work[U(r * ld0 + i)] = DT(0)
+                    work[uidx(r * ld0 + i)] = DT(0)
             for r in range(first + m, min(first + m + rows, n)):  # the next block
                 nxt = order[r]
                 for c in range(lines):
                     prefetch(X, nxt * n0 + c * (CACHE_LINE // ITEMSIZE))
                 prefetch(Y, nxt * n_out)
             for li in range(n_layers):  # forward
-                rows_forward(work, lay[4, li], lay[3, li], wp, lay[0, li], lay[2, li],
-                             lay[1, li], lay[4, li + 1], lay[3, li + 1], mp, sizes[li],
-                             sizes[li + 1])
+                rows_forward(work, lay[LAY_ACT, li], lay[LAY_ACT_LD, li], wp, lay[LAY_KERNEL, li],
+                             lay[LAY_KERNEL_LD, li], lay[LAY_BIAS, li], lay[LAY_ACT, li + 1],
+                             lay[LAY_ACT_LD, li + 1], mp, sizes[li], sizes[li + 1])
                 if acts[li] != C.LINEAR:
-                    activate_rows(work, lay[4, li + 1], lay[3, li + 1], mp, sizes[li + 1],
-                                  acts[li])
+                    activate_rows(work, lay[LAY_ACT, li + 1], lay[LAY_ACT_LD, li + 1], mp,
+                                  sizes[li + 1], acts[li])
             lsum += output_delta(work, top, half + top, ldt, yb, 0, m, n_out, loss, scale)
             for r in range(m, mp):  # padding rows: zero deltas add nothing
                 for j in range(n_out):
-                    work[U(half + top + r * ldt + j)] = DT(0)
+                    work[uidx(half + top + r * ldt + j)] = DT(0)
             for li in range(n_layers - 1, -1, -1):  # backward
                 if acts[li] != C.LINEAR:  # d loss / d z of this layer
-                    derivative_rows(work, half + lay[4, li + 1], lay[4, li + 1],
-                                    lay[3, li + 1], mp, sizes[li + 1], acts[li])
-                rows_backward(work, lay[4, li], lay[3, li], half + lay[4, li + 1],
-                              lay[3, li + 1], half + lay[4, li], wp, wg, lay[0, li],
-                              lay[2, li], lay[1, li], mp, sizes[li], sizes[li + 1], li > 0, kt)
+                    derivative_rows(work, half + lay[LAY_ACT, li + 1], lay[LAY_ACT, li + 1],
+                                    lay[LAY_ACT_LD, li + 1], mp, sizes[li + 1], acts[li])
+                rows_backward(work, lay[LAY_ACT, li], lay[LAY_ACT_LD, li],
+                              half + lay[LAY_ACT, li + 1], lay[LAY_ACT_LD, li + 1],
+                              half + lay[LAY_ACT, li], wp, wg, lay[LAY_KERNEL, li],
+                              lay[LAY_KERNEL_LD, li], lay[LAY_BIAS, li], mp, sizes[li],
+                              sizes[li + 1], li > 0, kt)
         if not abs(lsum) <= F64_MAX:  # NaN or inf (see F64_MAX)
             return total, start  # this batch's update is not applied
         total += lsum / n_out
-        t += 1
-        alpha = adam_alpha(hyper, t) if opt == C.ADAM else DT(0)
+        opt_step += 1
+        alpha = adam_alpha(hyper, opt_step) if opt == C.ADAM else DT(0)
         apply_update(wp, wg, wst, opt, hyper, alpha, 0, wp.shape[0])
     return total, n

@@ -11,7 +11,7 @@ Design
   the chunk inside one compiled function, with no Python and no allocation
   between samples.  Every kernel is compiled with ``nogil=True``: two
   networks trained from two threads run at once.
-* **Kernels** (``_numba_template.py``): width-generic ``predict``,
+* **Kernels** (``_numba_kernels.py``): width-generic ``predict``,
   ``loss_sum``, ``loss_and_gradients`` and three training loops (per-sample
   plain SGD with the backward pass fused into the update; per-sample with
   a stateful optimizer; minibatches as small register-blocked matrix
@@ -25,7 +25,7 @@ Design
 * **Working layout.**  The kernels compute on zeroed, 64-byte-aligned
   copies of the parameters and optimizer state in which every kernel row,
   bias and activation row starts on a cache line (see "working layout" in
-  the template); this module builds them in NumPy and copies back after
+  ``_numba_kernels``); this module builds them in NumPy and copies back after
   the call, O(n_params) per chunk of thousands of rows.
 * **Cached per user.**  Kernel sources are written into
   ``fastbp._config.cache_dir()`` (per user, keyed by version, never
@@ -39,7 +39,8 @@ Design
   one signature, and compiling a module takes a per-module file lock, so
   several processes starting on a cold cache all succeed (one compiles,
   the others load).  ``FASTBP_NO_CACHE=1`` builds the modules in memory and
-  compiles without caching.  Importing this module compiles nothing and
+  compiles without caching (the float64 generic kernels are then
+  ``_numba_kernels`` itself, an ordinary import).  Importing this module compiles nothing and
   writes nothing; each kernel is compiled (or loaded) on first use.
 * **The cache must be private.**  Numba's index (``.nbi``) and data
   (``.nbc``) files are pickles that Numba unpickles, and ``.nbc`` holds
@@ -84,9 +85,11 @@ import numpy as np
 from .. import _config
 from . import _codes, _contract
 from . import _numba_codegen as _gen
+from . import _numba_kernels as _kernels
 from ._contract import (check_chunk, check_gradients_call, check_loss_call, check_predict_call,
                         check_trainer_call)
 from ._layout import layer_views
+from ._numba_kernels import LAY_ACT, LAY_ACT_LD, LAY_BIAS, LAY_KERNEL, LAY_KERNEL_LD
 
 NAME = "numba"
 
@@ -288,7 +291,7 @@ def _import_source(name, text, cache):
     module.__file__ = filename
     code = compile(text, filename, "exec", dont_inherit=True)
     # Registered before it runs: Numba resolves a cached function's globals
-    # through sys.modules, and the per-architecture modules import the template.
+    # through sys.modules, and the per-architecture modules import the kernels.
     sys.modules[name] = module
     try:
         exec(code, module.__dict__)  # noqa: S102 (fastbp's own generated source)
@@ -308,9 +311,21 @@ def _import_source(name, text, cache):
     return module
 
 
+@functools.lru_cache(maxsize=1)
+def _kernels_text():
+    """The source of ``_numba_kernels``, read through its loader (materialised per dtype)."""
+    return _kernels.__spec__.loader.get_source(_kernels.__name__)
+
+
 def _module(dtype, sizes=None):
-    """The kernel module for ``dtype``: the template (generic kernels, helpers) or ``sizes``'."""
-    cache = _config.cache_enabled()
+    """The kernel module for ``dtype``: the generic kernels and helpers, or ``sizes``' kernel.
+
+    The generic kernels are ``_numba_kernels`` itself for float64 when nothing
+    is cached (it is float64 and uncached as imported), and otherwise that
+    module's text materialised for ``dtype`` and the cache (see its docstring).
+    Under ``NUMBA_DISABLE_JIT=1`` nothing is compiled, so nothing is cached.
+    """
+    cache = _config.cache_enabled() and not numba.config.DISABLE_JIT
     key = (dtype.name, sizes, cache)
     module = _modules.get(key)
     if module is not None:
@@ -320,18 +335,21 @@ def _module(dtype, sizes=None):
         if module is not None:
             return module
         if sizes is None:
+            if not cache and dtype.name == _kernels.DTYPE and not _kernels.CACHE:
+                _modules[key] = _kernels
+                return _kernels
             label = "generic"
-            template = None
+            generic = None
         else:
             label = "net_" + "x".join(map(str, sizes))[:60]
-            template = _module(dtype)
-            cache = cache and template.CACHE  # the template's decorator decides caching
+            generic = _module(dtype)
+            cache = cache and generic.CACHE  # the generic module's decorator decides caching
 
         def build(cache):
-            if template is None:
-                text = _gen.template_source(dtype.name, cache)
+            if generic is None:
+                text = _gen.kernels_source(_kernels_text(), dtype.name, cache)
             else:
-                text = _gen.network_source(sizes, dtype.name, template.__name__)
+                text = _gen.network_source(sizes, dtype.name, generic.__name__)
             name = f"fastbp_numba_{label}_{dtype.name}_{_gen.digest(text)}"
             return _import_source(name, text, cache)
 
@@ -481,7 +499,7 @@ def kernel(name, dtype, sizes=None):
 
 
 # ----------------------------------------------------------------------------- working layout
-# See "working layout" in _numba_template.py: the kernels compute on zeroed,
+# See "working layout" in _numba_kernels.py: the kernels compute on zeroed,
 # 64-byte-aligned copies in which every kernel row, bias and activation row
 # starts on a cache-line boundary.  Building them here, in NumPy, keeps that
 # bookkeeping out of the compiled code (every compiled helper adds to the
@@ -499,29 +517,33 @@ def _round_up(n, unit):
 
 @functools.lru_cache(maxsize=256)
 def _layout(sizes, itemsize, rows):
-    """``(lay, work_size, half)`` for ``sizes`` with ``rows`` rows of workspace per layer."""
-    vl = ALIGN // itemsize
+    """``(lay, work_size, half)`` for ``sizes`` with ``rows`` rows of workspace per layer.
+
+    ``lay`` is the table of offsets and strides the kernels index with its
+    named rows (``LAY_KERNEL`` ...; see "working layout" in _numba_kernels).
+    """
+    per_line = ALIGN // itemsize  # elements per cache line
     n_layers = len(sizes) - 1
     lay = np.zeros((5, n_layers + 1), dtype=np.int64)
     offset = 0
     for li in range(n_layers):
         n_in, n_out = sizes[li], sizes[li + 1]
-        ld = n_out if n_out < 4 else _round_up(n_out, vl)
-        lay[0, li] = offset
-        offset += _round_up(n_in * ld, vl)
-        lay[1, li] = offset
-        offset += _round_up(n_out, vl)
-        lay[2, li] = ld
+        kernel_ld = n_out if n_out < 4 else _round_up(n_out, per_line)
+        lay[LAY_KERNEL, li] = offset
+        offset += _round_up(n_in * kernel_ld, per_line)
+        lay[LAY_BIAS, li] = offset
+        offset += _round_up(n_out, per_line)
+        lay[LAY_KERNEL_LD, li] = kernel_ld
     half = 0
     for li in range(n_layers + 1):
-        lay[3, li] = _round_up(sizes[li], vl)
-        lay[4, li] = half
-        half += rows * int(lay[3, li])
+        lay[LAY_ACT_LD, li] = _round_up(sizes[li], per_line)
+        lay[LAY_ACT, li] = half
+        half += rows * int(lay[LAY_ACT_LD, li])
     lay.setflags(write=False)
     return lay, offset, half
 
 
-#: The minibatch kernels take rows in groups of this many (see the template).
+#: The minibatch kernels take rows in groups of this many (see _numba_kernels).
 ROW_BLOCK = 4
 
 
@@ -557,18 +579,18 @@ def _to_work(flat, sizes, lay, work):
     """Copy a flat parameter-shaped buffer (Keras layout) into the working layout."""
     for li, (k, b) in enumerate(layer_views(flat, sizes)):
         n_in, n_out = k.shape
-        ld = int(lay[2, li])
-        work[lay[0, li]:lay[0, li] + n_in * ld].reshape(n_in, ld)[:, :n_out] = k
-        work[lay[1, li]:lay[1, li] + n_out] = b
+        k0, b0, kernel_ld = (int(lay[row, li]) for row in (LAY_KERNEL, LAY_BIAS, LAY_KERNEL_LD))
+        work[k0:k0 + n_in * kernel_ld].reshape(n_in, kernel_ld)[:, :n_out] = k
+        work[b0:b0 + n_out] = b
 
 
 def _from_work(work, sizes, lay, flat):
     """Copy the working layout back into a flat parameter-shaped buffer."""
     for li, (k, b) in enumerate(layer_views(flat, sizes)):
         n_in, n_out = k.shape
-        ld = int(lay[2, li])
-        k[...] = work[lay[0, li]:lay[0, li] + n_in * ld].reshape(n_in, ld)[:, :n_out]
-        b[...] = work[lay[1, li]:lay[1, li] + n_out]
+        k0, b0, kernel_ld = (int(lay[row, li]) for row in (LAY_KERNEL, LAY_BIAS, LAY_KERNEL_LD))
+        k[...] = work[k0:k0 + n_in * kernel_ld].reshape(n_in, kernel_ld)[:, :n_out]
+        b[...] = work[b0:b0 + n_out]
 
 
 def _sizes(sizes):
@@ -649,7 +671,7 @@ class _Trainer:
         self._batch_size, self._optimizer, self._hyper = batch_size, optimizer, hyper
         self._slots = _contract.state_slots(optimizer)
         # Rows of workspace: one for per-sample training; for minibatches the
-        # block the template processes a batch in (the whole batch when small).
+        # block the kernels process a batch in (the whole batch when small).
         rows = 1 if batch_size == 1 else _batch_rows(shape, dtype.itemsize, batch_size,
                                                      batch_size)
         self._rows = rows
@@ -707,7 +729,7 @@ def open_trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper)
 
     Tiny nets trained per sample with plain SGD get the kernel generated for
     their architecture (weights in registers); everything else the generic
-    kernels of the template on the aligned working layout.
+    kernels of ``_numba_kernels`` on the aligned working layout.
     """
     dtype, loss, batch_size, optimizer = check_trainer_call(params, state, sizes, acts, loss,
                                                             batch_size, optimizer, hyper)
