@@ -24,8 +24,9 @@ dtype.  Why the text step stays (measured with Numba 0.68):
   index keys a closure by the pickled contents of its cells, and a captured
   dispatcher pickles with a per-process id, so a second process never hits
   the cache (measured: 0 hits, a new ``.nbc`` per process).  Reading the
-  dtype from the arrays instead would turn ~80 ``DT(...)`` casts and the
-  tile constants into typed helpers, for no gain in speed.
+  dtype from the arrays instead (not attempted) would turn ~80 ``DT(...)``
+  casts, ``TINY`` and the tile constants into typed helpers, a rewrite of
+  every kernel line that risks the numbers, for no gain in speed.
 * The tiny-net modules name the materialised module (its file name is the
   hash of its text), which ties their cache entries to these exact kernels.
 
