@@ -43,7 +43,8 @@ HERE = Path(__file__).parent
 SOURCE = "csrc/_ckernels.pyx"
 BASE_MODULE = "fastbp._ckernels"
 # suffix -> (GCC/clang flags, MSVC flags); each copy's source is csrc/_ckernels_<suffix>.pyx,
-# which includes _ckernels.pyx
+# which includes _ckernels.pyx, which includes its parts (csrc/_*.pxi): each copy is one
+# C translation unit, so the compiler inlines across the parts
 ISA_VARIANTS = {
     "avx2": (["-mavx2", "-mfma"], ["/arch:AVX2"]),
     "avx512": (["-mavx512f", "-mavx512cd", "-mavx512vl", "-mavx512bw", "-mavx512dq",
@@ -81,6 +82,13 @@ def _compile_args():
     return args
 
 
+def _includes():
+    """The files csrc/_ckernels.pyx includes: its per-concern .pxi parts and the C header."""
+    return sorted(str(p.relative_to(HERE).as_posix())
+                  for pattern in ("csrc/*.pxi", "csrc/*.pxd", "csrc/*.h")
+                  for p in HERE.glob(pattern))
+
+
 def _extensions():
     if not (HERE / SOURCE).exists():
         return []
@@ -109,9 +117,10 @@ def _extensions():
     macros = [("FASTBP_DEBUG", "1")] if DEBUG else []
     # NumPy's deprecated API is never used (memoryviews only).
     macros.append(("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"))
-    # depends: rebuild when the shared source or the C header changes, and ship both in sdists
+    # depends: rebuild when the shared source, one of its includes (csrc/*.pxi) or the C
+    # header changes (cythonize follows the includes itself; this is for the C compile)
     common = dict(define_macros=macros, include_dirs=["csrc"], extra_link_args=link_args,
-                  depends=[SOURCE, "csrc/_gemm.h"])
+                  depends=[SOURCE] + _includes())
     exts = [Extension(BASE_MODULE, [SOURCE], extra_compile_args=args, **common)]
     if X86_64 and not NATIVE:
         for suffix, (gcc_flags, msvc_flags) in ISA_VARIANTS.items():

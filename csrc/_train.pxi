@@ -1,0 +1,215 @@
+# The general training paths of train_chunk (the tiny-net kernels are in
+# _tiny.pxi) and the prefetching they share.  Included by _ckernels.pyx.
+#
+# ``train_single``
+#     batch size 1.  The backward pass is fused with the update
+#     (``backward_row_sgd`` / ``backward_row_update``): for each kernel row the
+#     delta passed to the layer below, ``sum_j K[i, j] d[j]``, is taken from
+#     the *old* weights and the row is updated in the same sweep, so each
+#     weight is read and written once per sample and no gradient buffer
+#     exists.  Updating layer ``l`` before layer ``l-1``'s gradient is formed
+#     changes nothing: that gradient depends only on the forward activations
+#     and the already-propagated delta.
+# ``train_batch``
+#     batch size > 1: the batch's rows are gathered, then matrix products
+#     (``gemm``) give the forward pass, ``A.T @ delta`` and ``delta @ K.T``
+#     (through a transposed copy of ``K``), and one vectorised optimizer sweep
+#     over the whole buffer follows -- the NumPy reference's order of
+#     operations.
+# Rows are visited in shuffled order, so the rows some samples ahead are
+# prefetched (``prefetch_distance``).
+
+cdef enum:
+    # cache lines of an input row prefetched ahead (its first ones)
+    PREFETCH_LINES = 8
+
+
+cdef inline Py_ssize_t prefetch_distance(Py_ssize_t n_params) noexcept nogil:
+    """Samples ahead to prefetch: about one memory latency's worth of work.
+
+    Rows come in shuffled order, so each is a cache miss unless asked for
+    early; a tiny net takes tens of nanoseconds per sample, a large one
+    microseconds.
+    """
+    if n_params <= 256:
+        return 16
+    if n_params <= 8192:
+        return 4
+    return 2
+
+
+cdef inline void prefetch_row(const floating* X, const floating* Y, Py_ssize_t row,
+                              Py_ssize_t n_x, Py_ssize_t n_y) noexcept nogil:
+    """Ask for row ``row`` of ``X`` (its first ``PREFETCH_LINES`` cache lines) and of ``Y`` (its first)."""
+    cdef const char* start = <const char*> (X + row * n_x)
+    cdef Py_ssize_t n_bytes = n_x * <Py_ssize_t> sizeof(floating), off = 0
+    if n_bytes > PREFETCH_LINES * LINE:
+        n_bytes = PREFETCH_LINES * LINE
+    while off < n_bytes:
+        FASTBP_PREFETCH(start + off)
+        off += LINE
+    FASTBP_PREFETCH(start + n_bytes - 1)   # the line a straddling row ends in
+    FASTBP_PREFETCH(Y + row * n_y)
+
+
+cdef int train_single(floating* wp, const Net* net, const floating* X,
+                      const floating* Y, Py_ssize_t n_rows, const int64_t* order,
+                      Py_ssize_t n_order, int loss, Update* rule, floating* ws0,
+                      floating* ws1, int64_t step, floating* work, double* loss_out,
+                      Py_ssize_t* done_out) except -1 nogil:
+    """Per-sample training (batch size 1): forward, loss, fused backward + update.
+
+    ``wp``, ``ws0``, ``ws1``: parameters and state slots in the working
+    layout.  ``work`` (line-aligned) holds ``total_width + 3 * ldd`` values:
+    one row of activations, two delta buffers and a gradient row.
+    """
+    cdef Py_ssize_t n_x = net.sizes[0], n_y = net.sizes[net.n_layers], ldd = net.ldd
+    cdef Py_ssize_t k, l, j, row, n_in, n_out
+    cdef Py_ssize_t ahead = prefetch_distance(net.n_params)
+    cdef floating* act = work
+    cdef floating* delta = act + net.total_width
+    cdef floating* delta_prev = delta + ldd
+    cdef floating* g = delta_prev + ldd
+    cdef floating* tmp
+    cdef floating* K
+    cdef floating* b
+    cdef const floating* x
+    cdef const floating* a
+    cdef floating lr = <floating> rule.lr
+    cdef floating scale = <floating> (1.0 / n_y)
+    cdef double total = 0, value
+    k = 0
+    while k < n_order:
+        if k + ahead < n_order:
+            prefetch_row(X, Y, order[k + ahead], n_x, n_y)
+        row = order[k]
+        if FASTBP_DEBUG and (row < 0 or row >= n_rows):
+            bad_row(row, n_rows)
+        x = X + row * n_x
+        a = x
+        for l in range(net.n_layers):
+            n_out = net.sizes[l + 1]
+            dense_row(a, wp + net.wk_off[l], net.ldk[l], wp + net.wb_off[l],
+                      act + net.act_off[l + 1], net.sizes[l], n_out)
+            activate(act + net.act_off[l + 1], n_out, net.acts[l])
+            a = act + net.act_off[l + 1]
+        value = output_delta(a, Y + row * n_y, delta, n_y, loss, scale) / n_y
+        if not isfinite(value):
+            break
+        total += value
+        update_step(rule, step)
+        for l in range(net.n_layers - 1, -1, -1):
+            n_in = net.sizes[l]
+            n_out = net.sizes[l + 1]
+            times_derivative(delta, act + net.act_off[l + 1], n_out, net.acts[l])
+            a = x if l == 0 else act + net.act_off[l]
+            K = wp + net.wk_off[l]
+            b = wp + net.wb_off[l]
+            if rule.kind == SGD:
+                backward_row_sgd(K, net.ldk[l], a, delta, delta_prev, n_in, n_out, lr, l > 0)
+                for j in range(n_out):
+                    b[j] -= lr * delta[j]
+            else:
+                backward_row_update(K, net.ldk[l], b, ws0 + net.wk_off[l], ws1 + net.wk_off[l],
+                                    ws0 + net.wb_off[l], ws1 + net.wb_off[l], a, delta,
+                                    delta_prev, g, n_in, n_out, l > 0, rule)
+            tmp = delta
+            delta = delta_prev
+            delta_prev = tmp
+        step += 1
+        k += 1
+    loss_out[0] = total
+    done_out[0] = k
+    return 0
+
+
+cdef int train_batch(floating* wp, const Net* net, const floating* X, const floating* Y,
+                     Py_ssize_t n_rows, const int64_t* order, Py_ssize_t n_order,
+                     Py_ssize_t batch_size, int loss, Update* rule, floating* ws0,
+                     floating* ws1, int64_t step, floating* work, Py_ssize_t batch_rows,
+                     double* loss_out, Py_ssize_t* done_out) except -1 nogil:
+    """Minibatch training: per batch, forward, loss, gradient of the batch mean, update.
+
+    ``wp``, ``ws0``, ``ws1``: parameters and state in the working layout.
+    ``work`` (line-aligned; see :c:func:`scratch_size`) holds, for
+    ``batch_rows >= min(batch_size, n_order)`` rows, the gathered inputs
+    (``batch_rows * line_up(n_x)``), every layer's activations (``batch_rows *
+    total_width``), two delta slabs (``batch_rows * ldd`` each), a transposed
+    kernel (``max_width * ldd``) and the gradient (``n_work``), in that order.
+    """
+    cdef Py_ssize_t n_x = net.sizes[0], n_y = net.sizes[net.n_layers], ldd = net.ldd
+    cdef Py_ssize_t ld = net.total_width, ld0 = line_up(n_x, sizeof(floating))
+    cdef Py_ssize_t start = 0, n_batch, r, row
+    cdef floating* X0 = work
+    cdef floating* act = X0 + batch_rows * ld0
+    cdef floating* delta = act + batch_rows * ld
+    cdef floating* delta_prev = delta + batch_rows * ldd
+    cdef floating* KT = delta_prev + batch_rows * ldd
+    cdef floating* wg = KT + line_up(net.max_width * ldd, sizeof(floating))
+    cdef floating* out
+    cdef floating scale
+    cdef double total = 0, value
+    while start < n_order:
+        n_batch = n_order - start
+        if n_batch > batch_size:
+            n_batch = batch_size
+        for r in range(start + n_batch, start + 2 * n_batch):
+            # the next batch's rows, while this one computes
+            if r < n_order:
+                prefetch_row(X, Y, order[r], n_x, n_y)
+        for r in range(n_batch):
+            row = order[start + r]
+            if FASTBP_DEBUG and (row < 0 or row >= n_rows):
+                bad_row(row, n_rows)
+            memcpy(X0 + r * ld0, X + row * n_x, n_x * sizeof(floating))
+        forward_rows(wp, net, n_batch, X0, ld0, act, ld)
+        scale = <floating> ((1.0 / n_batch) / n_y)
+        value = 0
+        out = act + net.act_off[net.n_layers]
+        for r in range(n_batch):
+            value += output_delta(out + r * ld, Y + order[start + r] * n_y, delta + r * ldd,
+                                  n_y, loss, scale)
+        value /= n_y
+        if not isfinite(value):
+            break
+        total += value
+        backward_rows(wp, wg, net, n_batch, X0, ld0, act, ld, delta, delta_prev, KT, False)
+        update_step(rule, step)
+        # padding entries have zero gradient and zero state: every rule leaves them 0
+        apply_update(wp, wg, ws0, ws1, net.n_work, rule)
+        step += 1
+        start += n_batch
+    loss_out[0] = total
+    done_out[0] = start
+    return 0
+
+
+cdef inline Py_ssize_t scratch_size(const Net* net, Py_ssize_t batch_size,
+                                    Py_ssize_t batch_rows, Py_ssize_t itemsize) noexcept nogil:
+    """Values of scratch space :c:func:`train_rows` needs (a whole number of lines).
+
+    The per-sample path's (``batch_size == 1``), or the minibatch path's
+    for batches of up to ``batch_rows`` rows.
+    """
+    if batch_size == 1:
+        return net.total_width + 3 * net.ldd
+    return (batch_rows * (line_up(net.sizes[0], itemsize) + net.total_width + 2 * net.ldd)
+            + line_up(net.max_width * net.ldd, itemsize) + net.n_work)
+
+
+cdef inline int train_rows(floating* wp, floating* ws0, floating* ws1, const Net* net,
+                           const floating* X, const floating* Y, Py_ssize_t n_rows,
+                           const int64_t* order, Py_ssize_t n_order, Py_ssize_t batch_size,
+                           int loss, Update* rule, int64_t step, floating* work,
+                           Py_ssize_t batch_rows, double* loss_out,
+                           Py_ssize_t* done_out) except -1 nogil:
+    """Train working-layout parameters on one chunk: :c:func:`train_single` or :c:func:`train_batch`.
+
+    ``work`` is line-aligned scratch of :c:func:`scratch_size` values for
+    ``batch_rows`` rows.
+    """
+    if batch_size == 1:
+        return train_single(wp, net, X, Y, n_rows, order, n_order, loss, rule, ws0, ws1, step,
+                            work, loss_out, done_out)
+    return train_batch(wp, net, X, Y, n_rows, order, n_order, batch_size, loss, rule, ws0, ws1,
+                       step, work, batch_rows, loss_out, done_out)
