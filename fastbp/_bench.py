@@ -340,15 +340,17 @@ def _positive_int(text):
     return value
 
 
-def main(argv=None, prog="python -m fastbp._bench"):
-    """``fastbp bench [--backends ..] [--workloads ..] [--dtypes ..] [--repeats N]``."""
-    import argparse
+DESCRIPTION = ("Time one training epoch of workloads W1-W6 on each backend and print "
+               "samples/s, GFLOP/s, %% of the single-core matmul peak and the speedup over NumPy.")
 
+
+def add_arguments(parser):
+    """Add the benchmark options to ``parser`` (``fastbp bench`` and ``python -m fastbp._bench``).
+
+    Workloads are the keys of :data:`WORKLOADS`; backends come from the registry.
+    """
     from ._backends import backend_names
 
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Time one training epoch of workloads W1-W6 on each backend and "
-        "print samples/s, GFLOP/s, %% of the single-core matmul peak and the speedup over NumPy.")
     parser.add_argument("--backends", nargs="+", default=None,
                         choices=[name for name in backend_names() if name != "cuda"],
                         help="backends to time (default: every installed one)")
@@ -357,6 +359,14 @@ def main(argv=None, prog="python -m fastbp._bench"):
                         choices=["float64", "float32"])
     parser.add_argument("--repeats", type=_positive_int, default=5,
                         help="timed epochs per figure; the median is reported (default 5)")
+    return parser
+
+
+def main(argv=None, prog="python -m fastbp._bench"):
+    """``python -m fastbp._bench [--backends ..] [--workloads ..] [--dtypes ..] [--repeats N]``."""
+    import argparse
+
+    parser = add_arguments(argparse.ArgumentParser(prog=prog, description=DESCRIPTION))
     args = parser.parse_args(argv)
     run(args.backends, args.workloads, tuple(args.dtypes), args.repeats)
     return 0

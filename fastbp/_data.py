@@ -22,7 +22,7 @@ import mmap
 
 import numpy as np
 
-from . import _validation as V
+from . import _validation as validation
 
 try:  # numpy >= 2
     from numpy.lib.array_utils import byte_bounds as _byte_bounds
@@ -61,8 +61,16 @@ class ArraySource:
         for start in range(0, self.n_rows, block_rows):
             yield self.X[start:start + block_rows], self.Y[start:start + block_rows]
 
-    def _rows(self, start, stop):
-        """Rows ``start:stop`` of X and Y in the network dtype."""
+    def rows(self, start, stop):
+        """Rows ``start:stop`` of X and Y in the network dtype, as ``(X, Y)``.
+
+        In memory they are views of the validated arrays; a streamed source
+        returns private, finite copies (see :meth:`StreamSource.rows`).
+        """
+        return self.X[start:stop], self.Y[start:stop]
+
+    def _sample_rows(self, start, stop):
+        """Rows ``start:stop`` of X and Y in the network dtype, unchecked (fingerprint)."""
         return self.X[start:stop], self.Y[start:stop]
 
     def _take(self, rows):
@@ -85,7 +93,7 @@ class ArraySource:
         k = min(n, _FINGERPRINT_ROWS)
         digest = hashlib.sha256(repr((n, self.X.shape[1], self.Y.shape[1])).encode())
         for start, stop in ((0, k), (n - k, n)):
-            for part in self._rows(start, stop):
+            for part in self._sample_rows(start, stop):
                 digest.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
         if n:
             spaced = np.unique(np.arange(_FINGERPRINT_SAMPLES, dtype=np.int64) * (n - 1)
@@ -181,7 +189,7 @@ class StreamSource(ArraySource):
         self.offset = offset
         self._pagers = (_Pager(X), _Pager(Y))
 
-    def _rows(self, start, stop):
+    def _sample_rows(self, start, stop):
         return tuple(np.asarray(a[start:stop], dtype=self.dtype) for a in (self.X, self.Y))
 
     def _take(self, rows):
@@ -203,8 +211,11 @@ class StreamSource(ArraySource):
         for array, pager in zip((self.X, self.Y), self._pagers):
             pager.soon(array[start:stop])
 
-    def _read(self, start, stop):
-        """A private, C-contiguous, finite copy of rows ``start:stop``; their pages released."""
+    def rows(self, start, stop):
+        """A private, C-contiguous, finite copy of rows ``start:stop``; their pages released.
+
+        Raises ValueError naming the row and column of a NaN or infinity.
+        """
         out = []
         for array, pager, name in zip((self.X, self.Y), self._pagers, self.names):
             view = array[start:stop]
@@ -243,7 +254,7 @@ class StreamSource(ArraySource):
                     rng.permutation(stop - start)
                 done += stop - start
                 continue
-            X, Y = self._read(start, stop)
+            X, Y = self.rows(start, stop)
             if i + 1 < len(bounds):
                 self._prefetch(*bounds[i + 1])
             order = rng.permutation(stop - start) if shuffle else np.arange(stop - start)
@@ -254,7 +265,7 @@ class StreamSource(ArraySource):
     def blocks(self, block_rows):
         for start in range(0, self.n_rows, block_rows):
             stop = min(start + block_rows, self.n_rows)
-            block = self._read(start, stop)
+            block = self.rows(start, stop)
             if stop < self.n_rows:
                 self._prefetch(stop, min(stop + block_rows, self.n_rows))
             yield block
@@ -271,9 +282,23 @@ def make_source(X, y, n_features, n_outputs, dtype, names=("X", "y")):
     starts.  Streamed data is checked block by block as it is read; the
     caller rolls the model back if a bad block turns up.
     """
-    X = V.check_features(X, n_features, names[0])
-    y = V.check_targets(y, n_outputs, names[1])
-    V.check_same_length(X, y, names)
+    X = validation.check_features(X, n_features, names[0])
+    y = validation.check_targets(y, n_outputs, names[1])
+    validation.check_same_length(X, y, names)
     if isinstance(X, np.memmap):
         return StreamSource(X, y, dtype, names)
-    return ArraySource(V.to_dtype(X, dtype, names[0]), V.to_dtype(y, dtype, names[1]))
+    return ArraySource(validation.to_dtype(X, dtype, names[0]),
+                       validation.to_dtype(y, dtype, names[1]))
+
+
+def row_blocks(X, Y, start, stop, block_rows, dtype=np.float64):
+    """Yield ``(X, Y)`` blocks of rows ``start:stop``: finite copies in ``dtype``.
+
+    ``X`` is 2-D; ``Y`` 1-D or 2-D (blocks are 2-D).  Memory-maps are read
+    block by block and their pages released (as training streams them), so
+    any size of data costs memory of one block.
+    """
+    Y2 = Y.reshape(-1, 1) if Y.ndim == 1 else Y
+    source = StreamSource(X, Y2, np.dtype(dtype))
+    for lo in range(start, stop, block_rows):
+        yield source.rows(lo, min(lo + block_rows, stop))

@@ -426,19 +426,19 @@ def _read_members(payload, declared, net_dtype):
             extra = sorted(set(names) - {n + ".npy" for n in declared})
             missing = sorted(set(declared) - found)
             raise InvalidContent("payload members do not match the header: "
-                           + (f"unexpected {_short(extra)}" if extra else "")
-                           + (" " if extra and missing else "")
-                           + (f"missing {_short(missing)}" if missing else ""))
+                                 + (f"unexpected {_short(extra)}" if extra else "")
+                                 + (" " if extra and missing else "")
+                                 + (f"missing {_short(missing)}" if missing else ""))
         arrays = {}
         for info in infos:
             name = info.filename[:-4]
             kind, shape = declared[name]
             if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
-                raise InvalidContent(f"payload member {name!r}: expected an uncompressed member, as "
-                               "numpy.savez writes")
+                raise InvalidContent(f"payload member {name!r}: expected an uncompressed member, "
+                                     "as numpy.savez writes")
             if info.file_size > len(payload):
                 raise InvalidContent(f"payload member {name!r}: declares {info.file_size} bytes, "
-                               f"more than the payload's {len(payload)}")
+                                     f"more than the payload's {len(payload)}")
             try:
                 with archive.open(info) as member:
                     version = npy.read_magic(member)
@@ -498,13 +498,13 @@ def _check_values(arrays, declared, optimizer):
     for name, (kind, _) in declared.items():
         if kind == "net" and not np.isfinite(arrays[name]).all():
             raise InvalidContent(f"payload member {name!r}: expected finite numbers; found NaN or "
-                           "infinity")
+                                 "infinity")
     if optimizer is not None:
         slot = 1 if isinstance(optimizer, Adam) else 0 if isinstance(optimizer, RMSprop) else None
         if slot is not None and (arrays["optimizer_state"][slot] < 0).any():
-            raise InvalidContent(f"payload member 'optimizer_state': expected the second-moment "
-                           f"averages of {type(optimizer).__name__} (slot {slot}) >= 0; found "
-                           "negative values")
+            raise InvalidContent(f"payload member 'optimizer_state': expected the "
+                                 f"second-moment averages of {type(optimizer).__name__} (slot "
+                                 f"{slot}) >= 0; found negative values")
 
 
 def _read_header_line(path, f):

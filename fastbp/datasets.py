@@ -15,12 +15,13 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import _files
-from . import _validation as V
+from . import _validation as validation
 
 #: Rows per generated block.  Part of the definition of the data: changing it
 #: changes every set generated from a seed, so it is fixed, not configurable.
@@ -38,9 +39,9 @@ _HALF_NORMAL_MEAN = math.sqrt(2.0 / math.pi)  # E|u| for u ~ N(0, 1)
 
 
 def _check_sizes(n_samples, n_features, n_outputs, noise, seed):
-    n_samples = V.check_positive_int(n_samples, "n_samples")
-    n_features = V.check_positive_int(n_features, "n_features")
-    n_outputs = V.check_positive_int(n_outputs, "n_outputs")
+    n_samples = validation.check_positive_int(n_samples, "n_samples")
+    n_features = validation.check_positive_int(n_features, "n_features")
+    n_outputs = validation.check_positive_int(n_outputs, "n_outputs")
     if (isinstance(noise, bool) or not isinstance(noise, (int, float, np.floating, np.integer))
             or not np.isfinite(noise) or noise < 0):
         raise ValueError(f"noise: expected a finite number >= 0 (the standard deviation of the "
@@ -149,7 +150,7 @@ def make_regression(n_samples, n_features=20, n_outputs=1, noise=0.1, seed=0, dt
     """
     n_samples, n_features, n_outputs, noise, seed = _check_sizes(
         n_samples, n_features, n_outputs, noise, seed)
-    dtype = V.check_dtype(dtype)
+    dtype = validation.check_dtype(dtype)
     X = np.empty((n_samples, n_features), dtype=dtype)
     Y = np.empty((n_samples, n_outputs), dtype=dtype)
     for start, Xb, Yb in _blocks(n_samples, n_features, n_outputs, noise, seed):
@@ -199,7 +200,7 @@ def write_regression(directory, n_samples, n_features=20, n_outputs=1, noise=0.1
     """
     n_samples, n_features, n_outputs, noise, seed = _check_sizes(
         n_samples, n_features, n_outputs, noise, seed)
-    dtype = V.check_dtype(dtype)
+    dtype = validation.check_dtype(dtype)
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"{directory}: expected a directory to write X.npy and y.npy "
@@ -218,8 +219,9 @@ def write_regression(directory, n_samples, n_features=20, n_outputs=1, noise=0.1
 
     free = shutil.disk_usage(directory).free
     if needed + FREE_SPACE_MARGIN > free:
-        raise OSError(f"{directory}: expected room for {_human(needed)} of data plus a "
-                      f"{_human(FREE_SPACE_MARGIN)} safety margin; found {_human(free)} free. "
+        raise OSError(f"{directory}: expected room for {human_size(needed)} of data plus a "
+                      f"{human_size(FREE_SPACE_MARGIN)} safety margin; found "
+                      f"{human_size(free)} free. "
                       "Pass fewer samples, dtype float32, or another directory.")
 
     # Everything is written under temporary names in the same directory and
@@ -303,9 +305,126 @@ def _start_npy(f, dtype, shape):
             # a full disk as an OSError.
 
 
-def _human(n_bytes):
+def human_size(n_bytes):
+    """``n_bytes`` for people, in powers of 1000: ``"512 B"``, ``"8.0 GB"``."""
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if n_bytes < 1000 or unit == "TB":
             return f"{n_bytes:.1f} {unit}" if unit != "B" else f"{n_bytes} B"
         n_bytes /= 1000
     return None  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------- loading files
+def _one_line(exc):
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    return text or type(exc).__name__
+
+
+def load_npy(path):
+    """Memory-map a ``.npy`` file of real numbers, read-only (as ``fastbp train --x`` does).
+
+    The file is not read into memory: :meth:`Network.fit` streams a
+    memory-mapped array block by block, so the file may be larger than memory.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.npy`` file holding one array, e.g. one written by ``np.save``
+        or :func:`write_regression`.
+
+    Returns
+    -------
+    numpy.memmap
+        Read-only; of the file's dtype (booleans, integers or floats).
+
+    Raises
+    ------
+    FileNotFoundError
+        There is no file at ``path``.
+    ValueError
+        The file is not a ``.npy`` file numpy can memory-map (empty,
+        truncated, another format, unreadable), an ``.npz`` archive, or holds
+        no real numbers (e.g. strings or objects).
+    """
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file. Pass the path of a .npy file, e.g. one "
+                                "written by `fastbp make-data`.") from None
+    except (ValueError, EOFError, OSError) as exc:  # not .npy, empty or truncated, unreadable
+        raise ValueError(f"{path}: expected a .npy file of numbers; found something numpy "
+                         f"cannot memory-map ({_one_line(exc)}). Write it with np.save or "
+                         "`fastbp make-data`.") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive
+        array.close()
+        raise ValueError(f"{path}: expected a .npy file holding one array; found an .npz "
+                         "archive. Save each array with np.save.")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: expected real numbers; found dtype {array.dtype}.")
+    return array
+
+
+def load_csv(path, targets=1):
+    """Read a CSV file of numbers into memory: the features, then ``targets`` target columns.
+
+    As ``fastbp train --csv`` reads it: comma-separated numbers, one row per
+    line; a first line that is not numbers (column names) is skipped.
+
+    Parameters
+    ----------
+    path : str or path-like
+    targets : int, default 1
+        How many columns at the end of each row are targets.
+
+    Returns
+    -------
+    X : ndarray, shape (n_rows, n_columns - targets), float64
+    y : ndarray, shape (n_rows, targets), float64
+
+    Raises
+    ------
+    FileNotFoundError
+        There is no file at ``path``.
+    ValueError
+        Binary data, a row that is not numbers (or of another length), no
+        data rows, or no more than ``targets`` columns.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from fastbp.datasets import load_csv
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "houses.csv"
+    >>> _ = path.write_text("rooms,age,price\\n3,10,200\\n4,5,320\\n")
+    >>> X, y = load_csv(path)
+    >>> X.tolist(), y.tolist()
+    ([[3.0, 10.0], [4.0, 5.0]], [[200.0], [320.0]])
+    """
+    targets = validation.check_positive_int(targets, "targets")
+    try:
+        with open(path) as f:
+            first = f.readline()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file.") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: expected a text file of comma-separated numbers; found "
+                         "binary data.") from None
+    try:
+        [float(v) for v in first.split(",")]
+        header = 0
+    except ValueError:  # a header line of column names
+        header = 1
+    try:
+        with warnings.catch_warnings():  # "input contained no data": said below, as an error
+            warnings.simplefilter("ignore", UserWarning)
+            data = np.loadtxt(path, delimiter=",", skiprows=header, ndmin=2, dtype=np.float64)
+    except ValueError as exc:
+        raise ValueError(f"{path}: expected comma-separated numbers in every row (one header "
+                         f"line allowed); {_one_line(exc)}. Fix or remove that row.") from None
+    if data.shape[0] == 0:
+        raise ValueError(f"{path}: expected data rows; found none.")
+    if data.shape[1] <= targets:
+        raise ValueError(f"{path}: expected more than {targets} columns (the features, then "
+                         f"{targets} target column(s)); found {data.shape[1]}.")
+    return data[:, :-targets], data[:, -targets:]

@@ -810,7 +810,7 @@ class Network:
 
     @classmethod
     def _from_state(cls, state, arrays, backend="auto"):
-        """The network ``_io.read_model_file`` describes: ``state`` (its checked header), ``arrays``.
+        """The network a model file describes: ``(state, arrays)`` of ``_io.read_model_file``.
 
         Raises ``_io.InvalidContent`` when the file's config does not build a
         network, ImportError when ``backend`` is not installed.

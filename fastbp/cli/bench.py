@@ -1,0 +1,24 @@
+"""``fastbp bench``: time the benchmark workloads on every installed backend (``fastbp._bench``)."""
+
+from .. import _bench
+
+
+def add_parser(commands):
+    """Add ``bench`` to the ``commands`` subparsers; returns its parser.
+
+    Its options (workloads from ``_bench.WORKLOADS``, backends from the
+    registry) are those of ``python -m fastbp._bench``: ``_bench.add_arguments``.
+    """
+    names = list(_bench.WORKLOADS)
+    bench = commands.add_parser(
+        "bench", help=f"benchmark the backends on workloads {names[0]}-{names[-1]}",
+        description=_bench.DESCRIPTION)
+    _bench.add_arguments(bench)
+    bench.set_defaults(run=run)
+    return bench
+
+
+def run(args):
+    """Run ``fastbp bench`` with parsed ``args``; returns the exit status."""
+    _bench.run(args.backends, args.workloads, tuple(args.dtypes), args.repeats)
+    return 0
