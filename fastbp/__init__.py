@@ -12,10 +12,11 @@ from .callbacks import Callback, EarlyStopping, History, ProgbarLogger
 from .network import Network, TrainingDivergedError, load
 from .optimizers import SGD, Adam, Optimizer, RMSprop
 from ._info import show_config
-from . import datasets
+from . import datasets, metrics
 
 __all__ = [
     "Adam", "Callback", "EarlyStopping", "History", "Network", "Optimizer", "ProgbarLogger",
     "RMSprop", "SGD", "TrainingDivergedError", "__version__", "available_backends",
-    "config_context", "datasets", "get_config", "load", "set_config", "show_config",
+    "config_context", "datasets", "get_config", "load", "metrics", "set_config",
+    "show_config",
 ]

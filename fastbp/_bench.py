@@ -179,7 +179,7 @@ def measure(name, backend, dtype="float64", repeats=5, rows=None):
     workload's).
     """
     from . import _backends, _config
-    from ._backends import _codes as C
+    from ._backends import _codes as codes
     sizes, activation, batch_size, default_rows = WORKLOADS[name]
     rows = default_rows if rows is None else rows
     X, y = workload_data(name, dtype, rows=rows)
@@ -199,15 +199,15 @@ def measure(name, backend, dtype="float64", repeats=5, rows=None):
     # the flat parameter buffer (Keras layout, see _layout), a copy of the net's
     params = np.concatenate([w.ravel() for w in net.get_weights()])
     sizes_a = np.array(sizes, dtype=np.int64)
-    acts = np.array([C.ACTIVATIONS[activation]] * (len(sizes) - 2) + [C.LINEAR], dtype=np.int64)
+    acts = np.array([codes.ACTIVATIONS[activation]] * (len(sizes) - 2) + [codes.LINEAR], dtype=np.int64)
     code, hyper = optimizer._pack()
-    state = np.zeros((C.N_STATE_SLOTS, params.size), dtype=params.dtype)
+    state = np.zeros((codes.N_STATE_SLOTS, params.size), dtype=params.dtype)
     chunk = max(1, _config.chunk_rows() // batch_size) * batch_size
     order = np.random.default_rng(1).permutation(rows)
 
     def kernel_epoch():
         for start in range(0, rows, chunk):
-            kernels.train_chunk(params, sizes_a, acts, C.MSE, X, y, order[start:start + chunk],
+            kernels.train_chunk(params, sizes_a, acts, codes.MSE, X, y, order[start:start + chunk],
                                 batch_size, code, hyper, state, 0)
 
     kernel_epoch()
