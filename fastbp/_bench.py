@@ -199,7 +199,8 @@ def measure(name, backend, dtype="float64", repeats=5, rows=None):
     # the flat parameter buffer (Keras layout, see _layout), a copy of the net's
     params = np.concatenate([w.ravel() for w in net.get_weights()])
     sizes_a = np.array(sizes, dtype=np.int64)
-    acts = np.array([codes.ACTIVATIONS[activation]] * (len(sizes) - 2) + [codes.LINEAR], dtype=np.int64)
+    acts = np.array([codes.ACTIVATIONS[activation]] * (len(sizes) - 2) + [codes.LINEAR],
+                    dtype=np.int64)
     code, hyper = optimizer._pack()
     state = np.zeros((codes.N_STATE_SLOTS, params.size), dtype=params.dtype)
     chunk = max(1, _config.chunk_rows() // batch_size) * batch_size
