@@ -105,3 +105,66 @@ def compiled_backend(request):
 @pytest.fixture(params=["float64", "float32"])
 def dtype(request):
     return request.param
+
+
+# --- the CI steps' selections (.ci/run selects with ``-m``) ---
+# A test parametrised with backend "cuda" / "numba" / "cython" (fixtures ``backend``,
+# ``compiled_backend``) and every test of that backend's own file gets the marker of the
+# CI step that re-runs it in that backend's special environment:
+STEP_MARKERS = {
+    "cuda": "cuda_sim",        # NUMBA_ENABLE_CUDASIM=1: the CUDA kernels on the CPU simulator
+    "numba": "no_jit",         # NUMBA_DISABLE_JIT=1: the Numba kernels as plain Python
+    "cython": "debug_build",   # the extension built with bounds and index checks
+}
+STEP_FILES = {"test_cuda.py": "cuda", "test_numba.py": "numba", "test_cython.py": "cython"}
+# ... except tests marked ``slow`` (the simulator and plain Python would take minutes),
+# ``simulator_slow`` (not in the cuda_sim step) or ``needs_jit`` (not in the no_jit step).
+# ``simulator_slow(dtype="float32")`` and the like apply only to the matching parameters.
+STEP_EXCLUDED_BY = {"cuda_sim": ("slow", "simulator_slow"), "no_jit": ("slow", "needs_jit"),
+                    "debug_build": ()}
+
+
+def _item_backend(item):
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for name in ("backend", "compiled_backend"):
+        if isinstance(params.get(name), str):
+            return params[name]
+    return STEP_FILES.get(item.path.name)
+
+
+def _excluded(item, marker_name):
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for mark in item.iter_markers(marker_name):
+        if all(params.get(key) == value for key, value in mark.kwargs.items()):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        step = STEP_MARKERS.get(_item_backend(item))
+        if step and not any(_excluded(item, name) for name in STEP_EXCLUDED_BY[step]):
+            item.add_marker(step)
+
+
+def tile_width(dtype):
+    """Width (in values of ``dtype``) of the register tile the Numba kernels compile for here.
+
+    Test layers are sized from it (``tile + 3``, ``2 * tile + 1``) so that on every CPU
+    they have full tiles and ragged edges.  Read from the Numba backend's kernel module
+    when it offers it, else derived the same way from the CPU features Numba targets
+    (two SIMD vectors; 16 bytes where Numba is missing).
+    """
+    itemsize = np.dtype(dtype).itemsize
+    try:
+        from fastbp._backends import numba_
+        accessor = getattr(numba_, "tile_width", None)
+        if accessor is not None:
+            return int(accessor(dtype))
+        import numba
+        from numba.core.codegen import get_host_cpu_features
+        features = numba.config.CPU_FEATURES or get_host_cpu_features()
+        vector = 64 if "+avx512f" in features else 32 if "+avx" in features else 16
+    except Exception:
+        vector = 16
+    return 2 * vector // itemsize

@@ -77,6 +77,7 @@ def test_numpy_backend_matches_oracle(activation, loss, opt, batch, dtype):
     assert_close(hist.history["loss"], losses, dtype)
 
 
+@pytest.mark.simulator_slow(dtype="float32")
 @pytest.mark.parametrize("activation,loss,opt,batch", CASES)
 def test_compiled_backend_matches_numpy(compiled_backend, activation, loss, opt, batch, dtype):
     X, y = _data(loss, 1, rows=41, seed=1)
@@ -91,6 +92,7 @@ def test_compiled_backend_matches_numpy(compiled_backend, activation, loss, opt,
         assert_close(got, want, dtype)
 
 
+@pytest.mark.simulator_slow
 def test_compiled_backend_multi_output_and_long_run(compiled_backend, dtype):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(300, 6))
