@@ -25,8 +25,10 @@ Design
 * **Working layout.**  The kernels compute on zeroed, 64-byte-aligned
   copies of the parameters and optimizer state in which every kernel row,
   bias and activation row starts on a cache line (see "working layout" in
-  ``_numba_kernels``); this module builds them in NumPy and copies back after
-  the call, O(n_params) per chunk of thousands of rows.
+  ``_numba_kernels``).  A trainer (``open_trainer``, one per ``fit``) lays
+  them out and fills them once; a chunk is one compiled call on them, and
+  ``store`` copies the parameters back (O(n_params) per chunk of thousands
+  of rows).  ``predict`` and the other stateless calls build them per call.
 * **Cached per user.**  Kernel sources are written into
   ``fastbp._config.cache_dir()`` (per user, keyed by version, never
   site-packages) under content-hash names, and each module is compiled
