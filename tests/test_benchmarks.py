@@ -47,11 +47,21 @@ def tiny(suite, monkeypatch, tmp_path):
     return common.make_datasets()
 
 
-def run_benchmark(cls, method, paths, *params):
+def run_benchmark(cls, method, paths, *params, trains=True):
+    """Run one benchmark as asv does; a training benchmark must change the weights."""
     bench = cls()
     bench.setup(paths, *params)
     try:
-        return getattr(bench, method)(paths, *params)
+        if trains:
+            assert bench.net.backend == params[0]
+            before = bench.net.get_weights()
+        result = getattr(bench, method)(paths, *params)
+        if trains:
+            after = bench.net.get_weights()
+            assert any(not np.array_equal(a, b) for a, b in zip(before, after)), \
+                f"{cls.__name__}.{method} did not train"
+            assert all(np.isfinite(w).all() for w in after)
+        return result
     finally:
         getattr(bench, "teardown", lambda *a: None)(paths, *params)
 
@@ -74,8 +84,11 @@ def test_parameters_follow_the_registry(suite):
 def test_training_benchmarks_run(suite, tiny, backend, workload):
     training = suite["bench_training"]
     paths = tiny
-    run_benchmark(training.TrainEpoch, "time_epoch", paths, backend, workload, "float64")
-    run_benchmark(training.FitPeakMemory, "peakmem_fit", paths, backend, workload, "float64")
+    # timing and memory benchmarks return nothing: run_benchmark checks that they trained
+    assert run_benchmark(training.TrainEpoch, "time_epoch", paths, backend, workload,
+                         "float64") is None
+    assert run_benchmark(training.FitPeakMemory, "peakmem_fit", paths, backend, workload,
+                         "float64") is None
     rate = run_benchmark(training.Throughput, "track_samples_per_second", paths, backend,
                          workload, "float64")
     assert rate > 0
@@ -84,7 +97,7 @@ def test_training_benchmarks_run(suite, tiny, backend, workload):
             training.SpeedupOverNumpy().setup(paths, backend, workload, "float64")
     else:
         speedup = run_benchmark(training.SpeedupOverNumpy, "track_speedup_vs_numpy", paths,
-                                backend, workload, "float64")
+                                backend, workload, "float64", trains=False)
         # a number, not a judgement: under NUMBA_DISABLE_JIT or the CUDA simulator a
         # "compiled" backend is slower than NumPy and the reported ratio rounds to 0
         assert np.isfinite(speedup) and speedup >= 0
@@ -101,14 +114,40 @@ def test_missing_backend_is_skipped_or_required(suite, tiny, monkeypatch):
 
 
 @pytest.mark.parametrize("cache", ["cold", "warm"])
-def test_startup_benchmarks_run(suite, tiny, cache):
+def test_startup_benchmarks_run(suite, tiny, cache, monkeypatch):
+    """The first-fit script runs in a fresh process on the cache the parameter names (a new
+    empty directory for "cold", the one setup filled for "warm"), and teardown removes the
+    cold ones; ImportTime imports fastbp in a fresh process."""
     startup = suite["bench_startup"]
     require_backend("numpy")
+    runs = []
+    real = startup.run_python
+
+    def recording(code, *args, env=None):
+        cache_dir = (env or {}).get("FASTBP_CACHE_DIR")
+        runs.append((code, args, cache_dir, os.path.isdir(cache_dir or "") and
+                     sorted(os.listdir(cache_dir))))
+        return real(code, *args, env=env)
+
+    monkeypatch.setattr(startup, "run_python", recording)
+    monkeypatch.setattr(startup, "_warm_dirs", {})
     bench = startup.FirstFit()
     bench.setup("numpy", cache)
+    assert len(runs) == (1 if cache == "warm" else 0)   # warm: setup fills the cache once
     bench.time_first_fit("numpy", cache)
+    code, args, cache_dir, listing = runs[-1]
+    assert code == startup.FIRST_FIT_SCRIPT and args[0] == "numpy"
+    if cache == "cold":
+        assert listing == [] and bench.cold_dirs == [cache_dir]
+    else:
+        assert cache_dir == startup._warm_dirs["numpy"] == runs[0][2]
     bench.teardown("numpy", cache)
+    if cache == "cold":
+        assert not os.path.exists(cache_dir)
     startup.ImportTime().time_import_fastbp()
+    assert runs[-1][0] == "import fastbp"
+    for path in startup._warm_dirs.values():
+        __import__("shutil").rmtree(path, ignore_errors=True)
 
 
 def test_asv_check_passes():

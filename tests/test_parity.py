@@ -106,3 +106,39 @@ def test_compiled_backend_multi_output_and_long_run(compiled_backend, dtype):
         results.append((net.get_weights(), hist.history["loss"]))
     # longer runs amplify float32 rounding differences a little
     assert_close(results[1], results[0], dtype, scale=10 if dtype == "float32" else 1)
+
+
+# ------------------------------------------------------------------ inputs the API converts
+@pytest.mark.simulator_slow
+def test_read_only_memmap_inputs_through_the_api(compiled_backend, dtype, tmp_path):
+    """X and y memory-mapped read-only (np.memmap mode 'r'): fit streams them block by block
+    and trains as on in-memory arrays, as the NumPy reference does."""
+    rng = np.random.default_rng(4)
+    X, Y = rng.normal(size=(40, 4)).astype(dtype), rng.normal(size=(40, 2)).astype(dtype)
+    maps = []
+    for name, array in (("X", X), ("Y", Y)):
+        array.tofile(tmp_path / f"{name}.dat")
+        maps.append(np.memmap(tmp_path / f"{name}.dat", dtype=array.dtype, mode="r",
+                              shape=array.shape))
+    nets = [fastbp.Network([4, 8, 2], backend=b, dtype=dtype, seed=2)
+            for b in (compiled_backend, "numpy")]
+    for net, (x, y) in zip(nets, (maps, (X, Y))):
+        net.fit(x, y, epochs=2, batch_size=4, shuffle=False, verbose=0)
+    assert_close(nets[0].get_weights(), nets[1].get_weights(), dtype)
+
+
+@pytest.mark.simulator_slow
+def test_strided_and_fortran_inputs_are_converted_once(compiled_backend):
+    """The API converts strided, Fortran-ordered and float32 inputs once; the backend then
+    sees contiguous arrays of the right dtype (it refuses any other: test_backend_contract)."""
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(30, 8))
+    X_strided = base[:, ::2]
+    X_fortran = np.asfortranarray(base[:, :4])
+    y = rng.normal(size=30)
+    for X in (X_strided, X_fortran, X_strided.astype(np.float32)):
+        nets = [fastbp.Network([4, 5, 1], backend=b, seed=1) for b in (compiled_backend, "numpy")]
+        for net in nets:
+            net.fit(X, y, epochs=2, batch_size=3, shuffle=False, verbose=0)
+        assert_close(nets[0].get_weights(), nets[1].get_weights(), "float64")
+        assert_close(nets[0].predict(X), nets[1].predict(X), "float64")
