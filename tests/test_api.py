@@ -11,9 +11,21 @@ import fastbp
 
 
 def test_public_names():
-    for name in ("Network", "SGD", "Adam", "RMSprop", "load", "available_backends",
-                 "show_config", "EarlyStopping", "History", "__version__"):
-        assert hasattr(fastbp, name)
+    """Each public name is what it says: classes, functions, the version string."""
+    assert set(fastbp.__all__) <= set(dir(fastbp))
+    for name in ("Network", "SGD", "Adam", "RMSprop", "EarlyStopping", "History",
+                 "ProgbarLogger", "Callback"):
+        assert isinstance(getattr(fastbp, name), type), name
+    for name in ("SGD", "Adam", "RMSprop"):
+        assert issubclass(getattr(fastbp, name), fastbp.Optimizer)
+    for name in ("EarlyStopping", "History", "ProgbarLogger"):
+        assert issubclass(getattr(fastbp, name), fastbp.Callback)
+    assert issubclass(fastbp.TrainingDivergedError, FloatingPointError)
+    for name in ("load", "available_backends", "show_config", "get_config", "set_config",
+                 "config_context"):
+        assert callable(getattr(fastbp, name)), name
+    assert isinstance(fastbp.__version__, str) and fastbp.__version__.count(".") >= 1
+    assert "numpy" in fastbp.available_backends()
 
 
 def test_keras_defaults():

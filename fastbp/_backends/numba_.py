@@ -726,6 +726,16 @@ class _Trainer:
         self._wp = self._wg = self._wst = self._work = None
 
 
+def tile_width(dtype):
+    """Columns of one register tile of the minibatch products for ``dtype`` on this CPU.
+
+    Two SIMD vectors of the width Numba compiles for (e.g. 32 float32 values
+    with AVX-512); tests derive their layer widths from it so the tiled path
+    and its edges are exercised whatever the machine.
+    """
+    return int(_module(np.dtype(dtype)).TILE_WIDTH)
+
+
 def open_trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper):
     """A trainer for one fit (see ``_contract.Trainer``): working buffers laid out once.
 
