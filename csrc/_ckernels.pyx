@@ -271,6 +271,262 @@ def loss_and_gradients(const floating[::1] params, const int64_t[::1] sizes,
         net_free(&net)
 
 
+cdef class Trainer:
+    """One network's line-aligned working copy, trained chunk after chunk for one ``fit``.
+
+    Opened once with the model's ``params`` and ``state``: the layout
+    (``net_init``), the update rule and the working buffers are derived and
+    allocated here, and the model's buffers copied in.  :meth:`train` then
+    trains the working copy in place; :meth:`store` writes it into the given
+    buffers, :meth:`reload` copies them in again.  Tiny nets (see
+    ``tiny_eligible``) keep their working copy in the caller's flat layout,
+    their weights held in registers during a chunk; everything else trains
+    on the working layout (every row on a cache line) and its scratch space,
+    sized for the largest batch seen so far.
+
+    Arguments as ``train_chunk``'s; ``sizes`` and ``acts`` are copied, the
+    model's ``params``/``state`` are not kept.
+    """
+    cdef Net net
+    cdef Update rule
+    cdef int loss
+    cdef Py_ssize_t batch_size
+    cdef Py_ssize_t itemsize        # 4 (float32) or 8 (float64)
+    cdef Py_ssize_t n_values        # working parameter values: n_work, or n_params if tiny
+    cdef Py_ssize_t n_state         # working state values (both slots; 0 for plain SGD)
+    cdef Py_ssize_t batch_rows      # rows the minibatch scratch is laid out for
+    cdef bint tiny
+    cdef int64_t* codes             # own copy of sizes and acts (net points into it)
+    cdef void* raw                  # working parameters and state
+    cdef void* scratch_raw          # the training path's scratch
+    cdef char* work                 # working parameters, then the state slots
+    cdef char* scratch
+
+    def __cinit__(self):
+        self.net.kernel_off = NULL
+        self.codes = NULL
+        self.raw = NULL
+        self.scratch_raw = NULL
+        self.work = NULL
+        self.scratch = NULL
+
+    def __init__(self, params, state, const int64_t[::1] sizes, const int64_t[::1] acts,
+                 int loss, Py_ssize_t batch_size, int optimizer, const double[::1] hyper):
+        check_loss(loss)
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer; found {batch_size}.")
+        update_init(&self.rule, optimizer, hyper)
+        self.loss = loss
+        self.batch_size = batch_size
+        _trainer_open(self, params, state, sizes, acts)
+
+    def train(self, X, Y, order, int64_t step):
+        """Train the working copy on rows ``order`` of ``X``/``Y``: ``(loss_sum, rows_done)``.
+
+        ``X``, ``Y`` in the parameter dtype, C-contiguous (may be
+        read-only); ``order`` int64 indices in ``[0, len(X))`` -- the caller
+        checks this (only debug builds re-check it).  ``step`` is the number
+        of optimizer steps before this chunk.  As ``train_chunk``.
+        """
+        return _trainer_train(self, X, Y, order, step)
+
+    def finite(self):
+        """Whether every working parameter is finite (the layout's padding is zero)."""
+        cdef bint ok = True
+        self._check_open()
+        with nogil:
+            if self.itemsize == 8:
+                ok = all_finite(<double*> self.work, self.n_values)
+            else:
+                ok = all_finite(<float*> self.work, self.n_values)
+        return ok
+
+    def store(self, params, state):
+        """Write the working parameters and the used state slots into ``params``/``state``."""
+        _trainer_store(self, params, state)
+
+    def reload(self, params, state):
+        """Overwrite the working parameters and state with ``params``/``state``."""
+        _trainer_reload(self, params, state)
+
+    def close(self):
+        """Release the working buffers; the trainer is not used after."""
+        free(self.scratch_raw)
+        free(self.raw)
+        free(self.codes)
+        net_free(&self.net)
+        self.scratch_raw = self.raw = self.codes = NULL
+        self.work = self.scratch = NULL
+
+    def __dealloc__(self):
+        free(self.scratch_raw)
+        free(self.raw)
+        free(self.codes)
+        net_free(&self.net)
+
+    cdef int _check_open(self) except -1:
+        if self.work == NULL:
+            raise ValueError("Trainer: used after close().")
+        return 0
+
+    cdef int _check_dtype(self, Py_ssize_t itemsize) except -1:
+        self._check_open()
+        if itemsize != self.itemsize:
+            raise ValueError(f"expected arrays of the trainer's dtype (float{8 * self.itemsize}); "
+                             f"found float{8 * itemsize}.")
+        return 0
+
+    cdef int _reserve(self, Py_ssize_t batch_rows) except -1:
+        """Scratch space for batches of up to ``batch_rows`` rows (zeroed when it grows)."""
+        if self.scratch != NULL and (self.batch_size == 1 or batch_rows <= self.batch_rows):
+            return 0
+        free(self.scratch_raw)
+        self.scratch_raw = NULL
+        self.scratch = NULL
+        self.scratch = <char*> trainer_alloc_lines(
+            scratch_size(&self.net, self.batch_size, batch_rows, self.itemsize) * self.itemsize,
+            &self.scratch_raw)
+        self.batch_rows = batch_rows
+        return 0
+
+
+cdef void* trainer_alloc_lines(Py_ssize_t n_bytes, void** raw) except NULL:
+    """:c:func:`alloc_lines` for a :class:`Trainer`'s buffers.
+
+    A separate function on purpose: the per-call entry points' allocation
+    keeps its callers, hence GCC's inlining and vectorisation decisions for
+    them, unchanged (under ``-fassociative-math`` those decide the rounding
+    of ``loss_and_gradients``).
+    """
+    cdef char* p = <char*> malloc(n_bytes + LINE)
+    if p == NULL:
+        raise MemoryError(f"could not allocate {n_bytes} bytes for the trainer")
+    raw[0] = p
+    p = p + (LINE - <Py_ssize_t> (<uintptr_t> p % LINE)) % LINE
+    memset(p, 0, n_bytes)
+    return p
+
+
+cdef inline bint all_finite(const floating* x, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if not isfinite(x[i]):
+            return False
+    return True
+
+
+cdef inline int check_state(const Net* net, Py_ssize_t rows, Py_ssize_t cols) except -1:
+    if rows != 2 or cols != net.n_params:
+        raise ValueError(f"state: expected shape (2, {net.n_params}); found ({rows}, {cols}).")
+    return 0
+
+
+cdef inline void load_work(const Net* net, bint tiny, bint with_state, floating* wp,
+                           const floating* params, const floating* state) noexcept nogil:
+    """Copy the caller's parameters (and, ``with_state``, both slots) into a working copy."""
+    if tiny:
+        memcpy(wp, params, net.n_params * sizeof(floating))
+        return
+    to_work(params, wp, net)
+    if with_state:
+        to_work(state, wp + net.n_work, net)
+        to_work(state + net.n_params, wp + 2 * net.n_work, net)
+
+
+def _trainer_open(Trainer trainer, const floating[::1] params, const floating[:, ::1] state,
+                  const int64_t[::1] sizes, const int64_t[::1] acts):
+    """:class:`Trainer`'s layout and working buffers for ``params``' dtype."""
+    cdef Net* net = &trainer.net
+    cdef Py_ssize_t n_codes
+    net_init(net, sizes, acts, sizeof(floating))
+    check_shapes(net, params.shape[0], 0, net.sizes[0], -1, -1)
+    check_state(net, state.shape[0], state.shape[1])
+    # the kernels read sizes and acts through net: point it at an own copy
+    n_codes = 2 * net.n_layers + 1
+    trainer.codes = <int64_t*> malloc(n_codes * sizeof(int64_t))
+    if trainer.codes == NULL:
+        raise MemoryError()
+    memcpy(trainer.codes, net.sizes, (net.n_layers + 1) * sizeof(int64_t))
+    memcpy(trainer.codes + net.n_layers + 1, net.acts, net.n_layers * sizeof(int64_t))
+    net.sizes = trainer.codes
+    net.acts = trainer.codes + net.n_layers + 1
+    trainer.itemsize = sizeof(floating)
+    trainer.tiny = tiny_eligible(net, trainer.loss, &trainer.rule, trainer.batch_size)
+    if trainer.tiny:
+        trainer.n_values = net.n_params
+        trainer.n_state = 0
+    else:
+        trainer.n_values = net.n_work
+        trainer.n_state = 0 if trainer.rule.kind == SGD else 2 * net.n_work
+    # parameters | state slot 0 | slot 1 (optimizers with state), all whole lines
+    trainer.work = <char*> trainer_alloc_lines(
+        line_up(trainer.n_values + trainer.n_state, sizeof(floating)) * sizeof(floating),
+        &trainer.raw)
+    load_work(net, trainer.tiny, trainer.n_state > 0, <floating*> trainer.work, &params[0],
+              &state[0, 0])
+    if not trainer.tiny and trainer.batch_size == 1:
+        trainer._reserve(1)
+
+
+def _trainer_train(Trainer trainer, const floating[:, ::1] X, const floating[:, ::1] Y,
+                   const int64_t[::1] order, int64_t step):
+    """:meth:`Trainer.train` for the parameter dtype ``floating``."""
+    cdef Net* net = &trainer.net
+    cdef Py_ssize_t n_order = order.shape[0], batch_rows
+    cdef floating* wp
+    cdef double total = 0
+    cdef Py_ssize_t done = 0
+    trainer._check_dtype(sizeof(floating))
+    check_shapes(net, net.n_params, X.shape[0], X.shape[1], Y.shape[0], Y.shape[1])
+    if n_order == 0:
+        return 0.0, 0
+    wp = <floating*> trainer.work
+    if trainer.tiny:
+        with nogil:
+            train_tiny(wp, net, &X[0, 0], &Y[0, 0], X.shape[0], &order[0], n_order,
+                       <floating> trainer.rule.lr, &total, &done)
+        return total, done
+    batch_rows = trainer.batch_size if trainer.batch_size < n_order else n_order
+    trainer._reserve(batch_rows)
+    with nogil:
+        train_rows(wp, wp + trainer.n_values, wp + 2 * trainer.n_values, net, &X[0, 0],
+                   &Y[0, 0], X.shape[0], &order[0], n_order, trainer.batch_size, trainer.loss,
+                   &trainer.rule, step, <floating*> trainer.scratch, trainer.batch_rows,
+                   &total, &done)
+    return total, done
+
+
+def _trainer_store(Trainer trainer, floating[::1] params, floating[:, ::1] state):
+    """:meth:`Trainer.store` for the parameter dtype ``floating``."""
+    cdef Net* net = &trainer.net
+    cdef floating* wp
+    cdef floating* state0
+    trainer._check_dtype(sizeof(floating))
+    check_shapes(net, params.shape[0], 0, net.sizes[0], -1, -1)
+    check_state(net, state.shape[0], state.shape[1])
+    wp = <floating*> trainer.work
+    state0 = &state[0, 0]
+    with nogil:
+        if trainer.tiny:
+            memcpy(&params[0], wp, net.n_params * sizeof(floating))
+        else:
+            from_work(wp, &params[0], net)
+            # only the slots the update rule uses: the others are the model's to keep
+            if trainer.n_state:
+                from_work(wp + trainer.n_values, state0, net)
+                if trainer.rule.kind == ADAM or trainer.rule.kind == RMSPROP_MOMENTUM:
+                    from_work(wp + 2 * trainer.n_values, state0 + net.n_params, net)
+
+
+def _trainer_reload(Trainer trainer, const floating[::1] params, const floating[:, ::1] state):
+    """:meth:`Trainer.reload` for the parameter dtype ``floating``."""
+    trainer._check_dtype(sizeof(floating))
+    check_shapes(&trainer.net, params.shape[0], 0, trainer.net.sizes[0], -1, -1)
+    check_state(&trainer.net, state.shape[0], state.shape[1])
+    load_work(&trainer.net, trainer.tiny, trainer.n_state > 0, <floating*> trainer.work,
+              &params[0], &state[0, 0])
+
+
 def train_chunk(floating[::1] params, const int64_t[::1] sizes, const int64_t[::1] acts,
                 int loss, const floating[:, ::1] X, const floating[:, ::1] Y,
                 const int64_t[::1] order, Py_ssize_t batch_size, int optimizer,

@@ -63,3 +63,29 @@ def train_chunk(
     state: npt.NDArray[_F],
     step: int,
 ) -> tuple[float, int]: ...
+
+class Trainer:
+    """One network's line-aligned working copy for one fit (see ``_contract.Trainer``)."""
+
+    def __init__(
+        self,
+        params: npt.NDArray[_F],
+        state: npt.NDArray[_F],
+        sizes: npt.NDArray[np.int64],
+        acts: npt.NDArray[np.int64],
+        loss: int,
+        batch_size: int,
+        optimizer: int,
+        hyper: npt.NDArray[np.float64],
+    ) -> None: ...
+    def train(
+        self,
+        X: npt.NDArray[_F],
+        Y: npt.NDArray[_F],
+        order: npt.NDArray[np.int64],
+        step: int,
+    ) -> tuple[float, int]: ...
+    def finite(self) -> bool: ...
+    def store(self, params: npt.NDArray[_F], state: npt.NDArray[_F]) -> None: ...
+    def reload(self, params: npt.NDArray[_F], state: npt.NDArray[_F]) -> None: ...
+    def close(self) -> None: ...

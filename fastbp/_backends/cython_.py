@@ -38,8 +38,8 @@ import sys
 
 from .. import _config
 from . import _contract
-from ._contract import (CopyTrainer, check_chunk, check_gradients_call, check_loss_call,
-                        check_predict_call, check_trainer_call)
+from ._contract import (check_chunk, check_gradients_call, check_loss_call, check_predict_call,
+                        check_trainer_call)
 
 NAME = "cython"
 
@@ -103,17 +103,41 @@ def loss_and_gradients(params, sizes, acts, loss, X, Y, grad):
     return _kernels.loss_and_gradients(params, sizes, acts, loss, X, Y, grad)
 
 
+class _Trainer:
+    """The extension's ``Trainer`` bound to the model's buffers (``_contract.Trainer``).
+
+    The compiled trainer lays out its line-aligned working copy once, at
+    open; each chunk trains it in place (no per-chunk layout or copy), and
+    ``store``/``reload`` copy between it and the model's ``params``/``state``.
+    """
+
+    def __init__(self, params, state, sizes, acts, loss, batch_size, optimizer, hyper, dtype):
+        self._params, self._state, self._sizes, self._dtype = params, state, sizes, dtype
+        self._work = _kernels.Trainer(params, state, sizes, acts, loss, batch_size, optimizer,
+                                      hyper)
+
+    def train(self, X, Y, order, step):
+        check_chunk(self._dtype, self._sizes, X, Y, order)
+        return self._work.train(X, Y, order, int(step))
+
+    def finite(self):
+        return self._work.finite()
+
+    def store(self):
+        self._work.store(self._params, self._state)
+
+    def reload(self):
+        self._work.reload(self._params, self._state)
+
+    def close(self):
+        self._work.close()
+
+
 def open_trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper):
-    """A trainer over flat working copies (``_contract.CopyTrainer``) for one fit."""
+    """A trainer over the extension's aligned working copy (``_ckernels.Trainer``) for one fit."""
     dtype, loss, batch_size, optimizer = check_trainer_call(params, state, sizes, acts, loss,
                                                             batch_size, optimizer, hyper)
-
-    def run(work_params, work_state, X, Y, order, step):
-        check_chunk(dtype, sizes, X, Y, order)
-        return _kernels.train_chunk(work_params, sizes, acts, loss, X, Y, order, batch_size,
-                                    optimizer, hyper, work_state, int(step))
-
-    return CopyTrainer(params, state, optimizer, run)
+    return _Trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper, dtype)
 
 
 def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size, optimizer, hyper, state,
