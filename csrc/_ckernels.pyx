@@ -2,7 +2,8 @@
 
 It offers the functions of the backend contract (``fastbp/_backends/_contract.py``)
 with the same arguments, writing into buffers the caller allocated:
-``predict``, ``loss_sum``, ``loss_and_gradients`` and ``train_chunk``.
+``predict``, ``loss_sum``, ``loss_and_gradients`` and ``train_chunk``, and
+``Trainer``, the working copy that ``open_trainer`` trains for one fit.
 Every function is written once over Cython's fused ``floating`` type and
 compiled for float32 and float64 (the dtype of ``params`` picks the
 specialisation); each call releases the GIL for its whole numeric part.

@@ -15,9 +15,10 @@ cdef enum:
 
 # The tiny-net kernels take their layer widths as types: ``width1`` .. ``width4`` are
 # empty-looking C structs of 1..4 bytes, so inside a specialisation
-# ``sizeof(InputWidth)`` is a compile-time constant.  Cython's fused types then play the part of C++ templates:
-# one copy of each kernel per width combination, with literal loop bounds, fully
-# unrolled, every weight a scalar the compiler keeps in a register.
+# ``sizeof(InputWidth)`` is a compile-time constant.  Cython's fused types then
+# play the part of C++ templates: one copy of each kernel per width combination,
+# with literal loop bounds, fully unrolled, every weight a scalar the compiler
+# keeps in a register.
 cdef extern from *:
     """
     typedef struct { char c[1]; } fastbp_width1;
@@ -77,14 +78,14 @@ cdef inline void tiny_layer(const floating* a, const floating* K, const floating
     branch-free ``maxsd`` that lets NaN through as ``np.maximum`` does.
     """
     cdef Py_ssize_t i, j
-    cdef floating s, zero = 0
+    cdef floating acc, zero = 0
     for j in range(n_out):
-        s = b[j]
+        acc = b[j]
         for i in range(n_in):
-            s = s + a[i] * K[i * n_out + j]
+            acc = acc + a[i] * K[i * n_out + j]
         if relu:
-            s = zero if zero > s else s
-        z[j] = s
+            acc = zero if zero > acc else acc
+        z[j] = acc
 
 
 cdef inline void tiny_update(floating* K, floating* b, const floating* a, const floating* d,
@@ -98,14 +99,14 @@ cdef inline void tiny_update(floating* K, floating* b, const floating* a, const 
         b[j] -= lr * d[j]
 
 
-cdef inline double tiny_delta(const floating* p, const floating* y, floating* e,
+cdef inline double tiny_delta(const floating* pred, const floating* y, floating* err,
                               Py_ssize_t n) noexcept nogil:
-    """The one loss the tiny kernels take, mse: ``e = p - y`` and the summed ``e**2``."""
+    """The one loss the tiny kernels take, mse: ``err = pred - y`` and the summed ``err**2``."""
     cdef Py_ssize_t j
     cdef double total = 0
     for j in range(n):
-        e[j] = p[j] - y[j]
-        total += <double> (e[j] * e[j])
+        err[j] = pred[j] - y[j]
+        total += <double> (err[j] * err[j])
     return total
 
 
@@ -133,7 +134,7 @@ cdef inline int tiny_two_layers(InputWidth* input_width, FirstWidth* first_width
                                 const floating* X, const floating* Y, Py_ssize_t n_rows,
                                 const int64_t* order, Py_ssize_t n_order, floating lr,
                                 double* loss_out, Py_ssize_t* done_out) except -1 nogil:
-    """Per-sample plain SGD for a two-layer net of widths ``InputWidth``-``FirstWidth``-``SecondWidth``.
+    """Per-sample plain SGD for a two-layer net, widths ``InputWidth``, ``FirstWidth``, ``SecondWidth``.
 
     The Numba twin generates scalar code per architecture; this is the same
     idea done with fused types.  The hidden activation (linear or relu) is a
@@ -251,7 +252,7 @@ cdef inline int tiny_one_layer(InputWidth* input_width, FirstWidth* first_width,
                                const floating* Y, Py_ssize_t n_rows, const int64_t* order,
                                Py_ssize_t n_order, floating lr, double* loss_out,
                                Py_ssize_t* done_out) except -1 nogil:
-    """As :c:func:`tiny_two_layers` for a single (linear) layer of widths ``InputWidth``-``FirstWidth``."""
+    """As :c:func:`tiny_two_layers` for one linear layer (widths ``InputWidth``, ``FirstWidth``)."""
     cdef Py_ssize_t n_in = sizeof(InputWidth), n_out = sizeof(FirstWidth)
     cdef floating K1[16]
     cdef floating b1[4]

@@ -40,7 +40,7 @@ cdef inline Py_ssize_t prefetch_distance(Py_ssize_t n_params) noexcept nogil:
 
 cdef inline void prefetch_row(const floating* X, const floating* Y, Py_ssize_t row,
                               Py_ssize_t n_x, Py_ssize_t n_y) noexcept nogil:
-    """Ask for row ``row`` of ``X`` (its first ``PREFETCH_LINES`` cache lines) and of ``Y`` (its first)."""
+    """Ask for row ``row`` of ``X`` (its first ``PREFETCH_LINES`` lines) and of ``Y`` (first line)."""
     cdef const char* start = <const char*> (X + row * n_x)
     cdef Py_ssize_t n_bytes = n_x * <Py_ssize_t> sizeof(floating), off = 0
     if n_bytes > PREFETCH_LINES * LINE:
@@ -203,7 +203,7 @@ cdef inline int train_rows(floating* wp, floating* ws0, floating* ws1, const Net
                            int loss, Update* rule, int64_t step, floating* work,
                            Py_ssize_t batch_rows, double* loss_out,
                            Py_ssize_t* done_out) except -1 nogil:
-    """Train working-layout parameters on one chunk: :c:func:`train_single` or :c:func:`train_batch`.
+    """Train working-layout parameters on a chunk: :c:func:`train_single` or :c:func:`train_batch`.
 
     ``work`` is line-aligned scratch of :c:func:`scratch_size` values for
     ``batch_rows`` rows.
