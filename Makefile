@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
-SOURCES := pyproject.toml setup.py $(wildcard csrc/*.pyx csrc/*.pxd csrc/*.h)
+SOURCES := pyproject.toml setup.py $(wildcard csrc/*.pyx csrc/*.pxd csrc/*.pxi csrc/*.h)
 # asv runs from benchmarks/ against the package installed in .venv (--python=same)
 ASV    := cd benchmarks && $(abspath $(PY)) -m asv
 # the smoke run fails when one of these backends is missing instead of skipping it
