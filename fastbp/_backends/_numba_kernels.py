@@ -709,16 +709,17 @@ def backward_flat_sgd(x, a0, dx, d0, p0, w, k0, ld, b0, n_in, n_out, lr, propaga
 @_helper
 def backward_flat_update(x, a0, dx, d0, p0, w, g, s, k0, ld, b0, n_in, n_out, propagate, opt,
                          hyper, alpha):
-    """Backward pass of one layer for one row fused with a stateful optimizer's update.
+    """Backward pass of one layer for one row, then a stateful optimizer's update of that layer.
 
-    Row by row of the kernel: the delta of the layer below from the OLD row
-    (with ``propagate``), the row's gradient ``a_i * d`` into ``g`` at the
-    row's offsets, then :func:`apply_update` on that row while its gradient
-    is still in L1; the bias last.  numpy_'s numbers (every delta is formed
-    from weights not yet updated, and each parameter gets the same update),
-    but each parameter, gradient and state value is streamed once per sample
-    instead of twice: on a 100-256-256-1 net the gradient buffer alone is
-    ~740 KB (float64), which a separate update pass read back from L2/L3.
+    The layer's gradient goes into ``g`` (the delta of the layer below from
+    the OLD weights, with ``propagate``), then ONE :func:`apply_update` over
+    the layer's kernel block (its zero padding included: its gradient stays
+    zero) and one over its bias, while the layer's gradient is still in
+    cache.  numpy_'s numbers: every delta is formed from weights not yet
+    updated, and each parameter gets the same update.  Measured: one update
+    per kernel row (64-256 elements) cost 2-3x on a 20-64-64-1 net (call
+    and branch overhead per row), one per layer is level with a single pass
+    over the whole buffer.
     """
     if n_out == 1:  # a contiguous column: run along i
         e = dx[uidx(d0)]
@@ -742,7 +743,7 @@ def backward_flat_update(x, a0, dx, d0, p0, w, g, s, k0, ld, b0, n_in, n_out, pr
             else:
                 for j in range(n_out):
                     g[uidx(r + j)] = ai * dx[uidx(d0 + j)]
-            apply_update(w, g, s, opt, hyper, alpha, r, r + n_out)
+        apply_update(w, g, s, opt, hyper, alpha, k0, k0 + n_in * ld)
     for j in range(n_out):
         g[uidx(b0 + j)] = dx[uidx(d0 + j)]
     apply_update(w, g, s, opt, hyper, alpha, b0, b0 + n_out)
