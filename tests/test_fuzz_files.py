@@ -32,6 +32,7 @@ import pytest
 
 import fastbp
 from fastbp import _io
+from .test_io_hardening import _save_version_1
 
 CASES = int(os.environ.get("FASTBP_FUZZ_CASES", "500"))
 SEED = int(os.environ.get("FASTBP_FUZZ_SEED", "0"))
@@ -72,26 +73,6 @@ def _with_payload(header, payload):
     return dict(header, payload_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
 
 
-def _save_version_1(network, path):
-    arrays = {"params": network._params}
-    if network._state is not None:
-        arrays["optimizer_state"] = network._state
-    training = None
-    if network._position is not None:
-        training = {k: v for k, v in network._position.items() if k != "arrays"}
-        for name, array in network._position["arrays"].items():
-            arrays["training." + name] = array
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    payload = buffer.getvalue()
-    header = _with_payload(
-        {"format": "fastbp-model", "version": 1, "config": network.get_config(),
-         "optimizer": None if network.optimizer is None else network.optimizer.get_config(),
-         "step": network._step, "shuffle_rng": network._rng.bit_generator.state,
-         "extra": {"train_options": {"epochs": 2}}, "training": training}, payload)
-    path.write_bytes(_io.MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + payload)
-
-
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory):
     """``{name: file bytes}`` of valid files, and the networks they load as."""
@@ -110,7 +91,8 @@ def seeds(tmp_path_factory):
     ck.fit(X, y, epochs=2, batch_size=4, validation_split=0.25, verbose=0,
            optimizer=fastbp.RMSprop(0.01, momentum=0.5), checkpoint=directory / "ck",
            callbacks=[fastbp.EarlyStopping(patience=3, restore_best_weights=True)])
-    _save_version_1(fastbp.load(directory / "ck", backend="numpy"), directory / "v1")
+    _save_version_1(fastbp.load(directory / "ck", backend="numpy"), directory / "v1",
+                    extra={"train_options": {"epochs": 2}})
     files = {name: (directory / name).read_bytes() for name in ("plain", "adam", "ck", "v1")}
     loaded = {name: fastbp.load(directory / name, backend="numpy") for name in files}
     return files, loaded

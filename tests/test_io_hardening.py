@@ -102,8 +102,8 @@ def test_format_version_2_is_written():
     assert _io.FORMAT_VERSION == 2
 
 
-def _save_version_1(network, path):
-    """A model file as fastbp with format version 1 wrote it."""
+def _save_version_1(network, path, extra=None):
+    """A model file as fastbp with format version 1 wrote it (``extra``: its metadata)."""
     arrays = {"params": network._params}
     if network._state is not None:
         arrays["optimizer_state"] = network._state
@@ -118,7 +118,8 @@ def _save_version_1(network, path):
     header = {"format": "fastbp-model", "version": 1, "config": network.get_config(),
               "optimizer": None if network.optimizer is None else network.optimizer.get_config(),
               "step": network._step, "shuffle_rng": network._rng.bit_generator.state,
-              "extra": {"note": "v1"}, "training": training, "payload_bytes": len(payload),
+              "extra": {"note": "v1"} if extra is None else extra, "training": training,
+              "payload_bytes": len(payload),
               "sha256": hashlib.sha256(payload).hexdigest()}
     path.write_bytes(_io.MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + payload)
 

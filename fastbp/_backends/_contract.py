@@ -37,6 +37,7 @@ so between stores they hold the last state the caller accepted, which is
 what a divergence or a Ctrl-C rolls back to (:meth:`Trainer.reload`).
 """
 
+import sys
 from typing import Protocol
 
 import numpy as np
@@ -298,3 +299,19 @@ def train_chunk(backend, params, sizes, acts, loss, X, Y, order, batch_size, opt
     finally:
         trainer.close()
     return result
+
+
+def module_train_chunk(module_name):
+    """A backend module's own ``train_chunk``: :func:`train_chunk` bound to that module.
+
+    ``train_chunk = _contract.module_train_chunk(__name__)`` in each backend
+    module, so tests and benchmarks can train one chunk without a Network.
+    """
+    def train_chunk_of_module(params, sizes, acts, loss, X, Y, order, batch_size, optimizer,
+                              hyper, state, step):
+        """One chunk through a fresh trainer, stored at once (``_contract.train_chunk``)."""
+        return train_chunk(sys.modules[module_name], params, sizes, acts, loss, X, Y, order,
+                           batch_size, optimizer, hyper, state, step)
+
+    train_chunk_of_module.__name__ = "train_chunk"
+    return train_chunk_of_module

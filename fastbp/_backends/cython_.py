@@ -34,7 +34,6 @@ except ImportError as exc:  # not built: let the registry say how to build it
         "`pip install --no-build-isolation -e .` (needs Cython and a C compiler; "
         "FASTBP_REQUIRE_EXTENSION=1 makes a failed build an error)") from exc
 
-import sys
 
 from .. import _config
 from . import _contract
@@ -140,8 +139,5 @@ def open_trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper)
     return _Trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper, dtype)
 
 
-def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size, optimizer, hyper, state,
-                step):
-    """One chunk through a fresh trainer, stored at once (``_contract.train_chunk``)."""
-    return _contract.train_chunk(sys.modules[__name__], params, sizes, acts, loss, X, Y, order,
-                                 batch_size, optimizer, hyper, state, step)
+#: One chunk without a Network (tests, benchmarks): ``_contract.train_chunk`` on this module.
+train_chunk = _contract.module_train_chunk(__name__)

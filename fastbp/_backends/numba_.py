@@ -752,8 +752,5 @@ def open_trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper)
                     hyper)
 
 
-def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size, optimizer, hyper, state,
-                step):
-    """One chunk through a fresh trainer, stored at once (``_contract.train_chunk``)."""
-    return _contract.train_chunk(sys.modules[__name__], params, sizes, acts, loss, X, Y, order,
-                                 batch_size, optimizer, hyper, state, step)
+#: One chunk without a Network (tests, benchmarks): ``_contract.train_chunk`` on this module.
+train_chunk = _contract.module_train_chunk(__name__)

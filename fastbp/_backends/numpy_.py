@@ -14,8 +14,6 @@ import math
 
 import numpy as np
 
-import sys
-
 from . import _codes as C
 from . import _contract
 from ._contract import (CopyTrainer, check_chunk, check_gradients_call, check_loss_call,
@@ -211,8 +209,5 @@ def _train_batches(layers, grads, params, grad, acts, loss, X, Y, order, batch_s
     return total, n
 
 
-def train_chunk(params, sizes, acts, loss, X, Y, order, batch_size, optimizer, hyper, state,
-                step):
-    """One chunk through a fresh trainer, stored at once (``_contract.train_chunk``)."""
-    return _contract.train_chunk(sys.modules[__name__], params, sizes, acts, loss, X, Y, order,
-                                 batch_size, optimizer, hyper, state, step)
+#: One chunk without a Network (tests, benchmarks): ``_contract.train_chunk`` on this module.
+train_chunk = _contract.module_train_chunk(__name__)
