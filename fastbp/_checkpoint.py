@@ -27,15 +27,24 @@ _MUST_MATCH = {
     "fingerprint": "training data (its shape or sampled rows differ)",
     "batch_size": "batch_size",
     "shuffle": "shuffle",
+    "workers": "workers",
+    "average_every": "average_every (rows per worker between averages)",
 }
+# What a position written before these settings existed implies.
+_DEFAULTS = {"workers": 1, "average_every": None}
 
 
-def settings(train, val, batch_size, shuffle, validation_split):
-    """The parts of a ``fit`` call that a resumed call must repeat."""
+def settings(train, val, batch_size, shuffle, validation_split, workers=1, average_every=None):
+    """The parts of a ``fit`` call that a resumed call must repeat.
+
+    ``workers`` and the resolved ``average_every`` (None unless local SGD)
+    change which rows each replica trains and when they are averaged.
+    """
     return {"source": "stream" if train.streamed else "memory", "n_rows": int(train.n_rows),
             "n_val": None if val is None else int(val.n_rows), "fingerprint": train.fingerprint(),
             "batch_size": int(batch_size), "shuffle": bool(shuffle),
-            "validation_split": float(validation_split)}
+            "validation_split": float(validation_split), "workers": int(workers),
+            "average_every": None if average_every is None else int(average_every)}
 
 
 def capture(*, epoch, rows, loss_sum, epoch_rng, stopped, epochs, chunk_rows, resume_settings,
@@ -72,11 +81,13 @@ def check_resume(position, resume_settings, optimizer, current_optimizer):
             "resume=True to start a new fit.")
     saved = position["settings"]
     for key, what in _MUST_MATCH.items():
-        if saved.get(key) != resume_settings[key]:
+        was = saved.get(key, _DEFAULTS.get(key))
+        if was != resume_settings[key]:
             raise ValueError(
-                f"fit(resume=True): the interrupted fit was run with {what} = {saved.get(key)!r}; "
+                f"fit(resume=True): the interrupted fit was run with {what} = {was!r}; "
                 f"this call has {resume_settings[key]!r}. Resume with the same data, batch_size, "
-                "shuffle and validation split as the interrupted call (only epochs may change).")
+                "shuffle, validation split, workers and average_every as the interrupted call "
+                "(only epochs may change).")
     if optimizer is not None and optimizer != current_optimizer:
         raise ValueError(
             f"fit(resume=True): the interrupted fit used {current_optimizer!r}; this call "

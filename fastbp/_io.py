@@ -298,7 +298,8 @@ def _check_training(value, version, layer_shapes):
         value.setdefault("epochs", value.get("epoch", 0) + 1
                          if type(value.get("epoch")) is int else 1)
     value = _dict(value, "training", _TRAINING_KEYS)
-    s = _dict(value["settings"], "training.settings", _SETTINGS_KEYS)
+    s = _dict(value["settings"], "training.settings", _SETTINGS_KEYS,
+              ("workers", "average_every"))
     settings = {
         "source": _str(s["source"], "training.settings.source", {"memory", "stream"}),
         "n_rows": _int(s["n_rows"], "training.settings.n_rows", 1),
@@ -308,6 +309,11 @@ def _check_training(value, version, layer_shapes):
         "shuffle": _bool(s["shuffle"], "training.settings.shuffle"),
         "validation_split": _real(s["validation_split"], "training.settings.validation_split",
                                   0.0, 1.0),
+        # absent from positions written before fit had workers
+        "workers": _int(s.get("workers", 1), "training.settings.workers", 1, 1 << 16),
+        "average_every": (None if s.get("average_every") is None
+                          else _int(s["average_every"], "training.settings.average_every", 1,
+                                    1 << 62)),
     }
     if settings["validation_split"] >= 1.0:
         raise _bad("training.settings.validation_split", "a number in [0, 1)",
@@ -316,6 +322,11 @@ def _check_training(value, version, layer_shapes):
     if chunk_rows % settings["batch_size"]:
         raise _bad("training.chunk_rows",
                    f"a multiple of the batch size {settings['batch_size']}", chunk_rows)
+    if settings["average_every"] is not None:  # local SGD: chunks are whole rounds
+        round_rows = settings["workers"] * settings["average_every"]
+        if chunk_rows % round_rows:
+            raise _bad("training.chunk_rows", f"a multiple of the round of {round_rows} rows",
+                       chunk_rows)
     training = {
         "epoch": _int(value["epoch"], "training.epoch"),
         "rows": _int(value["rows"], "training.rows", 0, settings["n_rows"]),

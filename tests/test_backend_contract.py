@@ -215,8 +215,9 @@ def test_missing_reports_what_a_module_lacks():
     import types
 
     empty = types.ModuleType("empty")
-    assert _contract.missing(empty) == [*_contract.FUNCTIONS, "NAME"]
-    partial = types.SimpleNamespace(NAME="x", **{f: (lambda *a: None)
+    assert _contract.missing(empty) == [*_contract.FUNCTIONS, "NAME", "RELEASES_GIL"]
+    partial = types.SimpleNamespace(NAME="x", RELEASES_GIL=False,
+                                    **{f: (lambda *a: None)
                                                  for f in _contract.FUNCTIONS[:-1]})
     assert _contract.missing(partial) == [_contract.FUNCTIONS[-1]]
     assert _contract.missing(numpy_) == []

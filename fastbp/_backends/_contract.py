@@ -223,6 +223,9 @@ class Backend(Protocol):
     """What a backend module offers (module-level functions and ``NAME``)."""
 
     NAME: str
+    #: Whether the kernels run outside the GIL, so that ``workers`` threads run
+    #: them in parallel (``fastbp._parallel``); else the workers' tasks run in turn.
+    RELEASES_GIL: bool
 
     def predict(self, params, sizes, acts, X, out):
         """Write the network's outputs for the rows of ``X`` into ``out``."""
@@ -242,10 +245,12 @@ FUNCTIONS = ("predict", "loss_sum", "loss_and_gradients", "open_trainer")
 
 
 def missing(module):
-    """The names of :data:`FUNCTIONS` (and ``NAME``) that ``module`` lacks."""
+    """The names of :data:`FUNCTIONS` (and ``NAME``, ``RELEASES_GIL``) that ``module`` lacks."""
     absent = [name for name in FUNCTIONS if not callable(getattr(module, name, None))]
     if not isinstance(getattr(module, "NAME", None), str):
         absent.append("NAME")
+    if not isinstance(getattr(module, "RELEASES_GIL", None), bool):
+        absent.append("RELEASES_GIL")
     return absent
 
 

@@ -66,6 +66,8 @@ from ._contract import (check_chunk, check_gradients_call, check_loss_call,  # n
                         check_predict_call, check_trainer_call)
 
 NAME = "cuda"
+# host round trips and device launches hold the GIL: replicas run in turn
+RELEASES_GIL = False
 
 #: At most this many threads in the one block (the CUDA limit per block).
 MAX_THREADS = 1024

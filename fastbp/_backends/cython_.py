@@ -41,6 +41,8 @@ from ._contract import (check_chunk, check_gradients_call, check_loss_call, chec
                         check_trainer_call)
 
 NAME = "cython"
+# every kernel runs inside `with nogil`: worker threads run in parallel
+RELEASES_GIL = True
 
 #: Compiled copies, best first: (ISA name, module suffix, CPU check in the baseline module).
 _COPIES = (("avx512", "_avx512", "cpu_has_avx512"), ("avx2", "_avx2", "cpu_has_avx2_fma"))

@@ -94,6 +94,8 @@ from ._layout import layer_views
 from ._numba_kernels import LAY_ACT, LAY_ACT_LD, LAY_BIAS, LAY_KERNEL, LAY_KERNEL_LD
 
 NAME = "numba"
+# every kernel is compiled with nogil=True: worker threads run in parallel
+RELEASES_GIL = True
 
 logger = logging.getLogger("fastbp")
 
@@ -480,6 +482,9 @@ def _entry(module, name):
     if fn is not None:
         return fn
     with _lock:
+        fn = _entries.get((module.__name__, name))
+        if fn is not None:  # another thread compiled it while this one waited
+            return fn
         fn = getattr(module, name)
         if hasattr(fn, "compile"):  # absent under NUMBA_DISABLE_JIT=1
             # One signature per function and module: loads from the on-disk
@@ -577,22 +582,53 @@ def _aligned_zeros(n, dtype):
     return buf[shift:shift + n]
 
 
+@functools.lru_cache(maxsize=256)
+def _positions(sizes, itemsize):
+    """Index of every flat (Keras-layout) parameter in the working layout.
+
+    One gather or scatter with it moves a whole parameter vector between the
+    two layouts: a Python loop over the layers cost more than the kernel on a
+    small batch (stateless calls such as ``loss_and_gradients`` pay it twice).
+    The parameter offsets do not depend on the workspace rows.
+    """
+    lay = _layout(sizes, itemsize, 1)[0]
+    parts = []
+    for li in range(len(sizes) - 1):
+        n_in, n_out = sizes[li], sizes[li + 1]
+        k0, b0, kernel_ld = (int(lay[row, li]) for row in (LAY_KERNEL, LAY_BIAS, LAY_KERNEL_LD))
+        parts.append((k0 + np.arange(n_in)[:, None] * kernel_ld + np.arange(n_out)).ravel())
+        parts.append(b0 + np.arange(n_out))
+    index = np.concatenate(parts).astype(np.intp)
+    index.setflags(write=False)
+    return index
+
+
 def _to_work(flat, sizes, lay, work):
     """Copy a flat parameter-shaped buffer (Keras layout) into the working layout."""
-    for li, (k, b) in enumerate(layer_views(flat, sizes)):
-        n_in, n_out = k.shape
-        k0, b0, kernel_ld = (int(lay[row, li]) for row in (LAY_KERNEL, LAY_BIAS, LAY_KERNEL_LD))
-        work[k0:k0 + n_in * kernel_ld].reshape(n_in, kernel_ld)[:, :n_out] = k
-        work[b0:b0 + n_out] = b
+    work[_positions(sizes, work.dtype.itemsize)] = flat
 
 
 def _from_work(work, sizes, lay, flat):
     """Copy the working layout back into a flat parameter-shaped buffer."""
-    for li, (k, b) in enumerate(layer_views(flat, sizes)):
-        n_in, n_out = k.shape
-        k0, b0, kernel_ld = (int(lay[row, li]) for row in (LAY_KERNEL, LAY_BIAS, LAY_KERNEL_LD))
-        k[...] = work[k0:k0 + n_in * kernel_ld].reshape(n_in, kernel_ld)[:, :n_out]
-        b[...] = work[b0:b0 + n_out]
+    np.take(work, _positions(sizes, work.dtype.itemsize), out=flat)
+
+
+_scratch = threading.local()
+
+
+def _scratch_params(dtype, wsize):
+    """This thread's ``(wp, wg)`` working buffers of ``wsize`` elements, reused across calls.
+
+    Only parameter positions are ever written into ``wp`` (its padding stays
+    zero); ``wg`` is zeroed by the caller.  Per thread, so that calls from
+    several threads (``predict(workers=N)``) never share one.
+    """
+    key = (dtype.char, wsize)
+    cached = getattr(_scratch, "buffers", None)
+    if cached is None or cached[0] != key:
+        cached = (key, _aligned_zeros(wsize, dtype), _aligned_zeros(wsize, dtype))
+        _scratch.buffers = cached
+    return cached[1], cached[2]
 
 
 def _sizes(sizes):
@@ -600,7 +636,7 @@ def _sizes(sizes):
 
 
 def _working_params(params, shape, lay, wsize):
-    wp = _aligned_zeros(wsize, params.dtype)
+    wp = _scratch_params(params.dtype, wsize)[0]
     _to_work(params, shape, lay, wp)
     return wp
 
@@ -634,7 +670,8 @@ def loss_and_gradients(params, sizes, acts, loss, X, Y, grad):
     rows = _block_rows(shape, dtype.itemsize, X.shape[0])
     lay, wsize, half = _layout(shape, dtype.itemsize, rows)
     wp = _working_params(params, shape, lay, wsize)
-    wg = _aligned_zeros(wsize, dtype)
+    wg = _scratch_params(dtype, wsize)[1]
+    wg.fill(0)
     total = kernel("loss_and_gradients", dtype)(wp, wg, lay, sizes, acts, loss, X, Y,
                                                 _aligned_zeros(2 * half, dtype), rows)
     _from_work(wg, shape, lay, grad)

@@ -21,6 +21,8 @@ from ._contract import (CopyTrainer, check_chunk, check_gradients_call, check_lo
 from ._layout import layer_views
 
 NAME = "numpy"
+# NumPy releases the GIL only inside single operations: replicas run in turn
+RELEASES_GIL = False
 
 
 def _activate(z, code):

@@ -1,0 +1,393 @@
+"""Several cores for one network: local SGD replicas, split minibatches, split inference.
+
+Between the API layer (``fastbp.Network``) and the backends: everything here
+is written once, over the backend contract (``_backends._contract``), so every
+backend runs the same algorithm and the NumPy backend stays the reference for
+``workers > 1`` too.  Threads run the compiled kernels, which release the GIL;
+a backend that cannot release it (``numpy``, ``cuda``) runs the same work one
+task after another in the calling thread, with the same results.
+
+Two trainers implement the contract's :class:`~fastbp._backends._contract.Trainer`
+over ``workers`` replicas or threads; ``fit`` picks one per call:
+
+:class:`LocalSGDTrainer` (per-sample and small minibatches)
+    Each worker holds a replica of the parameters and the optimizer state.
+    A *round* takes the next ``workers * average_every`` rows of the epoch's
+    (shuffled) order; worker ``k`` trains its own contiguous share of them,
+    in consecutive batches, then the replicas that trained are averaged
+    (parameters and the used optimizer-state rows; summed in worker order,
+    divided by their count) and every replica continues from the average.
+    With one worker this is serial SGD exactly.
+
+:class:`SplitBatchTrainer` (minibatches of at least :data:`SPLIT_BATCH_MIN` rows)
+    Each batch's rows are split into ``workers`` contiguous parts; every part's
+    loss and gradient sums are computed in parallel at the same weights, added
+    in part order, and one optimizer step (the reference's formulas) is taken:
+    Keras's semantics, up to the order of the summation.
+"""
+
+import concurrent.futures
+import math
+import os
+import threading
+import warnings
+
+import numpy as np
+
+from . import _validation as validation
+from ._backends import _contract
+from ._backends.numpy_ import _apply_update
+
+#: Minibatches with at least this many rows are split exactly across the workers;
+#: smaller ones train replicas (local SGD).  Below it a part is too small for the
+#: per-batch cost of handing work to the threads and adding their gradients.
+SPLIT_BATCH_MIN = 64
+
+#: Kernel work per averaging round, in parameter-rows (rows x parameters): about
+#: 75 ms per round of per-sample SGD on one core, so that averaging (a few
+#: parameter-sized copies) costs well under 1% of the round.
+_ROUND_WORK = 1.6e8
+
+
+def usable_cores():
+    """The number of CPU cores this process may run on (its affinity mask)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_workers(workers, name="workers"):
+    """``workers`` as a positive int: -1 means every usable core; more than those is capped."""
+    if isinstance(workers, (bool, np.bool_)) or not isinstance(workers, (int, np.integer)) \
+            or (workers < 1 and workers != -1):
+        raise ValueError(f"{name}: expected a positive integer, or -1 for every core this "
+                         f"process may use ({usable_cores()} here); found "
+                         f"{validation.show(workers)}. Pass e.g. {name}=2 or {name}=-1.")
+    cores = usable_cores()
+    if workers == -1:
+        return cores
+    if workers > cores:
+        warnings.warn(f"{name}={int(workers)} is more than the {cores} cores this process may "
+                      f"use; using {cores} (threads beyond the cores only take turns).",
+                      RuntimeWarning, stacklevel=3)
+        return cores
+    return int(workers)
+
+
+def check_average_every(average_every):
+    """``average_every`` as a positive int, or None (the default)."""
+    if average_every is None:
+        return None
+    return validation.check_int(average_every, "average_every (or None)", minimum=1,
+                                example=10000)
+
+
+def default_average_every(n_params, batch_size):
+    """Rows per worker between averages: about 75 ms of kernel time, whole batches."""
+    rows = max(batch_size, int(_ROUND_WORK / max(1, n_params)))
+    return round_to_batches(rows, batch_size)
+
+
+def round_to_batches(rows, batch_size):
+    """``rows`` rounded up to a whole number of batches."""
+    return -(-rows // batch_size) * batch_size
+
+
+def releases_gil(backend):
+    """Whether ``backend``'s kernels run outside the GIL (threads then run in parallel)."""
+    return bool(getattr(backend, "RELEASES_GIL", False))
+
+
+class TaskRunner:
+    """Runs one task per worker and returns their results in worker order.
+
+    With threads, the caller runs task 0 itself and ``workers - 1`` pool
+    threads the others; without (``threads=False``: a backend that holds the
+    GIL), the tasks run one after another in the caller.  Either way every
+    task has finished when :meth:`run` returns or raises, so no thread still
+    writes into a buffer the caller is about to read or reset.
+    """
+
+    def __init__(self, workers, threads=True):
+        self.workers = workers
+        self._pool = None
+        if threads and workers > 1:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=workers - 1, thread_name_prefix="fastbp-worker")
+
+    def run(self, task, n_tasks=None):
+        """``[task(0), ..., task(n_tasks - 1)]`` (``n_tasks`` defaults to ``workers``)."""
+        n_tasks = self.workers if n_tasks is None else n_tasks
+        if self._pool is None or n_tasks == 1:
+            return [task(k) for k in range(n_tasks)]
+        futures = [self._pool.submit(task, k) for k in range(1, n_tasks)]
+        try:
+            first = task(0)
+        finally:
+            # a Ctrl-C or an error in task 0: let the others finish before unwinding
+            concurrent.futures.wait(futures)
+        return [first] + [future.result() for future in futures]
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def batch_shares(n_rows, batch_size, workers):
+    """``[(start, stop), ...]``: one contiguous share of whole batches per worker.
+
+    The ``ceil(n_rows / batch_size)`` batches are dealt out in order, worker
+    ``k`` taking batches ``k * B // workers`` up to ``(k + 1) * B // workers``;
+    only the last batch may be short.  A full round (``workers`` times the
+    same number of batches) gives every worker the same share.
+    """
+    n_batches = -(-n_rows // batch_size)
+    shares = []
+    for k in range(workers):
+        lo, hi = k * n_batches // workers, (k + 1) * n_batches // workers
+        shares.append((min(lo * batch_size, n_rows), min(hi * batch_size, n_rows)))
+    return shares
+
+
+class LocalSGDTrainer:
+    """``workers`` replicas trained on their own shares, averaged every round (module doc).
+
+    Implements the contract's Trainer.  ``train`` runs whole rounds only;
+    chunks are multiples of a round (``fit`` makes them so), so a chunk
+    boundary is an averaging point: Ctrl-C, checkpoints and resume all see
+    one consistent model, and a resumed fit redoes exactly the same rounds.
+    """
+
+    def __init__(self, backend, params, state, sizes, acts, loss, batch_size, optimizer, hyper,
+                 workers, average_every, runner):
+        self._params, self._state = params, state
+        self._slots = _contract.state_slots(optimizer)
+        self._batch_size, self._average_every = batch_size, average_every
+        self._runner = runner
+        self.workers = workers
+        self._replica_params = [params.copy() for _ in range(workers)]
+        self._replica_state = [state.copy() for _ in range(workers)]
+        self._trainers = []
+        try:
+            for p, s in zip(self._replica_params, self._replica_state):
+                self._trainers.append(backend.open_trainer(p, s, sizes, acts, loss, batch_size,
+                                                           optimizer, hyper))
+        except BaseException:
+            self.close()
+            raise
+        self._sum = np.empty_like(params)
+        self._state_sum = np.empty_like(state[:self._slots])
+        # The average the current round started from (what a failed round returns to).
+        self._start = params.copy()
+        self._start_state = state[:self._slots].copy()
+        #: optimizer steps one replica took in the last ``train`` (the step count advances by it)
+        self.last_steps = 0
+
+    @property
+    def round_rows(self):
+        """Rows of one full round: ``workers * average_every``."""
+        return self.workers * self._average_every
+
+    def train(self, X, Y, order, step):
+        loss_sum, done, steps = 0.0, 0, 0
+        self.last_steps = 0
+        for start in range(0, len(order), self.round_rows):
+            part = order[start:start + self.round_rows]
+            shares = batch_shares(len(part), self._batch_size, self.workers)
+
+            def task(k, part=part, shares=shares, at=step + steps):
+                lo, hi = shares[k]
+                if lo == hi:
+                    return 0.0, 0
+                return self._trainers[k].train(X, Y, part[lo:hi], at)
+
+            results = self._runner.run(task)
+            trained = [k for k, (lo, hi) in enumerate(shares) if hi > lo]
+            ok = all(results[k][1] == shares[k][1] - shares[k][0] for k in trained) \
+                and all(self._trainers[k].finite() for k in trained)
+            if not (ok and self._average(trained)):
+                self._load(self._start, self._start_state)  # the round is undone
+                break
+            loss_sum += math.fsum(results[k][0] for k in trained)
+            done += len(part)
+            steps += max(-(-(hi - lo) // self._batch_size) for lo, hi in shares)
+        self.last_steps = steps
+        return loss_sum, done
+
+    def _average(self, trained):
+        """Average the replicas in ``trained`` into every replica; False if not finite."""
+        for k in trained:
+            self._trainers[k].store()
+        total, state_total = self._sum, self._state_sum
+        total[...] = self._replica_params[trained[0]]
+        state_total[...] = self._replica_state[trained[0]][:self._slots]
+        for k in trained[1:]:  # a fixed order: the same sums on every run and backend
+            total += self._replica_params[k]
+            state_total += self._replica_state[k][:self._slots]
+        if len(trained) > 1:
+            total /= len(trained)
+            state_total /= len(trained)
+        if not np.isfinite(total).all():  # the average of finite replicas can overflow
+            return False
+        self._load(total, state_total)
+        return True
+
+    def _load(self, params, state_rows):
+        """Every replica (buffers and working copy) set to ``params`` / ``state_rows``."""
+        if params is not self._start:
+            self._start[...] = params
+            self._start_state[...] = state_rows
+        for p, s, trainer in zip(self._replica_params, self._replica_state, self._trainers):
+            p[...] = params
+            s[:self._slots] = state_rows
+            trainer.reload()
+
+    def finite(self):
+        # every round's average was checked before it was accepted
+        return bool(np.isfinite(self._replica_params[0]).all())
+
+    def store(self):
+        self._params[...] = self._replica_params[0]
+        self._state[:self._slots] = self._replica_state[0][:self._slots]
+
+    def reload(self):
+        self._load(self._params, self._state[:self._slots])
+
+    def close(self):
+        for trainer in self._trainers:
+            trainer.close()
+        self._trainers = []
+
+
+class SplitBatchTrainer(_contract.CopyTrainer):
+    """Each batch's loss and gradient computed by ``workers`` threads on parts of its rows.
+
+    Implements the contract's Trainer (module doc).  The gradient sums of the
+    parts are added in part order and scaled by ``1 / batch rows``; the step
+    uses the NumPy reference's update rule on the flat working copy.
+    """
+
+    def __init__(self, backend, params, state, sizes, acts, loss, batch_size, optimizer, hyper,
+                 workers, runner):
+        dtype = params.dtype
+        grads = [np.empty_like(params) for _ in range(workers)]
+        total = np.empty_like(params)
+
+        def run(work_params, work_state, X, Y, order, step):
+            _contract.check_chunk(dtype, sizes, X, Y, order)
+            loss_sum = 0.0
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                parts = batch_shares(len(rows), -(-len(rows) // workers), workers)
+
+                def task(k, rows=rows, parts=parts):
+                    lo, hi = parts[k]
+                    if lo == hi:
+                        grads[k].fill(0)
+                        return 0.0
+                    take = rows[lo:hi]
+                    return backend.loss_and_gradients(work_params, sizes, acts, loss,
+                                                      X[take], Y[take], grads[k])
+
+                losses = runner.run(task)
+                batch_loss = math.fsum(losses)
+                if not math.isfinite(batch_loss):
+                    return loss_sum, start
+                loss_sum += batch_loss
+                total[...] = grads[0]
+                for grad in grads[1:]:  # part order: the same sum on every run
+                    np.add(total, grad, out=total)
+                np.multiply(total, dtype.type(1.0 / len(rows)), out=total)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    _apply_update(work_params, total, optimizer, hyper, work_state, step)
+                step += 1
+            return loss_sum, len(order)
+
+        super().__init__(params, state, optimizer, run)
+
+
+def split_rows(n_rows, workers, minimum=1024):
+    """``[(start, stop), ...]``: ``n_rows`` in at most ``workers`` contiguous parts.
+
+    Parts have at least ``minimum`` rows (fewer parts for small inputs), so a
+    call on a few rows does not pay for threads it cannot use.
+    """
+    parts = max(1, min(workers, n_rows // minimum))
+    return [(k * n_rows // parts, (k + 1) * n_rows // parts) for k in range(parts)]
+
+
+_runners = {}
+_runners_lock = threading.Lock()
+
+
+def inference_runner(workers, threads):
+    """A :class:`TaskRunner` kept for inference calls with ``workers`` threads (reused)."""
+    if workers == 1 or not threads:
+        return TaskRunner(1, threads=False)
+    with _runners_lock:
+        runner = _runners.get(workers)
+        if runner is None:
+            runner = _runners[workers] = TaskRunner(workers)
+        return runner
+
+
+class Plan:
+    """How one ``fit`` uses its workers: ``"serial"``, ``"split"`` or ``"local"`` (module doc).
+
+    Made before anything changes (its values go into the resume settings),
+    it opens the fit's trainer and owns the worker threads until
+    :meth:`close`.
+    """
+
+    def __init__(self, workers, batch_size, average_every, n_params):
+        self.workers, self.batch_size = workers, batch_size
+        if workers == 1:
+            self.mode, self.average_every = "serial", None
+        elif batch_size >= SPLIT_BATCH_MIN:
+            self.mode, self.average_every = "split", None
+        else:
+            self.mode = "local"
+            rows = default_average_every(n_params, batch_size) if average_every is None \
+                else average_every
+            self.average_every = round_to_batches(rows, batch_size)
+        self._runner = None
+
+    @property
+    def unit_rows(self):
+        """Rows a chunk is a multiple of: a batch, or a local SGD round."""
+        if self.mode == "local":
+            return self.workers * self.average_every
+        return self.batch_size
+
+    def open_trainer(self, backend, params, state, sizes, acts, loss, batch_size, optimizer,
+                     hyper):
+        """The fit's Trainer: the backend's own (serial), or one over ``workers`` threads."""
+        if self.mode == "serial":
+            return backend.open_trainer(params, state, sizes, acts, loss, batch_size, optimizer,
+                                        hyper)
+        threads = releases_gil(backend)
+        if not threads:
+            warnings.warn(f"workers={self.workers}: the {backend.NAME!r} backend holds the GIL, "
+                          f"so the {self.workers} workers' shares run one after another in "
+                          "this thread (the same results as the compiled CPU backends, no "
+                          "speedup). Use backend='numba' or 'cython' for parallel training.",
+                          RuntimeWarning, stacklevel=4)
+        self._runner = TaskRunner(self.workers, threads)
+        if self.mode == "split":
+            return SplitBatchTrainer(backend, params, state, sizes, acts, loss, batch_size,
+                                     optimizer, hyper, self.workers, self._runner)
+        return LocalSGDTrainer(backend, params, state, sizes, acts, loss, batch_size, optimizer,
+                               hyper, self.workers, self.average_every, self._runner)
+
+    def close(self):
+        """Stop the worker threads (after the trainer is closed)."""
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+
+
+def plan(workers, batch_size, average_every, n_params):
+    """The :class:`Plan` of a fit (arguments already checked)."""
+    return Plan(workers, batch_size, average_every, n_params)
