@@ -99,6 +99,14 @@ def releases_gil(backend):
     return bool(getattr(backend, "RELEASES_GIL", False))
 
 
+def warn_in_turn(backend, workers, stacklevel):
+    """Warn that ``backend`` runs the ``workers`` tasks one after another (it holds the GIL)."""
+    warnings.warn(f"workers={workers}: the {backend.NAME!r} backend holds the GIL, so the "
+                  f"{workers} workers' shares run one after another in this thread (the same "
+                  "results as the compiled CPU backends, no speedup). Use backend='numba' or "
+                  "'cython' for parallel work.", RuntimeWarning, stacklevel=stacklevel)
+
+
 class TaskRunner:
     """Runs one task per worker and returns their results in worker order.
 
@@ -369,11 +377,7 @@ class Plan:
                                         hyper)
         threads = releases_gil(backend)
         if not threads:
-            warnings.warn(f"workers={self.workers}: the {backend.NAME!r} backend holds the GIL, "
-                          f"so the {self.workers} workers' shares run one after another in "
-                          "this thread (the same results as the compiled CPU backends, no "
-                          "speedup). Use backend='numba' or 'cython' for parallel training.",
-                          RuntimeWarning, stacklevel=4)
+            warn_in_turn(backend, self.workers, stacklevel=5)
         self._runner = TaskRunner(self.workers, threads)
         if self.mode == "split":
             return SplitBatchTrainer(backend, params, state, sizes, acts, loss, batch_size,

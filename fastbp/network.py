@@ -413,39 +413,93 @@ class Network:
     def _source(self, X, y, names=("X", "y")):
         return make_source(X, y, self.layers[0], self.layers[-1], self._dtype, names)
 
+    def _runner(self, workers):
+        """A task runner for inference with ``workers`` (checked) threads."""
+        threads = _parallel.releases_gil(self._kernels)
+        if workers > 1 and not threads:
+            _parallel.warn_in_turn(self._kernels, workers, stacklevel=4)
+        return _parallel.inference_runner(workers, threads)
+
     @_reads
-    def predict(self, X):
-        """Network outputs for the rows of ``X``; shape ``(n_samples, n_outputs)``."""
+    def predict(self, X, workers=1):
+        """Network outputs for the rows of ``X``; shape ``(n_samples, n_outputs)``.
+
+        Parameters
+        ----------
+        X : array_like, shape (n_samples, n_inputs)
+        workers : int, default 1
+            Threads to split the rows across (-1: every usable core); each
+            row's output is the same whatever the number.
+        """
+        workers = _parallel.check_workers(workers)
         X = validation.check_features(X, self.layers[0])
         out = np.empty((X.shape[0], self.layers[-1]), dtype=self._dtype)
-        step = _config.chunk_rows()
+        runner = self._runner(workers)
+        step = _config.chunk_rows() * workers
         for start in range(0, X.shape[0], step):
             block = validation.to_dtype(X[start:start + step], self._dtype, "X")
-            self._kernels.predict(self._params, self._sizes, self._acts, block,
-                                  out[start:start + step])
+            target = out[start:start + step]
+            parts = _parallel.split_rows(block.shape[0], workers)
+
+            def task(k, block=block, target=target, parts=parts):
+                lo, hi = parts[k]
+                self._kernels.predict(self._params, self._sizes, self._acts, block[lo:hi],
+                                      target[lo:hi])
+
+            runner.run(task, len(parts))
         return out
 
-    def _mean_loss(self, source):
-        total = 0.0
-        for X, Y in source.blocks(_config.chunk_rows()):
-            total += self._kernels.loss_sum(self._params, self._sizes, self._acts, self._loss,
-                                            X, Y)
+    def _blocks_in_parts(self, source, workers, work):
+        """``work(X, Y)`` on every block of ``source``, split in parts: results in row order."""
+        runner = self._runner(workers)
+        results = []
+        for X, Y in source.blocks(_config.chunk_rows() * workers):
+            parts = _parallel.split_rows(X.shape[0], workers)
+
+            def task(k, X=X, Y=Y, parts=parts):
+                lo, hi = parts[k]
+                return work(k, X[lo:hi], Y[lo:hi])
+
+            results.extend(runner.run(task, len(parts)))
+        return results
+
+    def _mean_loss(self, source, workers=1):
+        def part_loss(k, X, Y):
+            return self._kernels.loss_sum(self._params, self._sizes, self._acts, self._loss, X, Y)
+
+        total = 0.0  # added in row order: the same sum for a given number of workers
+        for value in self._blocks_in_parts(source, workers, part_loss):
+            total += value
         return total / source.n_rows
 
     @_reads
-    def evaluate(self, X, y):
-        """Mean loss over the rows of ``X``/``y`` (the quantity ``fit`` reports)."""
-        return self._mean_loss(self._source(X, y))
+    def evaluate(self, X, y, workers=1):
+        """Mean loss over the rows of ``X``/``y`` (the quantity ``fit`` reports).
+
+        ``workers`` threads (-1: every usable core) split the rows; their
+        loss sums are added in row order.
+        """
+        workers = _parallel.check_workers(workers)
+        return self._mean_loss(self._source(X, y), workers)
 
     @_reads
-    def gradients(self, X, y):
-        """d(mean loss)/d(parameter) at the current weights, in :meth:`get_weights` layout."""
+    def gradients(self, X, y, workers=1):
+        """d(mean loss)/d(parameter) at the current weights, in :meth:`get_weights` layout.
+
+        ``workers`` threads (-1: every usable core) split the rows; their
+        gradient sums are added in row order.
+        """
+        workers = _parallel.check_workers(workers)
         source = self._source(X, y)
-        total = np.zeros_like(self._params)
-        grad = np.empty_like(self._params)
-        for X, Y in source.blocks(_config.chunk_rows()):
+        scratch = [np.empty_like(self._params) for _ in range(workers)]
+
+        def part_gradient(k, X, Y):
             self._kernels.loss_and_gradients(self._params, self._sizes, self._acts, self._loss,
-                                             X, Y, grad)
+                                             X, Y, scratch[k])
+            return scratch[k].copy()
+
+        total = np.zeros_like(self._params)
+        for grad in self._blocks_in_parts(source, workers, part_gradient):
             total += grad
         total /= source.n_rows
         return [a.copy() for pair in layer_views(total, self._sizes) for a in pair]
@@ -701,7 +755,7 @@ class Network:
                         if finished:
                             logs = {"loss": loss_sum / rows}
                             if val is not None:
-                                logs["val_loss"] = self._mean_loss(val)
+                                logs["val_loss"] = self._mean_loss(val, workers)
                     except ValueError:
                         # Bad data in a streamed block, training or validation. The first
                         # epoch reads every block, so it is the only one that can find
