@@ -159,6 +159,25 @@ def batch_shares(n_rows, batch_size, workers):
     return shares
 
 
+def average_replicas(params, states, out, state_out):
+    """The mean of replicas ``params[k]`` (and ``states[k]``) into ``out`` (``state_out``).
+
+    Summed in list order, then divided by the count: a fixed order, so the
+    same replicas give the same bits on every run, backend and transport
+    (threads here, Dask workers in ``fastbp.dask``).  Returns False when the
+    mean is not finite (the mean of finite replicas can overflow).
+    """
+    out[...] = params[0]
+    state_out[...] = states[0]
+    for p, s in zip(params[1:], states[1:]):
+        out += p
+        state_out += s
+    if len(params) > 1:
+        out /= len(params)
+        state_out /= len(params)
+    return bool(np.isfinite(out).all())
+
+
 class LocalSGDTrainer:
     """``workers`` replicas trained on their own shares, averaged every round (module doc).
 
@@ -228,18 +247,11 @@ class LocalSGDTrainer:
         """Average the replicas in ``trained`` into every replica; False if not finite."""
         for k in trained:
             self._trainers[k].store()
-        total, state_total = self._sum, self._state_sum
-        total[...] = self._replica_params[trained[0]]
-        state_total[...] = self._replica_state[trained[0]][:self._slots]
-        for k in trained[1:]:  # a fixed order: the same sums on every run and backend
-            total += self._replica_params[k]
-            state_total += self._replica_state[k][:self._slots]
-        if len(trained) > 1:
-            total /= len(trained)
-            state_total /= len(trained)
-        if not np.isfinite(total).all():  # the average of finite replicas can overflow
+        if not average_replicas([self._replica_params[k] for k in trained],
+                                [self._replica_state[k][:self._slots] for k in trained],
+                                self._sum, self._state_sum):
             return False
-        self._load(total, state_total)
+        self._load(self._sum, self._state_sum)
         return True
 
     def _load(self, params, state_rows):
