@@ -26,7 +26,6 @@ over ``workers`` replicas or threads; ``fit`` picks one per call:
     Keras's semantics, up to the order of the summation.
 """
 
-import concurrent.futures
 import math
 import os
 import threading
@@ -36,7 +35,6 @@ import numpy as np
 
 from . import _validation as validation
 from ._backends import _contract
-from ._backends.numpy_ import _apply_update
 
 #: Minibatches with at least this many rows are split exactly across the workers;
 #: smaller ones train replicas (local SGD).  Below it a part is too small for the
@@ -107,6 +105,54 @@ def warn_in_turn(backend, workers, stacklevel):
                   "'cython' for parallel work.", RuntimeWarning, stacklevel=stacklevel)
 
 
+class _Worker(threading.Thread):
+    """A pool thread that runs one task per :meth:`start_task`, handed over with two raw locks.
+
+    Raw locks are CPython's cheapest wake-up (one futex each way): a
+    ``concurrent.futures`` pool's queue and condition variables cost several
+    times more per task, which a split minibatch pays on every batch.
+    """
+
+    def __init__(self, index):
+        super().__init__(name=f"fastbp-worker-{index}", daemon=True)
+        self._go, self._done = threading.Lock(), threading.Lock()
+        self._go.acquire()
+        self._done.acquire()
+        self._task = self._result = self._error = None
+        self._index = index
+        self.start()
+
+    def run(self):
+        while True:
+            self._go.acquire()
+            task = self._task
+            if task is None:  # closed
+                return
+            try:
+                self._result, self._error = task(self._index), None
+            except BaseException as exc:  # handed to the caller, not lost in this thread
+                self._result, self._error = None, exc
+            self._done.release()
+
+    def start_task(self, task):
+        self._task = task
+        self._go.release()
+
+    def finish(self):
+        """Wait for the task; its result, or raise its exception."""
+        self._done.acquire()
+        self._task = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return self._result
+
+    def stop(self):
+        self._task = None
+        self._go.release()
+        self.join()
+
+
 class TaskRunner:
     """Runs one task per worker and returns their results in worker order.
 
@@ -114,33 +160,44 @@ class TaskRunner:
     threads the others; without (``threads=False``: a backend that holds the
     GIL), the tasks run one after another in the caller.  Either way every
     task has finished when :meth:`run` returns or raises, so no thread still
-    writes into a buffer the caller is about to read or reset.
+    writes into a buffer the caller is about to read or reset.  One caller
+    at a time (a lock makes concurrent callers wait their turn).
     """
 
     def __init__(self, workers, threads=True):
         self.workers = workers
-        self._pool = None
+        self._threads = []
+        self._lock = threading.Lock()
         if threads and workers > 1:
-            self._pool = concurrent.futures.ThreadPoolExecutor(
-                max_workers=workers - 1, thread_name_prefix="fastbp-worker")
+            self._threads = [_Worker(k) for k in range(1, workers)]
 
     def run(self, task, n_tasks=None):
         """``[task(0), ..., task(n_tasks - 1)]`` (``n_tasks`` defaults to ``workers``)."""
         n_tasks = self.workers if n_tasks is None else n_tasks
-        if self._pool is None or n_tasks == 1:
+        if not self._threads or n_tasks == 1:
             return [task(k) for k in range(n_tasks)]
-        futures = [self._pool.submit(task, k) for k in range(1, n_tasks)]
-        try:
-            first = task(0)
-        finally:
-            # a Ctrl-C or an error in task 0: let the others finish before unwinding
-            concurrent.futures.wait(futures)
-        return [first] + [future.result() for future in futures]
+        with self._lock:
+            helpers = self._threads[:n_tasks - 1]
+            for worker in helpers:
+                worker.start_task(task)
+            try:
+                first = task(0)
+            finally:
+                # a Ctrl-C or an error in task 0: let the others finish before unwinding
+                results, errors = [], []
+                for worker in helpers:
+                    try:
+                        results.append(worker.finish())
+                    except BaseException as exc:
+                        errors.append(exc)
+            if errors:
+                raise errors[0]
+            return [first] + results
 
     def close(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for worker in self._threads:
+            worker.stop()
+        self._threads = []
 
 
 def batch_shares(n_rows, batch_size, workers):
@@ -281,51 +338,96 @@ class LocalSGDTrainer:
         self._trainers = []
 
 
-class SplitBatchTrainer(_contract.CopyTrainer):
-    """Each batch's loss and gradient computed by ``workers`` threads on parts of its rows.
+class _ContractSplitter(_contract.CopyTrainer):
+    """Split-minibatch parts through any backend's ``loss_and_gradients`` (the fallback).
 
-    Implements the contract's Trainer (module doc).  The gradient sums of the
-    parts are added in part order and scaled by ``1 / batch rows``; the step
-    uses the NumPy reference's update rule on the flat working copy.
+    Each part's rows are gathered and their gradient sum taken at the flat
+    working parameters, scaled by ``1 / batch rows``; :meth:`step` adds the
+    parts in order and applies the NumPy reference's update rule.  Used by
+    backends without their own ``open_splitter`` (it is the reference).
+    """
+
+    def __init__(self, backend, params, state, sizes, acts, loss, batch_size, optimizer, hyper,
+                 parts):
+        super().__init__(params, state, optimizer, None)
+        self._backend, self._net = backend, (sizes, acts, loss)
+        self._optimizer, self._hyper = optimizer, hyper
+        self._grads = np.zeros((parts, params.shape[0]), dtype=params.dtype)
+
+    def gradient(self, part, X, Y, rows, size):
+        grad = self._grads[part]
+        sizes, acts, loss = self._net
+        value = self._backend.loss_and_gradients(self.params, sizes, acts, loss, X[rows],
+                                                 Y[rows], grad)
+        np.multiply(grad, grad.dtype.type(1.0 / size), out=grad)
+        return value
+
+    def clear(self, part):
+        self._grads[part].fill(0)
+
+    def step(self, step):
+        total = self._grads[0]
+        for grad in self._grads[1:]:  # part order: the same sum on every run
+            np.add(total, grad, out=total)
+        # the reference's rule; imported here, as backends are only imported when used
+        from ._backends.numpy_ import _apply_update
+        with np.errstate(over="ignore", invalid="ignore"):
+            _apply_update(self.params, total, self._optimizer, self._hyper, self.state, step)
+
+
+class SplitBatchTrainer:
+    """Each batch's gradient computed by ``workers`` threads on parts of its rows (module doc).
+
+    Implements the contract's Trainer over a *splitter*: the backend's own
+    (``open_splitter``, optional in the contract) or :class:`_ContractSplitter`.
+    Per batch, part ``k`` of ``workers`` contiguous parts has its loss and
+    its share of the mean gradient computed at the current weights; the
+    splitter then adds the parts in order and takes one step.
     """
 
     def __init__(self, backend, params, state, sizes, acts, loss, batch_size, optimizer, hyper,
                  workers, runner):
-        dtype = params.dtype
-        grads = [np.empty_like(params) for _ in range(workers)]
-        total = np.empty_like(params)
+        opener = getattr(backend, "open_splitter", None)
+        args = (params, state, sizes, acts, loss, batch_size, optimizer, hyper, workers)
+        self._splitter = opener(*args) if opener is not None \
+            else _ContractSplitter(backend, *args)
+        self._check = (params.dtype, sizes)
+        self._batch_size, self._workers, self._runner = batch_size, workers, runner
 
-        def run(work_params, work_state, X, Y, order, step):
-            _contract.check_chunk(dtype, sizes, X, Y, order)
-            loss_sum = 0.0
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
-                parts = batch_shares(len(rows), -(-len(rows) // workers), workers)
+    def train(self, X, Y, order, step):
+        _contract.check_chunk(*self._check, X, Y, order)
+        splitter, workers = self._splitter, self._workers
+        loss_sum = 0.0
+        for start in range(0, len(order), self._batch_size):
+            rows = order[start:start + self._batch_size]
+            parts = batch_shares(len(rows), -(-len(rows) // workers), workers)
 
-                def task(k, rows=rows, parts=parts):
-                    lo, hi = parts[k]
-                    if lo == hi:
-                        grads[k].fill(0)
-                        return 0.0
-                    take = rows[lo:hi]
-                    return backend.loss_and_gradients(work_params, sizes, acts, loss,
-                                                      X[take], Y[take], grads[k])
+            def task(k, rows=rows, parts=parts):
+                lo, hi = parts[k]
+                if lo == hi:
+                    splitter.clear(k)
+                    return 0.0
+                return splitter.gradient(k, X, Y, rows[lo:hi], len(rows))
 
-                losses = runner.run(task)
-                batch_loss = math.fsum(losses)
-                if not math.isfinite(batch_loss):
-                    return loss_sum, start
-                loss_sum += batch_loss
-                total[...] = grads[0]
-                for grad in grads[1:]:  # part order: the same sum on every run
-                    np.add(total, grad, out=total)
-                np.multiply(total, dtype.type(1.0 / len(rows)), out=total)
-                with np.errstate(over="ignore", invalid="ignore"):
-                    _apply_update(work_params, total, optimizer, hyper, work_state, step)
-                step += 1
-            return loss_sum, len(order)
+            batch_loss = math.fsum(self._runner.run(task))
+            if not math.isfinite(batch_loss):
+                return loss_sum, start  # this batch's step is not taken
+            loss_sum += batch_loss
+            splitter.step(step)
+            step += 1
+        return loss_sum, len(order)
 
-        super().__init__(params, state, optimizer, run)
+    def finite(self):
+        return self._splitter.finite()
+
+    def store(self):
+        self._splitter.store()
+
+    def reload(self):
+        self._splitter.reload()
+
+    def close(self):
+        self._splitter.close()
 
 
 def split_rows(n_rows, workers, minimum=1024):

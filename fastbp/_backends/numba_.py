@@ -668,7 +668,7 @@ def loss_and_gradients(params, sizes, acts, loss, X, Y, grad):
     """The loss sum over rows; d(loss sum)/d(param) written into ``grad`` (see ``_contract``)."""
     dtype, loss = check_gradients_call(params, sizes, acts, loss, X, Y, grad)
     shape = _sizes(sizes)
-    rows = _batch_rows(shape, dtype.itemsize, X.shape[0], X.shape[0])
+    rows = _batch_rows(shape, dtype.itemsize, max(1, X.shape[0]), max(1, X.shape[0]))
     lay, wsize, half = _layout(shape, dtype.itemsize, rows)
     wp = _working_params(params, shape, lay, wsize)
     wg = _scratch_params(dtype, wsize)[1]
@@ -695,7 +695,42 @@ class _ScalarTrainer(_contract.CopyTrainer):
         super().__init__(params, state, _codes.SGD, run)
 
 
-class _Trainer:
+class _WorkingCopy:
+    """The aligned working parameters ``_wp`` and state rows ``_wst`` of one fit.
+
+    The Trainer methods that move them between the model's flat buffers and
+    the working layout; subclasses lay them out and train on them.
+    """
+
+    def _open(self, params, state, dtype, shape, optimizer, rows):
+        self._params, self._state = params, state
+        self._dtype, self._shape = dtype, shape
+        self._slots = _contract.state_slots(optimizer)
+        self._rows = rows
+        self._lay, wsize, half = _layout(shape, dtype.itemsize, rows)
+        self._wp = _aligned_zeros(wsize, dtype)
+        self._wst = _aligned_zeros(2 * wsize, dtype).reshape(2, wsize)
+        return wsize, half
+
+    def finite(self):
+        # the padding of the working layout is zero, so the whole buffer can be tested
+        return bool(np.isfinite(self._wp).all())
+
+    def store(self):
+        _from_work(self._wp, self._shape, self._lay, self._params)
+        for k in range(self._slots):
+            _from_work(self._wst[k], self._shape, self._lay, self._state[k])
+
+    def reload(self):
+        _to_work(self._params, self._shape, self._lay, self._wp)
+        for k in range(self._slots):
+            _to_work(self._state[k], self._shape, self._lay, self._wst[k])
+
+    def close(self):
+        self._wp = self._wst = None
+
+
+class _Trainer(_WorkingCopy):
     """The generic kernels on aligned working buffers laid out once per fit.
 
     ``wp`` (parameters), ``wst`` (the optimizer state rows the rule uses),
@@ -705,21 +740,15 @@ class _Trainer:
 
     def __init__(self, params, state, dtype, shape, sizes, acts, loss, batch_size, optimizer,
                  hyper):
-        self._params, self._state = params, state
-        self._dtype, self._shape = dtype, shape
         self._sizes, self._acts, self._loss = sizes, acts, loss
         self._batch_size, self._optimizer, self._hyper = batch_size, optimizer, hyper
-        self._slots = _contract.state_slots(optimizer)
         # Rows of workspace: one for per-sample training; for minibatches the
         # block the kernels process a batch in (the whole batch when small).
         rows = 1 if batch_size == 1 else _batch_rows(shape, dtype.itemsize, batch_size,
                                                      batch_size)
-        self._rows = rows
-        self._lay, wsize, half = _layout(shape, dtype.itemsize, rows)
-        self._wp = _aligned_zeros(wsize, dtype)
+        wsize, half = self._open(params, state, dtype, shape, optimizer, rows)
         self._work = _aligned_zeros(2 * half, dtype)
         self._wg = _aligned_zeros(wsize, dtype)
-        self._wst = _aligned_zeros(2 * wsize, dtype).reshape(2, wsize)
         if batch_size == 1 and optimizer == _codes.SGD:
             self._fn = kernel("train_sgd", dtype)
         elif batch_size == 1:
@@ -746,22 +775,52 @@ class _Trainer:
                                    self._work)
         return float(total), int(done)
 
-    def finite(self):
-        # the padding of the working layout is zero, so the whole buffer can be tested
-        return bool(np.isfinite(self._wp).all())
+    def close(self):
+        super().close()
+        self._wg = self._work = None
 
-    def store(self):
-        _from_work(self._wp, self._shape, self._lay, self._params)
-        for k in range(self._slots):
-            _from_work(self._wst[k], self._shape, self._lay, self._state[k])
 
-    def reload(self):
-        _to_work(self._params, self._shape, self._lay, self._wp)
-        for k in range(self._slots):
-            _to_work(self._state[k], self._shape, self._lay, self._wst[k])
+class _Splitter(_WorkingCopy):
+    """Split minibatches (``fastbp._parallel.SplitBatchTrainer``) on the working layout.
+
+    Every part has its own gradient row and workspace, so ``parts`` threads
+    compute their gradients at once on the shared parameters; one compiled
+    call then adds them in part order and takes the step.  No parameter
+    copies per batch: a Python-level split through ``loss_and_gradients``
+    spent more time on them than a 20-64-64-1 batch of 256 rows takes.
+    """
+
+    def __init__(self, params, state, dtype, shape, sizes, acts, loss, batch_size, optimizer,
+                 hyper, parts):
+        self._sizes, self._acts, self._loss = sizes, acts, loss
+        self._optimizer, self._hyper = optimizer, hyper
+        part_rows = -(-batch_size // parts)
+        wsize, half = self._open(params, state, dtype, shape, optimizer,
+                                 _batch_rows(shape, dtype.itemsize, part_rows, part_rows))
+        # one row per part; wsize is whole cache lines, so every row stays aligned
+        self._grads = _aligned_zeros(parts * wsize, dtype).reshape(parts, wsize)
+        self._works = [_aligned_zeros(2 * half, dtype) for _ in range(parts)]
+        self._gradient = kernel("batch_part_gradient", dtype)
+        self._update = kernel("sum_and_update", dtype)
+        self.reload()
+
+    def gradient(self, part, X, Y, rows, size):
+        """Part ``part``'s loss sum; its share of the batch-mean gradient kept for :meth:`step`."""
+        return float(self._gradient(self._wp, self._grads[part], self._lay, self._sizes,
+                                    self._acts, self._loss, X, Y, rows, size, self._rows,
+                                    self._works[part]))
+
+    def clear(self, part):
+        """Part ``part`` has no rows in this batch: it adds nothing."""
+        self._grads[part].fill(0)
+
+    def step(self, step):
+        """Add the parts' gradients in order and take one step (``step`` done before)."""
+        self._update(self._wp, self._grads, self._wst, self._optimizer, self._hyper, int(step))
 
     def close(self):
-        self._wp = self._wg = self._wst = self._work = None
+        super().close()
+        self._grads = self._works = None
 
 
 def tile_width(dtype):
@@ -788,6 +847,18 @@ def open_trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper)
         return _ScalarTrainer(params, state, dtype, shape, acts, loss, hyper)
     return _Trainer(params, state, dtype, shape, sizes, acts, loss, batch_size, optimizer,
                     hyper)
+
+
+def open_splitter(params, state, sizes, acts, loss, batch_size, optimizer, hyper, parts):
+    """Per-part gradients and one summed step for split minibatches (see ``fastbp._parallel``).
+
+    Optional in the backend contract: backends without it are split through
+    ``loss_and_gradients`` and the reference update.
+    """
+    dtype, loss, batch_size, optimizer = check_trainer_call(params, state, sizes, acts, loss,
+                                                            batch_size, optimizer, hyper)
+    return _Splitter(params, state, dtype, _sizes(sizes), sizes, acts, loss, batch_size,
+                     optimizer, hyper, int(parts))
 
 
 #: One chunk without a Network (tests, benchmarks): ``_contract.train_chunk`` on this module.
