@@ -644,7 +644,9 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
     resume_settings = {"source": "dask", "n_rows": n_rows,
                        "n_val": None if val is None else int(val[0].shape[0]),
                        "fingerprint": None, "batch_size": int(batch_size),
-                       "shuffle": bool(shuffle), "validation_split": 0.0, "workers": None,
+                       "shuffle": bool(shuffle), "validation_split": 0.0,
+                       # an epoch boundary holds one model: any cluster may continue it
+                       "workers": 1,
                        "average_every": int(average_every)}
 
     def settings():
