@@ -5,9 +5,10 @@ on Dask arrays chunked by rows.  It is the local SGD of ``Network.fit(...,
 workers=N)`` (``fastbp._parallel``) with Dask workers in place of threads:
 
 1. Every row chunk is read (and converted to the network dtype, checked for
-   NaN/inf) once, on the worker Dask puts it on; it stays there.  The
-   *assignment* maps each chunk to the first (by address) worker holding it;
-   workers are ordered by address.
+   NaN/inf) once, on one worker, and stays there: data already in the
+   workers' memory where it is; else chunk ``i`` of ``n`` on worker
+   ``i * W // n`` of the ``W`` workers ordered by address.  The
+   *assignment* maps each chunk to the first (by address) worker holding it.
 2. Each epoch, worker ``k``'s rows are its chunks in ascending index order
    (``shuffle=False``), or in a permutation drawn from the network's shuffle
    generator, the rows of each chunk permuted when the worker reaches it
@@ -65,6 +66,9 @@ __all__ = ["WorkerLostWarning", "evaluate", "fit", "from_npy", "predict"]
 
 #: Seconds between checks that the workers of a round are still there.
 _POLL = 0.25
+#: The default round is this many of ``Network.fit``'s (about 300 ms of kernel time instead
+#: of 75): a round trip through the scheduler costs tens of milliseconds, not microseconds.
+_ROUNDS_PER_DEFAULT = 4
 #: Backends a worker may run (the CUDA one is not a CPU backend).
 _CPU_BACKENDS = ("numba", "cython", "numpy")
 
@@ -165,6 +169,23 @@ def _prepare(x, y, dtype, index, offset):
                 f"{offset + row} (row {row} of the chunk), column {col}. Remove or impute "
                 "NaN/inf rows first (e.g. keep rows where np.isfinite(a).all(axis=1)).")
     return X, Y
+
+
+def _read_chunks(client, X, Y, parts):
+    """Futures of the chunks' ``(X, Y)``, each read on the worker that will train it.
+
+    Arrays already in the workers' memory (persisted, scattered) stay where
+    they are (Dask runs each read next to its chunk).  Otherwise chunk ``i`` of
+    ``n`` is read on worker ``i * W // n`` of the ``W`` workers (by address):
+    contiguous, balanced shares that depend only on the worker count.
+    """
+    if distributed.futures_of(X) or distributed.futures_of(Y):
+        return client.compute(parts)
+    workers = sorted(_current_workers(client))
+    # loose: a chunk lost with its worker is read again on another one
+    return [client.compute(part, workers=[workers[i * len(workers) // len(parts)]],
+                           allow_other_workers=True)
+            for i, part in enumerate(parts)]
 
 
 class _DaskRows(ArraySource):
@@ -546,8 +567,9 @@ def fit(net, X, y, *, client=None, epochs=1, batch_size=32, optimizer=None, shuf
         SGD (there is no split-minibatch mode on a cluster).
     average_every : int, optional
         Rows each worker trains between two averages, rounded up to whole
-        batches; the default is ``Network.fit``'s (about 75 ms of kernel
-        time per round).
+        batches; the default is four times ``Network.fit``'s (about 300 ms
+        of kernel time per round: about 640 million parameter-rows divided
+        by the parameter count), as a round costs a scheduler round trip.
     validation_data : (X_val, y_val), optional
         Dask arrays; ``val_loss`` is computed on the cluster after each epoch.
     checkpoint : str or path-like, optional
@@ -636,7 +658,7 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
                              "monitor='loss'.")
     n_rows = int(X.shape[0])
     batch_size = min(batch_size, n_rows)
-    rows = _parallel.default_average_every(net._params.size, batch_size) \
+    rows = _ROUNDS_PER_DEFAULT * _parallel.default_average_every(net._params.size, batch_size) \
         if average_every is None else average_every
     average_every = _parallel.round_to_batches(rows, batch_size)
     backend = _check_workers(client, net.backend)
@@ -673,7 +695,7 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
     lengths = [int(n) for n in X.chunks[0]]
     parts = [dask.delayed(_prepare, pure=True)(xb, yb, net._dtype, i, int(offsets[i]))
              for i, (xb, yb) in enumerate(zip(X.to_delayed().ravel(), Y.to_delayed().ravel()))]
-    pairs = client.compute(parts)
+    pairs = _read_chunks(client, X, Y, parts)
     try:
         distributed.wait(pairs)
         for future in pairs:
