@@ -21,7 +21,7 @@ import numpy as np
 
 # Settings that must match between the interrupted fit and the resuming one.
 _MUST_MATCH = {
-    "source": "kind of data source (in memory vs memory-mapped file)",
+    "source": "kind of data source (in memory, memory-mapped file or Dask array)",
     "n_rows": "number of training rows",
     "n_val": "number of validation rows",
     "fingerprint": "training data (its shape or sampled rows differ)",

@@ -301,7 +301,7 @@ def _check_training(value, version, layer_shapes):
     s = _dict(value["settings"], "training.settings", _SETTINGS_KEYS,
               ("workers", "average_every"))
     settings = {
-        "source": _str(s["source"], "training.settings.source", {"memory", "stream"}),
+        "source": _str(s["source"], "training.settings.source", {"memory", "stream", "dask"}),
         "n_rows": _int(s["n_rows"], "training.settings.n_rows", 1),
         "n_val": None if s["n_val"] is None else _int(s["n_val"], "training.settings.n_val"),
         "fingerprint": _str(s["fingerprint"], "training.settings.fingerprint"),

@@ -161,6 +161,18 @@ def add_parser(commands):
                 "makes Ctrl-C and the progress bar react sooner")
     option(fit, "--quiet", "-q", action="store_true", default=S, help="no progress bar")
 
+    cluster = train.add_argument_group(
+        "cluster (needs dask[distributed]; local SGD on the workers, see the user guide's "
+        "\"Training on a cluster\"; never stored in checkpoints)")
+    option(cluster, "--dask-scheduler", metavar="tcp://HOST:PORT", default=S,
+           help="train on the Dask cluster of this scheduler (--x/--y must be readable at "
+           "the same paths on every worker)")
+    option(cluster, "--dask-local-workers", type=positive_int, metavar="N", default=S,
+           help="start a local Dask cluster of N single-threaded worker processes")
+    option(cluster, "--average-every", type=positive_int, metavar="ROWS", default=S,
+           help="with --dask-*: rows each worker trains between two averages (default: "
+           "about 75 ms of kernel time)")
+
     out = train.add_argument_group("output")
     option(out, "--save", metavar="MODEL", default=S,
                 help="write the trained model (load it with fastbp.load)")
@@ -623,16 +635,25 @@ def _train_and_report(opts, network, resume_from, banner):
     if compiled is not None and compiled >= 0.1:  # say so only when it took a while
         say(f"kernels compiled (or loaded from the cache) in {compiled:.1f} s")
 
+    cluster = _start_dask(opts)
     start = time.perf_counter()
     try:
-        history = network.fit(
-            X, Y, epochs=opts["epochs"], batch_size=opts["batch_size"],
-            optimizer=None if resume_from is not None else optimizer, shuffle=opts["shuffle"],
-            validation_split=split, callbacks=callbacks,
-            verbose=0 if opts["quiet"] else 1, checkpoint=opts["checkpoint"],
-            resume=resume_from is not None)
+        if cluster is None:
+            history = network.fit(
+                X, Y, epochs=opts["epochs"], batch_size=opts["batch_size"],
+                optimizer=None if resume_from is not None else optimizer,
+                shuffle=opts["shuffle"], validation_split=split, callbacks=callbacks,
+                verbose=0 if opts["quiet"] else 1, checkpoint=opts["checkpoint"],
+                resume=resume_from is not None)
+        else:
+            history = _fit_on_dask(cluster, network, X, Y, opts, n_train, n_val, callbacks,
+                                   None if resume_from is not None else optimizer,
+                                   resume_from is not None)
     except KeyboardInterrupt:
-        _report_interrupt(network, opts)
+        if cluster is not None:
+            _report_dask_interrupt(opts)
+        else:
+            _report_interrupt(network, opts)
         return 130
     except ValueError as exc:
         if resume_from is None or not str(exc).startswith("fit(resume=True)"):
@@ -640,6 +661,9 @@ def _train_and_report(opts, network, resume_from, banner):
         raise CommandError(  # checked before any row is trained
             f"--resume {resume_from}: {exc} The data options come from the checkpoint; pass "
             "--x/--y or --csv again only to point at the same data in another place.") from None
+    finally:
+        if cluster is not None:
+            _stop_dask(cluster)
     seconds = time.perf_counter() - start
     epochs_run = len(history.history["loss"]) - (
         0 if resume_from is None else len(position["history"].get("loss", [])))
@@ -769,3 +793,78 @@ def _plot(history, path, loss_name):
     plt.close(fig)
     _files.atomic_write(path, [buffer.getvalue()], "--plot")
 
+
+
+# ---------------------------------------------------------------- --dask-scheduler / --dask-local-workers
+def _start_dask(opts):
+    """``(client, local cluster or None, fastbp.dask)`` for the --dask-* options, else None."""
+    address, local = opts.get("dask_scheduler"), opts.get("dask_local_workers")
+    if address is None and local is None:
+        if opts.get("average_every") is not None:
+            raise UsageError("--average-every applies to --dask-scheduler or "
+                             "--dask-local-workers only.")
+        return None
+    if address is not None and local is not None:
+        raise UsageError("pass either --dask-scheduler (an existing cluster) or "
+                         "--dask-local-workers (a new local one), not both.")
+    try:
+        import distributed
+
+        from .. import dask as fastbp_dask
+    except ImportError as exc:
+        raise CommandError(f"--dask-*: {exc}") from None
+    if local is not None:
+        cluster = distributed.LocalCluster(n_workers=local, threads_per_worker=1,
+                                           processes=True, dashboard_address=None)
+        client = distributed.Client(cluster)
+    else:
+        cluster = None
+        try:
+            client = distributed.Client(address, timeout=30)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise CommandError(f"--dask-scheduler {address}: cannot connect ({exc}). Start "
+                               "the scheduler (`dask scheduler`) and pass its address, e.g. "
+                               "tcp://HOST:8786.") from None
+    n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    say(f"dask: {n_workers} worker(s) at {client.scheduler.address}")
+    return client, cluster, fastbp_dask
+
+
+def _fit_on_dask(dask_run, network, X, Y, opts, n_train, n_val, callbacks, optimizer, resume):
+    """``fastbp.dask.fit`` on the rows of ``X``/``Y`` (.npy files are read on the workers)."""
+    import dask.array as da
+
+    client, _, fastbp_dask = dask_run
+    from .._config import chunk_rows
+
+    # at least two chunks per worker, so that every worker holds rows to train on
+    n_workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+    rows = max(1, min(chunk_rows(), -(-n_train // (2 * n_workers))))
+    if opts["x"] is not None:  # read where the chunks train, never shipped from here
+        Xd = fastbp_dask.from_npy(opts["x"], rows)
+        Yd = fastbp_dask.from_npy(opts["y"], rows)
+    else:
+        Xd = da.from_array(X, chunks=(rows, -1))
+        Yd = da.from_array(Y, chunks=(rows,) + (-1,) * (Y.ndim - 1))
+    validation_data = (Xd[n_train:], Yd[n_train:]) if n_val else None
+    return fastbp_dask.fit(
+        network, Xd[:n_train], Yd[:n_train], client=client, epochs=opts["epochs"],
+        batch_size=opts["batch_size"], optimizer=optimizer, shuffle=opts["shuffle"],
+        average_every=opts.get("average_every"), validation_data=validation_data,
+        callbacks=callbacks, verbose=0 if opts["quiet"] else 1,
+        checkpoint=opts["checkpoint"], resume=resume)
+
+
+def _stop_dask(dask_run):
+    client, cluster, _ = dask_run
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def _report_dask_interrupt(opts):
+    print("fastbp train: interrupted; the model holds the average of the last round (it is "
+          "not saved).", file=sys.stderr)
+    if opts["checkpoint"] is not None:
+        print(f"{opts['checkpoint']} holds the last completed epoch, if any; continue with: "
+              f"fastbp train --resume {opts['checkpoint']} --dask-...", file=sys.stderr)

@@ -1,0 +1,326 @@
+"""fastbp.dask on a real LocalCluster: semantics against Network.fit, faults, errors.
+
+Every test runs against real Dask components (a LocalCluster of worker
+processes and a Client); nothing of Dask is mocked.  Data is tiny and every
+wait has a timeout, so the file runs in well under a minute.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip(
+    "distributed", reason="fastbp.dask needs dask[distributed] (pip install 'fastbp[dask]')")
+import dask.array as da  # noqa: E402
+
+import fastbp  # noqa: E402
+import fastbp.dask as fdask  # noqa: E402
+from fastbp.datasets import make_regression  # noqa: E402
+
+from .conftest import require_backend  # noqa: E402
+
+TIMEOUT = 30  # seconds any single wait on the cluster may take
+
+
+def _cluster(n_workers=2):
+    return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                    dashboard_address=None, host="127.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = _cluster()
+    client = distributed.Client(cluster, timeout=TIMEOUT)
+    client.wait_for_workers(2, timeout=TIMEOUT)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def _problem(n=96, features=3, seed=0):
+    X, y = make_regression(n, features, seed=seed)
+    return X, y.reshape(-1, 1)
+
+
+def _pinned(client, X, y, chunk_rows, workers_of_chunks):
+    """Dask arrays whose chunk ``i`` lives on worker ``workers_of_chunks[i]`` (scattered there)."""
+    xs, ys = [], []
+    for i, addr in enumerate(workers_of_chunks):
+        lo, hi = i * chunk_rows, (i + 1) * chunk_rows
+        fx = client.scatter(X[lo:hi], workers=[addr])
+        fy = client.scatter(y[lo:hi], workers=[addr])
+        xs.append(da.from_delayed(fx, (hi - lo, X.shape[1]), X.dtype))
+        ys.append(da.from_delayed(fy, (hi - lo, y.shape[1]), y.dtype))
+    return da.concatenate(xs), da.concatenate(ys)
+
+
+def _net(backend="numpy", seed=1):
+    return fastbp.Network([3, 6, 1], activations="tanh", backend=backend, seed=seed)
+
+
+def _workers(client):
+    return sorted(client.scheduler_info(n_workers=-1)["workers"])
+
+
+OPTIMIZERS = {"sgd": lambda: fastbp.SGD(0.05), "adam": lambda: fastbp.Adam(0.01),
+              "rmsprop_momentum": lambda: fastbp.RMSprop(0.002, momentum=0.5)}
+
+
+def test_import_fastbp_does_not_import_dask():
+    code = ("import sys, fastbp; bad = [m for m in ('dask', 'distributed') if m in sys.modules];"
+            " assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_one_worker_equals_network_fit(client, opt, batch_size):
+    """Every chunk on one worker, shuffle=False: bitwise net.fit (same backend, workers=1)."""
+    X, y = _problem()
+    a = _workers(client)[0]
+    Xd, yd = _pinned(client, X, y, 24, [a] * 4)
+    net, ref = _net(), _net()
+    hist = fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=batch_size,
+                     optimizer=OPTIMIZERS[opt](), shuffle=False, average_every=8, verbose=0)
+    expected = ref.fit(X, y, epochs=2, batch_size=batch_size, optimizer=OPTIMIZERS[opt](),
+                       shuffle=False, verbose=0)
+    assert hist.workers == [a] and hist.assignment == [[0, 1, 2, 3]]
+    for got, want in zip(net.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(hist.history["loss"], expected.history["loss"], rtol=1e-12)
+    assert net._step == ref._step
+
+
+def test_one_worker_shuffled_equals_streamed_fit(client, tmp_path):
+    """shuffle=True, one worker: net.fit on the memmap with chunk_rows = the Dask chunk length."""
+    X, y = _problem()
+    a = _workers(client)[0]
+    Xd, yd = _pinned(client, X, y, 24, [a] * 4)
+    np.save(tmp_path / "X.npy", X)
+    net, ref = _net(), _net()
+    fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=2, optimizer=fastbp.SGD(0.05),
+              average_every=10, verbose=0)
+    with fastbp.config_context(chunk_rows=24):
+        ref.fit(np.load(tmp_path / "X.npy", mmap_mode="r"), y, epochs=2, batch_size=2,
+                optimizer=fastbp.SGD(0.05), verbose=0)
+    for got, want in zip(net.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert net._rng.bit_generator.state == ref._rng.bit_generator.state
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("opt", ["sgd", "adam", "rmsprop_momentum"])
+def test_two_workers_equal_in_process_local_sgd(client, backend, opt):
+    """Two workers, two chunks each: the in-process local SGD of the interleaved row order."""
+    require_backend(backend)
+    X, y = _problem()
+    a, b = _workers(client)
+    Xd, yd = _pinned(client, X, y, 24, [a, a, b, b])
+    A, batch_size = 6, 3
+    net, ref = _net(backend), _net(backend)
+    hist = fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=batch_size,
+                     optimizer=OPTIMIZERS[opt](), shuffle=False, average_every=A, verbose=0)
+    assert hist.workers == [a, b] and hist.assignment == [[0, 1], [2, 3]]
+    # worker k's sequence: its chunks' rows in order; a round takes A rows of each
+    sequences = [np.arange(0, 48), np.arange(48, 96)]
+    order = np.concatenate([s[r:r + A] for r in range(0, 48, A) for s in sequences])
+    with warnings.catch_warnings():  # numpy's workers take turns
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = ref.fit(X[order], y[order], epochs=2, batch_size=batch_size,
+                           optimizer=OPTIMIZERS[opt](), shuffle=False, verbose=0, workers=2,
+                           average_every=A)
+    for got, want in zip(net.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(hist.history["loss"], expected.history["loss"], rtol=1e-9)
+    assert net._step == ref._step
+
+
+def test_deterministic_and_inference(client):
+    """Same seed and assignment: the same bits; predict/evaluate equal the in-process ones."""
+    X, y = _problem()
+    a, b = _workers(client)
+    Xd, yd = _pinned(client, X, y, 24, [a, b, a, b])
+    runs = []
+    for _ in range(2):
+        net = _net("numba" if "numba" in fastbp.available_backends() else "numpy")
+        fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=1, optimizer=fastbp.Adam(0.01),
+                  average_every=5, verbose=0)
+        runs.append(net)
+    for w1, w2 in zip(runs[0].get_weights(), runs[1].get_weights()):
+        np.testing.assert_array_equal(w1, w2)
+    net = runs[0]
+    pred = fdask.predict(net, Xd)
+    assert isinstance(pred, da.Array) and pred.shape == (96, 1)
+    np.testing.assert_allclose(pred.compute(), net.predict(X), rtol=1e-12)
+    assert fdask.evaluate(net, Xd, yd) == pytest.approx(net.evaluate(X, y), rel=1e-12)
+
+
+def test_validation_and_callbacks(client):
+    X, y = _problem()
+    Xd, yd = da.from_array(X, chunks=(24, -1)), da.from_array(y[:, 0], chunks=16)
+    net = _net()
+    stopper = fastbp.EarlyStopping(monitor="val_loss", patience=0)
+    hist = fdask.fit(net, Xd, yd, client=client, epochs=3, batch_size=4,
+                     validation_data=(Xd[:32], yd[:32]), callbacks=[stopper], verbose=0)
+    assert len(hist.history["val_loss"]) == len(hist.history["loss"]) >= 1
+    assert hist.history["val_loss"][-1] == pytest.approx(net.evaluate(X[:32], y[:32]), rel=1e-9)
+
+
+def test_nan_in_a_chunk_names_it_and_changes_nothing(client):
+    X, y = _problem()
+    X[24 * 2 + 5, 1] = np.nan
+    net = _net()
+    before = net.get_weights()
+    with pytest.raises(ValueError, match=r"chunk 2 .*row 53 \(row 5 of the chunk\), column 1"):
+        fdask.fit(net, da.from_array(X, chunks=(24, -1)), da.from_array(y, chunks=(24, -1)),
+                  client=client, verbose=0)
+    for got, want in zip(net.get_weights(), before):
+        np.testing.assert_array_equal(got, want)
+    assert net.optimizer is None
+
+
+def test_bad_arguments(client):
+    X, y = _problem()
+    net = _net()
+    with pytest.raises(TypeError, match="expected a dask.array.Array"):
+        fdask.fit(net, X, y, client=client)
+    with pytest.raises(ValueError, match="expected shape"):
+        fdask.fit(net, da.from_array(X[:, :2]), da.from_array(y), client=client)
+    with pytest.raises(TypeError, match="expected a fastbp.Network"):
+        fdask.predict("net", da.from_array(X))
+
+
+def test_ctrl_c_stops_at_an_averaging_point(client):
+    X, y = _problem()
+    Xd, yd = da.from_array(X, chunks=(24, -1)), da.from_array(y, chunks=(24, -1))
+
+    class Interrupt(fastbp.Callback):
+        rounds = 0
+
+        def on_chunk_end(self, epoch, logs=None):
+            self.rounds += 1
+            if self.rounds == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: deferred to the round's end
+
+    net = _net()
+    with pytest.raises(KeyboardInterrupt):
+        fdask.fit(net, Xd, yd, client=client, epochs=3, batch_size=2, average_every=4,
+                  callbacks=[Interrupt()], verbose=0)
+    assert net._step == 2 * 2  # two rounds of two batches per replica
+    assert all(np.isfinite(w).all() for w in net.get_weights())
+    assert net.training_position is None
+
+
+def test_checkpoint_and_resume_at_an_epoch_boundary(client, tmp_path):
+    X, y = _problem()
+    a, b = _workers(client)
+    Xd, yd = _pinned(client, X, y, 24, [a, b, b, a])
+    settings = dict(client=client, epochs=3, batch_size=2, optimizer=fastbp.Adam(0.01),
+                    average_every=6, verbose=0)
+    whole = _net()
+    fdask.fit(whole, Xd, yd, **settings)
+
+    class InterruptInEpoch2(fastbp.Callback):
+        def on_chunk_end(self, epoch, logs=None):
+            if epoch == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    ckpt = tmp_path / "run.ckpt"
+    net = _net()
+    with pytest.raises(KeyboardInterrupt):
+        fdask.fit(net, Xd, yd, checkpoint=ckpt, callbacks=[InterruptInEpoch2()], **settings)
+    resumed = fastbp.load(ckpt)
+    assert resumed.training_position["epoch"] == 1
+    settings["optimizer"] = None
+    hist = fdask.fit(resumed, Xd, yd, resume=True, **settings)
+    assert len(hist.history["loss"]) == 3
+    # not bitwise: a network loaded from a file continues its fit a rounding away from the
+    # one saved (Network.fit too); the rows, rounds and steps are the same
+    for got, want in zip(resumed.get_weights(), whole.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    assert resumed._step == whole._step
+    with pytest.raises(ValueError, match="resume=True"):
+        fdask.fit(_net(), Xd, yd, resume=True, **settings)
+
+
+def test_a_worker_that_dies_mid_fit_does_not_fail_it(tmp_path):
+    """SIGKILL one worker process: the round is redone without it, its chunks re-read."""
+    X, y = _problem(n=160)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    with _cluster() as cluster, distributed.Client(cluster, timeout=TIMEOUT) as client:
+        client.wait_for_workers(2, timeout=TIMEOUT)
+        Xd = fdask.from_npy(tmp_path / "X.npy", chunk_rows=20)
+        yd = fdask.from_npy(tmp_path / "y.npy", chunk_rows=20)
+        pids = client.run(os.getpid)
+
+        victim = _workers(client)[-1]
+
+        class Kill(fastbp.Callback):
+            killed = False
+
+            def on_chunk_end(self, epoch, logs=None):
+                if not self.killed:  # after the first round: the next one finds it gone
+                    self.killed = True
+                    os.kill(pids[victim], signal.SIGKILL)
+
+        kill = Kill()
+        net = _net()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hist = fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=2,
+                             average_every=10, callbacks=[kill], verbose=0)
+        lost = [w for w in caught if issubclass(w.category, fdask.WorkerLostWarning)]
+        assert lost and victim in str(lost[0].message)
+        assert hist.rounds_redone >= 1
+        assert len(hist.history["loss"]) == 2
+        assert all(np.isfinite(w).all() for w in net.get_weights())
+        assert net.evaluate(X, y) < _net().evaluate(X, y)
+
+
+@pytest.mark.parametrize("fake", ["__version__ = '0.0.0.other'\n",
+                                  "raise ModuleNotFoundError(\"No module named 'fastbp'\", "
+                                  "name='fastbp')\n"])
+def test_a_worker_with_another_fastbp_is_refused_before_training(tmp_path, fake):
+    (tmp_path / "fastbp").mkdir()
+    (tmp_path / "fastbp" / "__init__.py").write_text(fake)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    with distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=None,
+                                  host="127.0.0.1") as cluster:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
+             "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+            env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with distributed.Client(cluster, timeout=TIMEOUT) as client:
+                client.wait_for_workers(1, timeout=TIMEOUT)
+                X, y = _problem(n=20)
+                net = _net()
+                before = net.get_weights()
+                with pytest.raises(RuntimeError, match=f"expected fastbp {fastbp.__version__}"
+                                   r".*(0\.0\.0\.other|no fastbp)"):
+                    fdask.fit(net, da.from_array(X), da.from_array(y), client=client)
+                for got, want in zip(net.get_weights(), before):
+                    np.testing.assert_array_equal(got, want)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=TIMEOUT)
+
+
+def test_cli_trains_on_a_local_cluster(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.dirname(os.path.dirname(fastbp.__file__)), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-m", "fastbp", "train", "--synthetic", "400", "--layers", "20,8,1",
+         "--epochs", "2", "--dask-local-workers", "2", "--quiet", "--backend", "numpy",
+         "--save", str(tmp_path / "m.fbp")],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "dask: 2 worker(s)" in out.stdout + out.stderr
+    assert fastbp.load(tmp_path / "m.fbp").evaluate(*make_regression(50, 20, seed=3)) < 10
