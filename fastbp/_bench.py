@@ -329,6 +329,79 @@ def run(backends=None, workloads=None, dtypes=("float64", "float32"), repeats=5,
     return results
 
 
+#: ``--workers``: name -> (workload whose net and data it uses, batch size, rows, what is timed)
+WORKER_WORKLOADS = {
+    "W2": ("W2", 1, 200_000, "fit"),
+    "W3": ("W3", 1, 20_000, "fit"),
+    "W2-b256": ("W2", 256, 400_000, "fit"),
+    "predict-1M": ("W2", None, 1_000_000, "predict"),
+}
+
+
+def measure_workers(name, backend, dtype, workers, repeats=3):
+    """``{workers: (samples/s median, final loss)}`` of :data:`WORKER_WORKLOADS` ``name``.
+
+    The worker counts are timed in turn within each repeat (so a noisy
+    moment hits all of them alike); fits are one epoch of ``shuffle=False``
+    from the same initial weights, after a warm-up fit that compiles.
+    """
+    base, batch_size, rows, kind = WORKER_WORKLOADS[name]
+    X, y = workload_data(base, dtype, rows=rows)
+    timings = {w: [] for w in workers}
+    losses = {}
+    for _ in range(repeats):
+        for w in workers:
+            net = workload_network(base, backend, dtype)
+            if kind == "predict":
+                net.predict(X[:10_000], workers=w)
+                start = time.perf_counter()
+                net.predict(X, workers=w)
+            else:
+                net.fit(X[:2_000], y[:2_000], batch_size=batch_size, verbose=0, workers=w,
+                        optimizer=workload_optimizer(base), average_every=500)
+                net = workload_network(base, backend, dtype)
+                start = time.perf_counter()
+                hist = net.fit(X, y, batch_size=batch_size, verbose=0, workers=w,
+                               shuffle=False, optimizer=workload_optimizer(base))
+                losses[w] = hist.history["loss"][-1]
+            timings[w].append(rows / (time.perf_counter() - start))
+    return {w: (float(np.median(timings[w])), losses.get(w)) for w in workers}
+
+
+def run_workers(backends=None, dtypes=("float64", "float32"), workers=(1, 2), repeats=3,
+                out=sys.stdout):
+    """Print samples/s at each worker count, the speedup over one worker and the final loss."""
+    from . import _parallel
+    from ._backends import available_backends
+
+    backends = [b for b in (backends or available_backends()) if b not in ("numpy", "cuda")]
+    print(f"{platform.processor() or platform.machine()}, {_parallel.usable_cores()} usable "
+          f"cores; one epoch, shuffle=False, median of {repeats} (worker counts in turn)",
+          file=out)
+    header = f"{'workload':<12}{'dtype':<9}{'backend':<9}" + "".join(
+        f"{f'w={w} /s':>12}" for w in workers) + "".join(
+        f"{f'x w={w}':>8}" for w in workers[1:]) + "   final loss per worker count"
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    results = []
+    for name in WORKER_WORKLOADS:
+        for dtype in dtypes:
+            for backend in backends:
+                rates = measure_workers(name, backend, dtype, workers, repeats)
+                one = rates[workers[0]][0]
+                row = (f"{name:<12}{dtype:<9}{backend:<9}"
+                       + "".join(f"{_si(rates[w][0]):>12}" for w in workers)
+                       + "".join(f"{rates[w][0] / one:>7.2f}x" for w in workers[1:]))
+                if rates[workers[0]][1] is not None:
+                    row += "   " + " ".join(f"{rates[w][1]:.5g}" for w in workers)
+                print(row, file=out)
+                out.flush()
+                results.append({"workload": name, "dtype": dtype, "backend": backend,
+                                "rates": {w: r for w, (r, _) in rates.items()},
+                                "losses": {w: v for w, (_, v) in rates.items()}})
+    return results
+
+
 def _positive_int(text):
     import argparse
 
@@ -360,7 +433,23 @@ def add_arguments(parser):
                         choices=["float64", "float32"])
     parser.add_argument("--repeats", type=_positive_int, default=5,
                         help="timed epochs per figure; the median is reported (default 5)")
+    parser.add_argument("--workers", type=_worker_list, default=None, metavar="N,N,...",
+                        help="instead of the W1-W6 table, time fit/predict at these worker "
+                        "counts (e.g. 1,2): per-sample W2 and W3, W2 with batch 256, predict "
+                        "on 1M rows; speedups over the first count")
     return parser
+
+
+def _worker_list(text):
+    import argparse
+
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected worker counts like 1,2; found {text!r}")
+    return values
 
 
 def main(argv=None, prog="python -m fastbp._bench"):
@@ -369,8 +458,16 @@ def main(argv=None, prog="python -m fastbp._bench"):
 
     parser = add_arguments(argparse.ArgumentParser(prog=prog, description=DESCRIPTION))
     args = parser.parse_args(argv)
-    run(args.backends, args.workloads, tuple(args.dtypes), args.repeats)
+    dispatch(args)
     return 0
+
+
+def dispatch(args):
+    """Run what the parsed ``add_arguments`` options ask for."""
+    if args.workers:
+        run_workers(args.backends, tuple(args.dtypes), args.workers, min(args.repeats, 3))
+    else:
+        run(args.backends, args.workloads, tuple(args.dtypes), args.repeats)
 
 
 if __name__ == "__main__":

@@ -490,6 +490,18 @@ class Plan:
             return backend.open_trainer(params, state, sizes, acts, loss, batch_size, optimizer,
                                         hyper)
         threads = releases_gil(backend)
+        if self.mode == "split" and threads and getattr(backend, "open_splitter", None) is None:
+            # Through loss_and_gradients, every batch pays parameter copies and a
+            # NumPy update: measured slower than one thread (0.5-0.6x on 20-64-64-1,
+            # batch 256), so the exact result is computed serially instead.
+            warnings.warn(f"workers={self.workers}: the {backend.NAME!r} backend has no "
+                          "split-minibatch kernels, so batches of 64+ rows train on one "
+                          "thread (the same numbers; use backend='numba' for split batches, "
+                          "or a batch size below 64 for local SGD).", RuntimeWarning,
+                          stacklevel=4)
+            self.mode = "serial"
+            return backend.open_trainer(params, state, sizes, acts, loss, batch_size,
+                                        optimizer, hyper)
         if not threads:
             warn_in_turn(backend, self.workers, stacklevel=5)
         self._runner = TaskRunner(self.workers, threads)

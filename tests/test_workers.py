@@ -335,3 +335,37 @@ def test_checkpoint_and_resume_with_workers_equal_the_uninterrupted_run(tmp_path
 def _numba():
     from fastbp import _backends
     return _backends.import_error("numba") is None
+
+
+# ----------------------------------------------------------------------------- command line
+def _cli(capsys, *argv):
+    from fastbp import cli
+
+    try:
+        status = cli.main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse: usage errors
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_train_with_workers_and_bad_workers(capsys, tmp_path):
+    model = tmp_path / "m.fbp"
+    status, out, err = _cli(capsys, "train", "--synthetic", 3000, "--epochs", 2, "--quiet",
+                            "--workers", 2, "--average-every", 200, "--save", model)
+    assert status == 0, err
+    assert fastbp.load(model).metadata["train_options"]["workers"] == 2
+    status, _, err = _cli(capsys, "train", "--synthetic", 300, "--workers", 0)
+    assert status == 2 and "expected an integer >= 1, or -1 for every core" in err
+    status, _, err = _cli(capsys, "train", "--synthetic", 300, "--average-every", 10)
+    assert status == 2 and "--average-every applies to --workers N" in err
+
+
+def test_bench_measures_each_worker_count():
+    from fastbp import _bench
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = _bench.measure_workers("predict-1M", "numba" if _numba() else "cython",
+                                        "float32", (1, 2), repeats=1)
+    assert set(result) == {1, 2} and all(rate > 0 for rate, _ in result.values())

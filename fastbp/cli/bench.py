@@ -20,5 +20,5 @@ def add_parser(commands):
 
 def run(args):
     """Run ``fastbp bench`` with parsed ``args``; returns the exit status."""
-    _bench.run(args.backends, args.workloads, tuple(args.dtypes), args.repeats)
+    _bench.dispatch(args)
     return 0

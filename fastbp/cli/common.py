@@ -36,6 +36,18 @@ def positive_int(text):
     return value
 
 
+def workers_count(text):
+    """``--workers``: an integer >= 1, or -1 for every usable core."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 and value != -1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, or -1 for every core; "
+                                         f"found {text!r}")
+    return value
+
+
 def non_negative_int(text):
     try:
         value = int(text)

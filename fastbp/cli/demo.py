@@ -5,9 +5,9 @@ import warnings
 
 import fastbp
 
-from .. import _backends, _config
+from .. import _backends, _config, _parallel
 from ..datasets import make_regression
-from .common import BACKENDS, DTYPES, non_negative_int, positive_int, say
+from .common import BACKENDS, DTYPES, non_negative_int, positive_int, say, workers_count
 from .train import TRAIN_DEFAULTS, run_training
 
 DEMO_SAMPLES = 2_000_000
@@ -29,6 +29,9 @@ def add_parser(commands):
     demo.add_argument("--dtype", choices=DTYPES, default="float64",
                       help="(default float64)")
     demo.add_argument("--seed", type=non_negative_int, default=0, help="(default 0)")
+    demo.add_argument("--workers", type=workers_count, default=-1, metavar="N",
+                      help="threads to train with (default -1: every core this process may "
+                      "use; 1 is the serial, Keras-exact run)")
     demo.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     demo.set_defaults(run=run)
     return demo
@@ -41,6 +44,8 @@ def run(args):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         backend, _ = _backends.resolve(requested)
+    # every core by default: the showcase (the NumPy backend's workers would only take turns)
+    workers = 1 if backend == "numpy" else _parallel.check_workers(args.workers)
     samples = args.samples
     if samples is None:
         samples = DEMO_SAMPLES
@@ -53,9 +58,10 @@ def run(args):
     opts = {**TRAIN_DEFAULTS, "synthetic": samples, "layers": [20, 64, 64, 1],
             "backend": backend, "dtype": args.dtype, "seed": args.seed, "epochs": args.epochs,
             "batch_size": 1, "optimizer": "sgd", "learning_rate": 0.01,
-            "validation_split": 0.1, "quiet": args.quiet}
+            "validation_split": 0.1, "quiet": args.quiet, "workers": workers}
     banner = (f"fastbp {fastbp.__version__} demo: 20-64-64-1 ReLU network, per-sample SGD "
-              f"(batch size 1), {samples:,} synthetic rows")
+              f"(batch size 1), {samples:,} synthetic rows, {workers} worker thread"
+              f"{'s (local SGD: replicas averaged every round)' if workers > 1 else ''}")
     start = time.perf_counter()
     status = run_training(opts, banner=banner)
     if status:

@@ -27,7 +27,7 @@ from ..network import load_contents
 from ..optimizers import SGD, Adam, RMSprop
 from .common import (ACTIVATIONS, BACKENDS, DTYPES, LOSSES, CommandError, UsageError,
                      activation_list, fraction, int_list, layers, non_negative_float,
-                     non_negative_int, positive_float, positive_int, say)
+                     non_negative_int, positive_float, positive_int, say, workers_count)
 
 #: ``--optimizer`` name -> its class.
 OPTIMIZERS = {cls.__name__.lower(): cls for cls in (SGD, Adam, RMSprop)}
@@ -43,6 +43,7 @@ TRAIN_DEFAULTS = {
     "batch_size": 1, "epochs": 5, "shuffle": True, "validation_split": 0.1,
     "patience": None, "min_delta": 0.0,
     "save": None, "plot": None, "checkpoint": None, "quiet": False, "chunk_rows": None,
+    "workers": 1, "average_every": None,
 }
 # Options that define the network; on --resume it comes from the checkpoint.
 ARCHITECTURE = ("layers", "hidden", "activation", "output_activation", "loss", "dtype")
@@ -159,6 +160,11 @@ def add_parser(commands):
     option(fit, "--chunk-rows", type=positive_int, metavar="N", default=S,
                 help="rows per compiled call (FASTBP_CHUNK_ROWS; default 32768): smaller "
                 "makes Ctrl-C and the progress bar react sooner")
+    option(fit, "--workers", type=workers_count, metavar="N", default=S,
+                help="threads to train with, -1 for every core (default 1: the serial, "
+                "Keras-exact run); batches of 64+ rows are split exactly, smaller ones "
+                "train replicas averaged every --average-every rows (local SGD; see the "
+                "user guide's \"Using every core\")")
     option(fit, "--quiet", "-q", action="store_true", default=S, help="no progress bar")
 
     cluster = train.add_argument_group(
@@ -170,8 +176,8 @@ def add_parser(commands):
     option(cluster, "--dask-local-workers", type=positive_int, metavar="N", default=S,
            help="start a local Dask cluster of N single-threaded worker processes")
     option(cluster, "--average-every", type=positive_int, metavar="ROWS", default=S,
-           help="with --dask-*: rows each worker trains between two averages (default: "
-           "about 75 ms of kernel time)")
+           help="with --workers N or --dask-*: rows each worker trains between two "
+           "averages (default: about 75 ms of kernel time)")
 
     out = train.add_argument_group("output")
     option(out, "--save", metavar="MODEL", default=S,
@@ -255,9 +261,9 @@ OUTPUT_OPTIONS = ("save", "plot", "checkpoint")
 # Options that change the training data; typed again on --resume they must equal the stored ones.
 DATA_OPTIONS = ("synthetic", "features", "outputs", "noise", "seed", "targets")
 # Option -> the JSON type a checkpoint stores it as, by the parser's type function.
-_STORED_TYPES = {positive_int: int, non_negative_int: int, positive_float: (int, float),
-                 non_negative_float: (int, float), fraction: (int, float), int_list: list,
-                 layers: list, activation_list: list}
+_STORED_TYPES = {positive_int: int, non_negative_int: int, workers_count: int,
+                 positive_float: (int, float), non_negative_float: (int, float),
+                 fraction: (int, float), int_list: list, layers: list, activation_list: list}
 
 
 def _read_checkpoint(path):
@@ -399,7 +405,8 @@ def _check_resume_options(stored, given, position):
             "--resume continues its optimizer state; another optimizer would start a fresh "
             "optimizer state, which fit(resume=True) refuses too. Drop the optimizer options, "
             "or train anew without --resume.")
-    must_match = ("batch_size", "shuffle", "validation_split", *DATA_OPTIONS)
+    must_match = ("batch_size", "shuffle", "validation_split", "workers", "average_every",
+                  *DATA_OPTIONS)
     changed = [k for k in must_match
                if k in given and given[k] != stored.get(k, TRAIN_DEFAULTS[k])]
     if changed:
@@ -644,7 +651,8 @@ def _train_and_report(opts, network, resume_from, banner):
                 optimizer=None if resume_from is not None else optimizer,
                 shuffle=opts["shuffle"], validation_split=split, callbacks=callbacks,
                 verbose=0 if opts["quiet"] else 1, checkpoint=opts["checkpoint"],
-                resume=resume_from is not None)
+                resume=resume_from is not None, workers=opts.get("workers", 1),
+                average_every=opts.get("average_every"))
         else:
             history = _fit_on_dask(cluster, network, X, Y, opts, n_train, n_val, callbacks,
                                    None if resume_from is not None else optimizer,
@@ -800,10 +808,13 @@ def _start_dask(opts):
     """``(client, local cluster or None, fastbp.dask)`` for the --dask-* options, else None."""
     address, local = opts.get("dask_scheduler"), opts.get("dask_local_workers")
     if address is None and local is None:
-        if opts.get("average_every") is not None:
-            raise UsageError("--average-every applies to --dask-scheduler or "
-                             "--dask-local-workers only.")
+        if opts.get("average_every") is not None and opts.get("workers", 1) == 1:
+            raise UsageError("--average-every applies to --workers N (N > 1), "
+                             "--dask-scheduler or --dask-local-workers only.")
         return None
+    if opts.get("workers", 1) != 1:
+        raise UsageError("--workers sets threads of one process; on a Dask cluster each "
+                         "worker process trains one replica. Drop --workers.")
     if address is not None and local is not None:
         raise UsageError("pass either --dask-scheduler (an existing cluster) or "
                          "--dask-local-workers (a new local one), not both.")
