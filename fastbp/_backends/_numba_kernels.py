@@ -331,7 +331,9 @@ def _helper(fn):
 # --------------------------------------------------------------------- scalar helpers
 # Used by the all-scalar kernels of tiny nets (_numba_codegen); the vector
 # helpers below write the same formulas out per code, so the branch on the
-# code sits outside their loops.
+# code sits outside their loops.  A softmax output (a row-wise activation with
+# a summed loss) never reaches the scalar kernels: numba_ trains it with the
+# generic ones.
 
 @_helper
 def activate1(z, code):
@@ -437,6 +439,22 @@ def activate_rows(x, z0, ld, m, n, code):
             o = z0 + r * ld
             for j in range(n):
                 x[uidx(o + j)] = math.tanh(x[uidx(o + j)])
+    elif code == C.SOFTMAX:
+        # the log-softmax of each row (see _codes): z - max - log(sum(exp(z - max))),
+        # numpy_'s order of operations; NaN fails the comparison but poisons the sum
+        for r in range(m):
+            o = z0 + r * ld
+            top = x[uidx(o)]
+            for j in range(1, n):
+                if x[uidx(o + j)] > top:
+                    top = x[uidx(o + j)]
+            total = DT(0)
+            for j in range(n):
+                x[uidx(o + j)] = x[uidx(o + j)] - top
+                total += math.exp(x[uidx(o + j)])
+            log_total = math.log(total)
+            for j in range(n):
+                x[uidx(o + j)] = x[uidx(o + j)] - log_total
 
 
 @_helper
@@ -472,7 +490,8 @@ def output_delta(x, z0, d0, ld, Y, y0, m, n, loss, scale):
 
     Writes the delta of row r, column j at ``d0 + r * ld + j``: dloss/dz *
     ``scale`` (``scale`` = 1 / (rows * outputs) in ``DT``, rounded as numpy_
-    rounds it; before the activation's derivative).  Returns the summed loss
+    rounds it, with outputs = 1 for categorical cross-entropy; before the
+    activation's derivative).  Returns the summed loss
     in float64.  The formulas are ``loss_value`` / ``loss_grad``'s, written out
     per loss so the branch sits outside the loops.
     """
@@ -506,6 +525,16 @@ def output_delta(x, z0, d0, ld, Y, y0, m, n, loss, scale):
                     total += np.float64(delta * (a - DT(0.5 * C.HUBER_DELTA)))
                     g = DT(1) if e > 0 else (DT(-1) if e < 0 else e)
                     x[uidx(d0 + o + j)] = (delta * g) * scale
+    elif loss == C.CATEGORICAL_CROSSENTROPY:
+        # the outputs hold the log-softmax (the pairing is checked): loss -y log p,
+        # delta (p - y) with respect to the logits, as numpy_
+        for r in range(m):
+            o = r * ld
+            for j in range(n):
+                logp = x[uidx(z0 + o + j)]
+                y = Y[y0 + r, j]
+                total += np.float64(-(y * logp))
+                x[uidx(d0 + o + j)] = (math.exp(logp) - y) * scale
     else:
         # binary cross-entropy on p clipped to [eps, 1 - eps]: the clip passes
         # no gradient, and NaN passes the clip (comparisons with NaN are False)
@@ -973,9 +1002,14 @@ def predict(wp, lay, sizes, acts, X, out, work, rows):
             if acts[li] != C.LINEAR:
                 activate_rows(work, lay[LAY_ACT, li + 1], lay[LAY_ACT_LD, li + 1], mp,
                               sizes[li + 1], acts[li])
-        for r in range(m):
-            for j in range(n_out):
-                out[start + r, j] = work[uidx(top + r * ldt + j)]
+        if acts[n_layers - 1] == C.SOFTMAX:  # the activations hold the log-softmax
+            for r in range(m):
+                for j in range(n_out):
+                    out[start + r, j] = math.exp(work[uidx(top + r * ldt + j)])
+        else:
+            for r in range(m):
+                for j in range(n_out):
+                    out[start + r, j] = work[uidx(top + r * ldt + j)]
 
 
 @_entry
@@ -983,6 +1017,8 @@ def loss_sum(wp, lay, sizes, acts, loss, X, Y, work, rows):
     """Sum over rows of the per-row loss (mean over outputs), ``rows`` rows per block."""
     n_layers = sizes.shape[0] - 1
     n_out = sizes[n_layers]
+    # what a row's element losses are divided by: the outputs (a mean), or 1 (a sum)
+    n_mean = 1 if loss == C.CATEGORICAL_CROSSENTROPY else n_out
     half = work.shape[0] // 2
     top = lay[LAY_ACT, n_layers]
     ldt = lay[LAY_ACT_LD, n_layers]
@@ -1000,7 +1036,7 @@ def loss_sum(wp, lay, sizes, acts, loss, X, Y, work, rows):
                 activate_rows(work, lay[LAY_ACT, li + 1], lay[LAY_ACT_LD, li + 1], mp,
                               sizes[li + 1], acts[li])
         total += output_delta(work, top, half + top, ldt, Y, start, m, n_out, loss, DT(1))
-    return total / n_out
+    return total / n_mean
 
 
 @_entry
@@ -1012,10 +1048,12 @@ def loss_and_gradients(wp, wg, lay, sizes, acts, loss, X, Y, work, rows):
     """
     n_layers = sizes.shape[0] - 1
     n_out = sizes[n_layers]
+    # what a row's element losses are divided by: the outputs (a mean), or 1 (a sum)
+    n_mean = 1 if loss == C.CATEGORICAL_CROSSENTROPY else n_out
     half = work.shape[0] // 2
     top = lay[LAY_ACT, n_layers]
     ldt = lay[LAY_ACT_LD, n_layers]
-    scale = DT(1.0 / n_out)
+    scale = DT(1.0 / n_mean)
     kt = transpose_scratch(sizes)
     n = X.shape[0]
     total = 0.0
@@ -1042,7 +1080,7 @@ def loss_and_gradients(wp, wg, lay, sizes, acts, loss, X, Y, work, rows):
                           lay[LAY_ACT_LD, li + 1], half + lay[LAY_ACT, li], wp, wg,
                           lay[LAY_KERNEL, li], lay[LAY_KERNEL_LD, li], lay[LAY_BIAS, li], mp,
                           sizes[li], sizes[li + 1], li > 0, kt)
-    return total / n_out
+    return total / n_mean
 
 
 @_entry
@@ -1059,9 +1097,11 @@ def train_sgd(wp, lay, sizes, acts, loss, X, Y, order, hyper, work):
     half = work.shape[0] // 2  # activations of the current sample, then their deltas
     n0 = sizes[0]
     n_out = sizes[n_layers]
+    # what a row's element losses are divided by: the outputs (a mean), or 1 (a sum)
+    n_mean = 1 if loss == C.CATEGORICAL_CROSSENTROPY else n_out
     top = lay[LAY_ACT, n_layers]
     lr = DT(hyper[0])
-    scale = DT(1.0 / n_out)  # d(mean over outputs)/dp for a batch of one row
+    scale = DT(1.0 / n_mean)  # d(mean over outputs)/dp for a batch of one row
     ahead = 32 if wp.shape[0] <= 256 else (8 if wp.shape[0] <= 8192 else 2)
     lines = min(PREFETCH_LINES, (n0 * ITEMSIZE + CACHE_LINE - 1) // CACHE_LINE)
     n = order.shape[0]
@@ -1083,7 +1123,7 @@ def train_sgd(wp, lay, sizes, acts, loss, X, Y, order, hyper, work):
         lsum = output_delta(work, top, half + top, 0, Y, row, 1, n_out, loss, scale)
         if not abs(lsum) <= F64_MAX:  # NaN or inf (see F64_MAX)
             return total, q  # this sample's update is not applied
-        total += lsum / n_out
+        total += lsum / n_mean
         for li in range(n_layers - 1, -1, -1):
             if acts[li] != C.LINEAR:  # d loss / d z of this layer
                 derivative_rows(work, half + lay[LAY_ACT, li + 1], lay[LAY_ACT, li + 1], 0, 1,
@@ -1107,8 +1147,10 @@ def train_single(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, opt, hyper, s
     half = work.shape[0] // 2
     n0 = sizes[0]
     n_out = sizes[n_layers]
+    # what a row's element losses are divided by: the outputs (a mean), or 1 (a sum)
+    n_mean = 1 if loss == C.CATEGORICAL_CROSSENTROPY else n_out
     top = lay[LAY_ACT, n_layers]
-    scale = DT(1.0 / n_out)
+    scale = DT(1.0 / n_mean)
     ahead = 32 if wp.shape[0] <= 256 else (8 if wp.shape[0] <= 8192 else 2)
     lines = min(PREFETCH_LINES, (n0 * ITEMSIZE + CACHE_LINE - 1) // CACHE_LINE)
     n = order.shape[0]
@@ -1131,7 +1173,7 @@ def train_single(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, opt, hyper, s
         lsum = output_delta(work, top, half + top, 0, Y, row, 1, n_out, loss, scale)
         if not abs(lsum) <= F64_MAX:  # NaN or inf (see F64_MAX)
             return total, q  # this sample's update is not applied
-        total += lsum / n_out
+        total += lsum / n_mean
         opt_step += 1
         alpha = adam_alpha(hyper, opt_step) if opt == C.ADAM else DT(0)
         for li in range(n_layers - 1, -1, -1):
@@ -1163,6 +1205,8 @@ def train_batch(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, batch_size, ro
     n0 = sizes[0]
     ld0 = lay[LAY_ACT_LD, 0]
     n_out = sizes[n_layers]
+    # what a row's element losses are divided by: the outputs (a mean), or 1 (a sum)
+    n_mean = 1 if loss == C.CATEGORICAL_CROSSENTROPY else n_out
     top = lay[LAY_ACT, n_layers]
     ldt = lay[LAY_ACT_LD, n_layers]
     yb = np.empty((rows, n_out), dtype=DT)
@@ -1172,7 +1216,7 @@ def train_batch(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, batch_size, ro
     opt_step = step  # updates done so far: Adam's t after the += 1 below
     for start in range(0, n, batch_size):
         size = min(batch_size, n - start)
-        scale = DT(1.0 / size / n_out)  # d(batch mean)/dp, rounded like numpy_
+        scale = DT(1.0 / size / n_mean)  # d(batch mean)/dp, rounded like numpy_
         lsum = 0.0
         for k in range(wg.shape[0]):
             wg[k] = DT(0)
@@ -1215,7 +1259,7 @@ def train_batch(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, batch_size, ro
                               sizes[li + 1], li > 0, kt)
         if not abs(lsum) <= F64_MAX:  # NaN or inf (see F64_MAX)
             return total, start  # this batch's update is not applied
-        total += lsum / n_out
+        total += lsum / n_mean
         opt_step += 1
         alpha = adam_alpha(hyper, opt_step) if opt == C.ADAM else DT(0)
         apply_update(wp, wg, wst, opt, hyper, alpha, 0, wp.shape[0])
