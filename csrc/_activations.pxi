@@ -1,4 +1,4 @@
-# Activations and losses, element-wise: their integer codes, the constants of
+# Activations and losses, element-wise (softmax row-wise): their integer codes, the constants of
 # binary cross-entropy and Huber, and the per-row helpers (activate,
 # times_derivative, loss_value, loss_grad, output_delta, row_loss).
 # Included by _ckernels.pyx.
@@ -20,12 +20,14 @@ cdef enum:
     RELU = 1
     SIGMOID = 2
     TANH = 3
+    SOFTMAX = 4     # output layer only: its activations hold the log-softmax (see _codes.py)
 
 cdef enum:
     MSE = 0
     MAE = 1
     HUBER = 2
     BINARY_CROSSENTROPY = 3
+    CATEGORICAL_CROSSENTROPY = 4   # with SOFTMAX only; a row's loss is the sum over outputs
 
 # Keras's backend.epsilon() (the clip of binary cross-entropy) and Huber's delta.
 cdef double BCE_EPSILON = 1e-7
@@ -48,6 +50,7 @@ cdef inline void activate(floating* z, Py_ssize_t n, int64_t code) noexcept nogi
     """Apply activation ``code`` to ``z[:n]`` in place (one loop per activation)."""
     cdef Py_ssize_t j
     cdef floating one = 1   # typed constant: a bare 1 would be a C double
+    cdef floating top, total
     if code == RELU:
         for j in range(n):
             # np.maximum(z, 0): negatives become 0; NaN fails the test and stays NaN
@@ -66,6 +69,27 @@ cdef inline void activate(floating* z, Py_ssize_t n, int64_t code) noexcept nogi
                 z[j] = tanhf(z[j])
             else:
                 z[j] = tanh(z[j])
+    elif code == SOFTMAX:
+        # the row's log-softmax, z - max - log(sum(exp(z - max))) (NumPy's order of
+        # operations): the stable form categorical cross-entropy is taken from; predict
+        # returns exp() of it.  A NaN fails the comparison but poisons the sum.
+        top = z[0]
+        for j in range(1, n):
+            if z[j] > top:
+                top = z[j]
+        total = 0
+        for j in range(n):
+            z[j] = z[j] - top
+            if floating is float:
+                total = total + expf(z[j])
+            else:
+                total = total + exp(z[j])
+        if floating is float:
+            total = logf(total)
+        else:
+            total = log(total)
+        for j in range(n):
+            z[j] = z[j] - total
 
 
 cdef inline void times_derivative(floating* d, const floating* a, Py_ssize_t n,
@@ -115,6 +139,8 @@ cdef inline floating loss_value(floating p, floating y, int code) noexcept nogil
             return <floating> 0.5 * e * e
         # NaN lands here and stays NaN
         return <floating> HUBER_DELTA * (a - <floating> (0.5 * HUBER_DELTA))
+    if code == CATEGORICAL_CROSSENTROPY:
+        return -(y * p)   # p is the log-softmax
     # binary cross-entropy on p clipped to [eps, 1 - eps]; NaN passes the clip
     if floating is float:
         eps, hi = BCE_LO_F, BCE_HI_F
@@ -143,6 +169,12 @@ cdef inline floating loss_grad(floating p, floating y, int code) noexcept nogil:
         if absval(e) <= <floating> HUBER_DELTA:
             return e
         return <floating> HUBER_DELTA * sign(e)
+    if code == CATEGORICAL_CROSSENTROPY:
+        # with respect to the logits, p being the log-softmax: softmax - y (TensorFlow's)
+        if floating is float:
+            return expf(p) - y
+        else:
+            return exp(p) - y
     if floating is float:
         eps, hi = BCE_LO_F, BCE_HI_F
     else:
@@ -152,12 +184,20 @@ cdef inline floating loss_grad(floating p, floating y, int code) noexcept nogil:
     return 0  # the clip passes no gradient (NaN p included)
 
 
+cdef inline Py_ssize_t per_row(int loss, Py_ssize_t n_y) noexcept nogil:
+    """What a row's summed element losses are divided by: the outputs (a mean), or 1 (a sum)."""
+    if loss == CATEGORICAL_CROSSENTROPY:
+        return 1
+    return n_y
+
+
 cdef inline double output_delta(const floating* p, const floating* y, floating* d,
                                 Py_ssize_t n, int loss, floating scale) noexcept nogil:
     """Loss of one row and its delta at the output (before the activation's derivative).
 
     Writes ``d[j] = dloss/dp_j * scale`` (``scale`` = 1 / (rows * outputs)
-    rounded to the dtype, as NumPy rounds it) and returns the row's summed
+    rounded to the dtype, as NumPy rounds it; outputs = 1 for categorical
+    cross-entropy, whose delta is taken with respect to the logits) and returns the row's summed
     loss in float64 (``value.sum(dtype=np.float64)``).
     """
     cdef Py_ssize_t j

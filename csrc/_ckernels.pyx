@@ -84,9 +84,11 @@ cdef enum:
 
 #: The codes compiled in, for the consistency test against ``_codes.py``.
 CODES = {
-    "activations": {"linear": LINEAR, "relu": RELU, "sigmoid": SIGMOID, "tanh": TANH},
+    "activations": {"linear": LINEAR, "relu": RELU, "sigmoid": SIGMOID, "tanh": TANH,
+                    "softmax": SOFTMAX},
     "losses": {"mse": MSE, "mae": MAE, "huber": HUBER,
-               "binary_crossentropy": BINARY_CROSSENTROPY},
+               "binary_crossentropy": BINARY_CROSSENTROPY,
+               "categorical_crossentropy": CATEGORICAL_CROSSENTROPY},
     "optimizers": {"SGD": SGD, "SGD_MOMENTUM": SGD_MOMENTUM, "SGD_NESTEROV": SGD_NESTEROV,
                    "ADAM": ADAM, "RMSPROP": RMSPROP, "RMSPROP_MOMENTUM": RMSPROP_MOMENTUM},
     "BCE_EPSILON": BCE_EPSILON,
@@ -110,9 +112,10 @@ cdef int check_shapes(Net* net, Py_ssize_t n_params, Py_ssize_t n_rows, Py_ssize
 
 
 cdef int check_loss(int loss) except -1:
-    if loss < MSE or loss > BINARY_CROSSENTROPY:
-        raise ValueError(f"loss: unknown code {loss}; expected 0..3 (see _codes.py).")
+    if loss < MSE or loss > CATEGORICAL_CROSSENTROPY:
+        raise ValueError(f"loss: unknown code {loss}; expected 0..4 (see _codes.py).")
     return 0
+
 
 
 def predict(const floating[::1] params, const int64_t[::1] sizes, const int64_t[::1] acts,
@@ -129,7 +132,7 @@ def predict(const floating[::1] params, const int64_t[::1] sizes, const int64_t[
     out : ndarray, shape (n_rows, sizes[-1]), params' dtype, C-contiguous
     """
     cdef Net net
-    cdef Py_ssize_t n = X.shape[0], start, n_block, r, ld, n_y, n_x
+    cdef Py_ssize_t n = X.shape[0], start, n_block, r, j, ld, n_y, n_x
     cdef floating* wp
     cdef floating* act
     cdef void* raw = NULL
@@ -156,6 +159,12 @@ def predict(const floating[::1] params, const int64_t[::1] sizes, const int64_t[
                     for r in range(n_block):
                         memcpy(&out[start + r, 0], act + r * ld + net.act_off[net.n_layers],
                                n_y * sizeof(floating))
+                        if net.acts[net.n_layers - 1] == SOFTMAX:  # the log-softmax: exp()
+                            for j in range(n_y):
+                                if floating is float:
+                                    out[start + r, j] = expf(out[start + r, j])
+                                else:
+                                    out[start + r, j] = exp(out[start + r, j])
                     start += n_block
         finally:
             free(raw)
@@ -202,7 +211,7 @@ def loss_sum(const floating[::1] params, const int64_t[::1] sizes, const int64_t
                     start += n_block
         finally:
             free(raw)
-        return total / n_y
+        return total / per_row(loss, n_y)
     finally:
         net_free(&net)
 
@@ -241,7 +250,7 @@ def loss_and_gradients(const floating[::1] params, const int64_t[::1] sizes,
         ldd = net.ldd
         n_x = net.sizes[0]
         n_y = net.sizes[net.n_layers]
-        scale = <floating> (1.0 / n_y)
+        scale = <floating> (1.0 / per_row(loss, n_y))
         # wp | wg | activations | two delta slabs | transposed kernel (all whole lines)
         wp = <floating*> alloc_lines((2 * net.n_work + BLOCK_ROWS * (ld + 2 * ldd)
                                       + net.max_width * ldd) * sizeof(floating), &raw)
@@ -267,7 +276,7 @@ def loss_and_gradients(const floating[::1] params, const int64_t[::1] sizes,
                 from_work(wg, &grad[0], &net)
         finally:
             free(raw)
-        return total / n_y
+        return total / per_row(loss, n_y)
     finally:
         net_free(&net)
 

@@ -71,7 +71,7 @@ cdef int net_init(Net* net, const int64_t[::1] sizes, const int64_t[::1] acts,
         if sizes[l] < 1:
             raise ValueError(f"sizes: expected positive widths; found {sizes[l]} at {l}.")
     for l in range(n_layers):
-        if acts[l] < LINEAR or acts[l] > TANH:
+        if acts[l] < LINEAR or acts[l] > SOFTMAX:
             raise ValueError(f"acts: unknown activation code {acts[l]} at layer {l}.")
     net.n_layers = n_layers
     net.sizes = &sizes[0]

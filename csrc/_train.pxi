@@ -76,7 +76,8 @@ cdef int train_single(floating* wp, const Net* net, const floating* X,
     cdef const floating* x
     cdef const floating* a
     cdef floating lr = <floating> rule.lr
-    cdef floating scale = <floating> (1.0 / n_y)
+    cdef Py_ssize_t n_mean = per_row(loss, n_y)
+    cdef floating scale = <floating> (1.0 / n_mean)
     cdef double total = 0, value
     k = 0
     while k < n_order:
@@ -93,7 +94,7 @@ cdef int train_single(floating* wp, const Net* net, const floating* X,
                       act + net.act_off[l + 1], net.sizes[l], n_out)
             activate(act + net.act_off[l + 1], n_out, net.acts[l])
             a = act + net.act_off[l + 1]
-        value = output_delta(a, Y + row * n_y, delta, n_y, loss, scale) / n_y
+        value = output_delta(a, Y + row * n_y, delta, n_y, loss, scale) / n_mean
         if not isfinite(value):
             break
         total += value
@@ -163,13 +164,13 @@ cdef int train_batch(floating* wp, const Net* net, const floating* X, const floa
                 bad_row(row, n_rows)
             memcpy(X0 + r * ld0, X + row * n_x, n_x * sizeof(floating))
         forward_rows(wp, net, n_batch, X0, ld0, act, ld)
-        scale = <floating> ((1.0 / n_batch) / n_y)
+        scale = <floating> ((1.0 / n_batch) / per_row(loss, n_y))
         value = 0
         out = act + net.act_off[net.n_layers]
         for r in range(n_batch):
             value += output_delta(out + r * ld, Y + order[start + r] * n_y, delta + r * ldd,
                                   n_y, loss, scale)
-        value /= n_y
+        value /= per_row(loss, n_y)
         if not isfinite(value):
             break
         total += value

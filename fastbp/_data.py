@@ -180,10 +180,13 @@ class StreamSource(ArraySource):
 
     streamed = True
 
-    def __init__(self, X, Y, dtype, names=("X", "y"), offset=0):
+    def __init__(self, X, Y, dtype, names=("X", "y"), offset=0, classes=None):
         super().__init__(X, Y)
         self.dtype = dtype
         self.names = names
+        # with classes=k, Y holds class labels (n, 1), turned into one-hot rows block
+        # by block: the training loop never holds more than a block of them
+        self.classes = classes
         # row of the caller's array where this source starts (a validation split
         # is a tail of it): error messages give the row in the caller's array
         self.offset = offset
@@ -219,6 +222,11 @@ class StreamSource(ArraySource):
         out = []
         for array, pager, name in zip((self.X, self.Y), self._pagers, self.names):
             view = array[start:stop]
+            if array is self.Y and self.classes is not None:
+                out.append(validation.one_hot(view, self.classes, self.dtype, name,
+                                              self.offset + start))
+                pager.done(view)
+                continue
             block = np.empty(view.shape, dtype=self.dtype)
             # Always copy, even when the dtype matches: the kernels then touch
             # private memory, and the mapped pages can be released right away.
@@ -272,21 +280,31 @@ class StreamSource(ArraySource):
 
     def _subset(self, start, stop):
         return StreamSource(self.X[start:stop], self.Y[start:stop], self.dtype, self.names,
-                            self.offset + start)
+                            self.offset + start, self.classes)
 
 
-def make_source(X, y, n_features, n_outputs, dtype, names=("X", "y")):
+def make_source(X, y, n_features, n_outputs, dtype, names=("X", "y"), labels=False):
     """Check ``X``/``y`` and wrap them: in memory, or streamed when ``X`` is a memory-map.
 
     In-memory data is converted and checked for NaN/inf here, before training
     starts.  Streamed data is checked block by block as it is read; the
-    caller rolls the model back if a bad block turns up.
+    caller rolls the model back if a bad block turns up.  With ``labels``
+    (sparse categorical cross-entropy), ``y`` holds integer class labels in
+    ``[0, n_outputs)``: they are checked and turned into one-hot rows of the
+    network dtype here (in memory) or per block (streamed), so the kernels
+    only ever see categorical cross-entropy.
     """
     X = validation.check_features(X, n_features, names[0])
-    y = validation.check_targets(y, n_outputs, names[1])
+    if labels:
+        y = validation.check_label_shape(y, names[1])
+    else:
+        y = validation.check_targets(y, n_outputs, names[1])
     validation.check_same_length(X, y, names)
     if isinstance(X, np.memmap):
-        return StreamSource(X, y, dtype, names)
+        return StreamSource(X, y, dtype, names, classes=n_outputs if labels else None)
+    if labels:
+        return ArraySource(validation.to_dtype(X, dtype, names[0]),
+                           validation.one_hot(y, n_outputs, dtype, names[1]))
     return ArraySource(validation.to_dtype(X, dtype, names[0]),
                        validation.to_dtype(y, dtype, names[1]))
 

@@ -42,7 +42,7 @@ import os
 import numpy as np
 
 from . import _files
-from ._backends._codes import ACTIVATIONS, LOSSES, N_STATE_SLOTS
+from ._backends._codes import ACTIVATIONS, LOSS_NAMES, N_STATE_SLOTS
 from ._initializers import BIAS_INITIALIZERS, KERNEL_INITIALIZERS
 
 MAGIC = b"FASTBP-MODEL\n"
@@ -244,7 +244,7 @@ def _check_config(value):
                             for i, a in enumerate(activations)],
             "output_activation": _str(value["output_activation"], "config.output_activation",
                                       ACTIVATIONS),
-            "loss": _str(value["loss"], "config.loss", LOSSES),
+            "loss": _str(value["loss"], "config.loss", LOSS_NAMES),
             "kernel_initializer": _initializer(value["kernel_initializer"],
                                                "config.kernel_initializer", KERNEL_INITIALIZERS),
             "bias_initializer": _initializer(value["bias_initializer"],

@@ -334,3 +334,77 @@ def check_weights(weights, shapes, dtype):
 
 
 _example = example  # for the checks whose ``example`` argument shadows it
+
+
+# ---------------------------------------------------------------- softmax and class labels
+def check_output_pairing(hidden, output, loss, categorical):
+    """Softmax only as the output activation, and there exactly with a categorical loss.
+
+    ``hidden``/``output`` are activation names, ``loss`` a loss name and
+    ``categorical`` the names of the categorical cross-entropy losses.  The
+    kernels take the cross-entropy's gradient from the logits (``p - y``)
+    and have no softmax Jacobian, so softmax meets no other loss, and a
+    categorical loss has no meaning fastbp computes on an output that is
+    not a distribution (Keras would renormalise it; fastbp does not).
+    """
+    for i, name in enumerate(hidden):
+        if name == "softmax":
+            raise ValueError(
+                f"activations: expected 'linear', 'relu', 'sigmoid' or 'tanh' for hidden "
+                f"layers; found 'softmax' on hidden layer {i + 1}. Softmax is an output "
+                "activation only: pass it as output_activation='softmax'.")
+    if output == "softmax" and loss not in categorical:
+        raise ValueError(
+            f"output_activation='softmax': expected loss "
+            f"{' or '.join(repr(n) for n in categorical)}; found loss={loss!r}. fastbp trains a "
+            "softmax output only through categorical cross-entropy, whose gradient it takes "
+            "from the logits (softmax - y); other losses would need the softmax Jacobian, "
+            "which it does not implement. Use a categorical loss, or a 'sigmoid'/'linear' "
+            "output for this loss.")
+    if loss in categorical and output != "softmax":
+        raise ValueError(
+            f"loss={loss!r}: expected output_activation='softmax'; found {output!r}. fastbp "
+            "computes categorical cross-entropy from the logits of a softmax output only. "
+            "Pass output_activation='softmax' (for independent 0/1 outputs use 'sigmoid' "
+            "with loss='binary_crossentropy').")
+
+
+def check_label_shape(y, name="y"):
+    """Class labels' shape: ``(n,)`` or ``(n, 1)``, returned as ``(n, 1)`` (a view)."""
+    y = _as_array(y, name)
+    if y.ndim == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2 or y.shape[1] != 1:
+        raise ValueError(f"{name}: expected integer class labels of shape (n_samples,) or "
+                         f"(n_samples, 1) for loss 'sparse_categorical_crossentropy'; found "
+                         f"shape {y.shape}. Pass one label per row, or one-hot rows with "
+                         "loss='categorical_crossentropy'.")
+    if y.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one row; found 0 rows. Pass some data.")
+    return y
+
+
+def one_hot(labels, n_classes, dtype, name="y", offset=0):
+    """Labels ``(n, 1)`` (integers in ``[0, n_classes)``) as one-hot rows ``(n, n_classes)``.
+
+    ``offset`` is the row of the caller's array where ``labels`` starts (a
+    streamed block), so that an error names the row the caller sees.
+    Never writes to ``labels``.
+    """
+    values = np.asarray(labels).reshape(-1)
+    if values.dtype.kind == "f":
+        bad = ~np.isfinite(values) | (values != np.floor(values))
+    else:
+        bad = np.zeros(values.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        bad |= (values < 0) | (values >= n_classes)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(
+            f"{name}: expected integer class labels in [0, {n_classes}) (the network has "
+            f"{n_classes} softmax outputs); found {show(values[row].item())} at row "
+            f"{offset + row}. Encode the classes as 0..{n_classes - 1} (e.g. with "
+            "np.unique(y, return_inverse=True)) or change the last layer width.")
+    out = np.zeros((values.shape[0], n_classes), dtype=dtype)
+    out[np.arange(values.shape[0]), values.astype(np.int64)] = 1
+    return out

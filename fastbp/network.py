@@ -19,7 +19,8 @@ import numpy as np
 
 from . import _backends, _checkpoint, _config, _io, _parallel
 from . import _validation as validation
-from ._backends._codes import ACTIVATIONS, LOSSES, N_STATE_SLOTS
+from ._backends._codes import (ACTIVATIONS, CATEGORICAL_CROSSENTROPY, LOSS_NAMES, N_STATE_SLOTS,
+                              SPARSE_LOSSES)
 from ._backends._layout import layer_views, n_params
 from ._data import make_source
 from ._initializers import BIAS_INITIALIZERS, KERNEL_INITIALIZERS
@@ -41,6 +42,11 @@ def _check_callbacks(callbacks):
                             f"{type(callback).__name__}. Subclass fastbp.Callback and pass "
                             "an instance.")
     return list(callbacks)
+
+
+#: The loss names of categorical cross-entropy (one-hot rows, or class labels).
+_CATEGORICAL = tuple(name for name, code in LOSS_NAMES.items()
+                     if code == CATEGORICAL_CROSSENTROPY)
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -194,7 +200,16 @@ class Network:
         Hidden-layer activation, or one per hidden layer: ``"linear"``,
         ``"relu"``, ``"sigmoid"`` or ``"tanh"``.
     output_activation : str, default "linear"
-    loss : {"mse", "mae", "huber", "binary_crossentropy"}, default "mse"
+        One of the hidden activations, or ``"softmax"`` (output only, and
+        only with a categorical loss).
+    loss : str, default "mse"
+        ``"mse"``, ``"mae"``, ``"huber"``, ``"binary_crossentropy"``,
+        ``"categorical_crossentropy"`` (one-hot or probability rows ``y``)
+        or ``"sparse_categorical_crossentropy"`` (``y`` holds integer class
+        labels ``0..k-1``, shape ``(n,)`` or ``(n, 1)``).  The two
+        categorical losses go with ``output_activation="softmax"`` and no
+        other output; their per-row loss is the sum over the classes,
+        computed from the logits, and averaged over the batch as Keras does.
     kernel_initializer : {"glorot_uniform", "he_uniform", "zeros"} or float
         A number sets every kernel weight to it.
     bias_initializer : "zeros" or float
@@ -233,7 +248,8 @@ class Network:
         sizes = validation.check_layer_sizes(layers)
         hidden = validation.check_activations(activations, len(sizes) - 2, ACTIVATIONS)
         output = validation.check_choice(output_activation, ACTIVATIONS, "output_activation")
-        self._loss_name = validation.check_choice(loss, LOSSES, "loss")
+        self._loss_name = validation.check_choice(loss, LOSS_NAMES, "loss")
+        validation.check_output_pairing(hidden, output, self._loss_name, _CATEGORICAL)
         self._dtype = validation.check_dtype(dtype)
         self._kernel_init = validation.check_initializer(kernel_initializer, "kernel_initializer",
                                                 KERNEL_INITIALIZERS, self._dtype)
@@ -253,7 +269,7 @@ class Network:
 
         self._activation_names = hidden + [output]
         self._acts = np.array([ACTIVATIONS[a] for a in self._activation_names], dtype=np.int64)
-        self._loss = LOSSES[self._loss_name]
+        self._loss = LOSS_NAMES[self._loss_name]
         count = n_params(sizes)
         try:
             self._params = np.zeros(count, dtype=self._dtype)
@@ -411,7 +427,8 @@ class Network:
 
     # ------------------------------------------------------------------ inference
     def _source(self, X, y, names=("X", "y")):
-        return make_source(X, y, self.layers[0], self.layers[-1], self._dtype, names)
+        return make_source(X, y, self.layers[0], self.layers[-1], self._dtype, names,
+                           labels=self._loss_name in SPARSE_LOSSES)
 
     def _runner(self, workers):
         """A task runner for inference with ``workers`` (checked) threads."""

@@ -14,6 +14,8 @@ Arguments (all arrays C-contiguous):
 ``sizes``      int64 layer widths, inputs first (``n_layers + 1`` of them).
 ``acts``       int64 activation code per layer (``_codes``).
 ``loss``       int loss code; ``optimizer`` int update-rule code (``_codes``).
+               Softmax (output layer only) pairs with categorical cross-entropy:
+               see :func:`check_pairing`.
 ``hyper``      float64 ``[learning_rate, h1, h2, epsilon]`` (``_codes``).
 ``state``      ``(N_STATE_SLOTS, n_params)`` optimizer state in the parameter dtype.
 ``X, Y``       2-D arrays in the parameter dtype, ``(n, sizes[0])`` and ``(n, sizes[-1])``.
@@ -116,6 +118,24 @@ def check_loss(loss):
     return int(loss)
 
 
+def check_pairing(acts, loss):
+    """Softmax only on the output layer, and there exactly with categorical cross-entropy.
+
+    The kernels store the log-softmax as the output activations and take
+    the gradient of categorical cross-entropy with respect to the logits
+    (``p - y``), so either one without the other would compute something
+    else than its formula (``fastbp.Network`` refuses such a network first).
+    """
+    if (acts[:-1] == C.SOFTMAX).any():
+        raise ValueError(f"acts: expected softmax ({C.SOFTMAX}) on the output layer only; "
+                         f"found codes {acts.tolist()}.")
+    softmax = int(acts[-1]) == C.SOFTMAX
+    if softmax != (loss == C.CATEGORICAL_CROSSENTROPY):
+        raise ValueError(f"acts, loss: expected a softmax output ({C.SOFTMAX}) exactly with "
+                         f"categorical cross-entropy ({C.CATEGORICAL_CROSSENTROPY}); found "
+                         f"output code {int(acts[-1])} with loss code {loss}.")
+
+
 # --------------------------------------------------------------------- one per contract call
 def check_predict_call(params, sizes, acts, X, out):
     """``predict``'s arguments; returns the dtype."""
@@ -130,7 +150,9 @@ def check_loss_call(params, sizes, acts, loss, X, Y):
     dtype = check_net(params, sizes, acts)
     check_rows(X, "X", dtype, int(sizes[0]))
     check_rows(Y, "Y", dtype, int(sizes[-1]), X.shape[0])
-    return dtype, check_loss(loss)
+    loss = check_loss(loss)
+    check_pairing(acts, loss)
+    return dtype, loss
 
 
 def check_gradients_call(params, sizes, acts, loss, X, Y, grad):
@@ -141,7 +163,9 @@ def check_gradients_call(params, sizes, acts, loss, X, Y, grad):
     check_array(grad, "grad", dtype, 1, writeable=True)
     if grad.shape != params.shape:
         raise ValueError(f"grad: expected shape {params.shape}; found {grad.shape}.")
-    return dtype, check_loss(loss)
+    loss = check_loss(loss)
+    check_pairing(acts, loss)
+    return dtype, loss
 
 
 def check_trainer_call(params, state, sizes, acts, loss, batch_size, optimizer, hyper):
@@ -161,7 +185,9 @@ def check_trainer_call(params, state, sizes, acts, loss, batch_size, optimizer, 
     if state.shape != (C.N_STATE_SLOTS, params.shape[0]):
         raise ValueError(f"state: expected shape {(C.N_STATE_SLOTS, params.shape[0])}; "
                          f"found {state.shape}.")
-    return dtype, check_loss(loss), batch_size, optimizer
+    loss = check_loss(loss)
+    check_pairing(acts, loss)
+    return dtype, loss, batch_size, optimizer
 
 
 def check_chunk(dtype, sizes, X, Y, order):
@@ -231,7 +257,11 @@ class Backend(Protocol):
         """Write the network's outputs for the rows of ``X`` into ``out``."""
 
     def loss_sum(self, params, sizes, acts, loss, X, Y):
-        """Sum over rows of the per-row loss (a mean over outputs), accumulated in float64."""
+        """Sum over rows of the per-row loss, accumulated in float64.
+
+        The per-row loss is a mean over outputs, except for categorical
+        cross-entropy, where it is the sum over the classes (as in Keras).
+        """
 
     def loss_and_gradients(self, params, sizes, acts, loss, X, Y, grad):
         """The loss sum over rows; d(loss sum)/d(param) written into ``grad``."""

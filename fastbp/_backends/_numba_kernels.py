@@ -334,7 +334,9 @@ def _helper(fn):
 # --------------------------------------------------------------------- scalar helpers
 # Used by the all-scalar kernels of tiny nets (_numba_codegen); the vector
 # helpers below write the same formulas out per code, so the branch on the
-# code sits outside their loops.
+# code sits outside their loops.  A softmax output (a row-wise activation with
+# a summed loss) never reaches the scalar kernels: numba_ trains it with the
+# generic ones.
 
 @_helper
 def activate1(z, code):
@@ -440,6 +442,22 @@ def activate_rows(x, z0, ld, m, n, code):
             o = z0 + r * ld
             for j in range(n):
                 x[uidx(o + j)] = math.tanh(x[uidx(o + j)])
+    elif code == C.SOFTMAX:
+        # the log-softmax of each row (see _codes): z - max - log(sum(exp(z - max))),
+        # numpy_'s order of operations; NaN fails the comparison but poisons the sum
+        for r in range(m):
+            o = z0 + r * ld
+            top = x[uidx(o)]
+            for j in range(1, n):
+                if x[uidx(o + j)] > top:
+                    top = x[uidx(o + j)]
+            total = DT(0)
+            for j in range(n):
+                x[uidx(o + j)] = x[uidx(o + j)] - top
+                total += math.exp(x[uidx(o + j)])
+            log_total = math.log(total)
+            for j in range(n):
+                x[uidx(o + j)] = x[uidx(o + j)] - log_total
 
 
 @_helper
@@ -475,7 +493,8 @@ def output_delta(x, z0, d0, ld, Y, y0, m, n, loss, scale):
 
     Writes the delta of row r, column j at ``d0 + r * ld + j``: dloss/dz *
     ``scale`` (``scale`` = 1 / (rows * outputs) in ``DT``, rounded as numpy_
-    rounds it; before the activation's derivative).  Returns the summed loss
+    rounds it, with outputs = 1 for categorical cross-entropy; before the
+    activation's derivative).  Returns the summed loss
     in float64.  The formulas are ``loss_value`` / ``loss_grad``'s, written out
     per loss so the branch sits outside the loops.
     """
@@ -509,6 +528,16 @@ def output_delta(x, z0, d0, ld, Y, y0, m, n, loss, scale):
                     total += np.float64(delta * (a - DT(0.5 * C.HUBER_DELTA)))
                     g = DT(1) if e > 0 else (DT(-1) if e < 0 else e)
                     x[uidx(d0 + o + j)] = (delta * g) * scale
+    elif loss == C.CATEGORICAL_CROSSENTROPY:
+        # the outputs hold the log-softmax (the pairing is checked): loss -y log p,
+        # delta (p - y) with respect to the logits, as numpy_
+        for r in range(m):
+            o = r * ld
+            for j in range(n):
+                logp = x[uidx(z0 + o + j)]
+                y = Y[y0 + r, j]
+                total += np.float64(-(y * logp))
+                x[uidx(d0 + o + j)] = (math.exp(logp) - y) * scale
     else:
         # binary cross-entropy on p clipped to [eps, 1 - eps]: the clip passes
         # no gradient, and NaN passes the clip (comparisons with NaN are False)
@@ -976,9 +1005,14 @@ def predict(wp, lay, sizes, acts, X, out, work, rows):
             if acts[li] != C.LINEAR:
                 activate_rows(work, lay[LAY_ACT, li + 1], lay[LAY_ACT_LD, li + 1], mp,
                               sizes[li + 1], acts[li])
-        for r in range(m):
-            for j in range(n_out):
-                out[start + r, j] = work[uidx(top + r * ldt + j)]
+        if acts[n_layers - 1] == C.SOFTMAX:  # the activations hold the log-softmax
+            for r in range(m):
+                for j in range(n_out):
+                    out[start + r, j] = math.exp(work[uidx(top + r * ldt + j)])
+        else:
+            for r in range(m):
+                for j in range(n_out):
+                    out[start + r, j] = work[uidx(top + r * ldt + j)]
 
 
 @_entry
@@ -986,6 +1020,8 @@ def loss_sum(wp, lay, sizes, acts, loss, X, Y, work, rows):
     """Sum over rows of the per-row loss (mean over outputs), ``rows`` rows per block."""
     n_layers = sizes.shape[0] - 1
     n_out = sizes[n_layers]
+    # what a row's element losses are divided by: the outputs (a mean), or 1 (a sum)
+    n_mean = 1 if loss == C.CATEGORICAL_CROSSENTROPY else n_out
     half = work.shape[0] // 2
     top = lay[LAY_ACT, n_layers]
     ldt = lay[LAY_ACT_LD, n_layers]
@@ -1003,7 +1039,7 @@ def loss_sum(wp, lay, sizes, acts, loss, X, Y, work, rows):
                 activate_rows(work, lay[LAY_ACT, li + 1], lay[LAY_ACT_LD, li + 1], mp,
                               sizes[li + 1], acts[li])
         total += output_delta(work, top, half + top, ldt, Y, start, m, n_out, loss, DT(1))
-    return total / n_out
+    return total / n_mean
 
 
 @_entry
@@ -1015,10 +1051,12 @@ def loss_and_gradients(wp, wg, lay, sizes, acts, loss, X, Y, work, rows):
     """
     n_layers = sizes.shape[0] - 1
     n_out = sizes[n_layers]
+    # what a row's element losses are divided by: the outputs (a mean), or 1 (a sum)
+    n_mean = 1 if loss == C.CATEGORICAL_CROSSENTROPY else n_out
     half = work.shape[0] // 2
     top = lay[LAY_ACT, n_layers]
     ldt = lay[LAY_ACT_LD, n_layers]
-    scale = DT(1.0 / n_out)
+    scale = DT(1.0 / n_mean)
     kt = transpose_scratch(sizes)
     n = X.shape[0]
     total = 0.0
@@ -1045,7 +1083,7 @@ def loss_and_gradients(wp, wg, lay, sizes, acts, loss, X, Y, work, rows):
                           lay[LAY_ACT_LD, li + 1], half + lay[LAY_ACT, li], wp, wg,
                           lay[LAY_KERNEL, li], lay[LAY_KERNEL_LD, li], lay[LAY_BIAS, li], mp,
                           sizes[li], sizes[li + 1], li > 0, kt)
-    return total / n_out
+    return total / n_mean
 
 
 @_entry
@@ -1062,9 +1100,11 @@ def train_sgd(wp, lay, sizes, acts, loss, X, Y, order, hyper, work):
     half = work.shape[0] // 2  # activations of the current sample, then their deltas
     n0 = sizes[0]
     n_out = sizes[n_layers]
+    # what a row's element losses are divided by: the outputs (a mean), or 1 (a sum)
+    n_mean = 1 if loss == C.CATEGORICAL_CROSSENTROPY else n_out
     top = lay[LAY_ACT, n_layers]
     lr = DT(hyper[0])
-    scale = DT(1.0 / n_out)  # d(mean over outputs)/dp for a batch of one row
+    scale = DT(1.0 / n_mean)  # d(mean over outputs)/dp for a batch of one row
     ahead = 32 if wp.shape[0] <= 256 else (8 if wp.shape[0] <= 8192 else 2)
     lines = min(PREFETCH_LINES, (n0 * ITEMSIZE + CACHE_LINE - 1) // CACHE_LINE)
     n = order.shape[0]
@@ -1086,7 +1126,7 @@ def train_sgd(wp, lay, sizes, acts, loss, X, Y, order, hyper, work):
         lsum = output_delta(work, top, half + top, 0, Y, row, 1, n_out, loss, scale)
         if not abs(lsum) <= F64_MAX:  # NaN or inf (see F64_MAX)
             return total, q  # this sample's update is not applied
-        total += lsum / n_out
+        total += lsum / n_mean
         for li in range(n_layers - 1, -1, -1):
             if acts[li] != C.LINEAR:  # d loss / d z of this layer
                 derivative_rows(work, half + lay[LAY_ACT, li + 1], lay[LAY_ACT, li + 1], 0, 1,
@@ -1110,8 +1150,10 @@ def train_single(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, opt, hyper, s
     half = work.shape[0] // 2
     n0 = sizes[0]
     n_out = sizes[n_layers]
+    # what a row's element losses are divided by: the outputs (a mean), or 1 (a sum)
+    n_mean = 1 if loss == C.CATEGORICAL_CROSSENTROPY else n_out
     top = lay[LAY_ACT, n_layers]
-    scale = DT(1.0 / n_out)
+    scale = DT(1.0 / n_mean)
     ahead = 32 if wp.shape[0] <= 256 else (8 if wp.shape[0] <= 8192 else 2)
     lines = min(PREFETCH_LINES, (n0 * ITEMSIZE + CACHE_LINE - 1) // CACHE_LINE)
     n = order.shape[0]
@@ -1134,7 +1176,7 @@ def train_single(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, opt, hyper, s
         lsum = output_delta(work, top, half + top, 0, Y, row, 1, n_out, loss, scale)
         if not abs(lsum) <= F64_MAX:  # NaN or inf (see F64_MAX)
             return total, q  # this sample's update is not applied
-        total += lsum / n_out
+        total += lsum / n_mean
         opt_step += 1
         alpha = adam_alpha(hyper, opt_step) if opt == C.ADAM else DT(0)
         for li in range(n_layers - 1, -1, -1):
@@ -1158,7 +1200,8 @@ def batch_rows_gradient(wp, wg, lay, sizes, acts, loss, X, Y, order, lo, hi, n, 
     matrix product (``rows_forward`` / ``rows_backward``); the rows of the
     next block (up to ``order[n - 1]``) are prefetched meanwhile.  ``scale``
     multiplies the output deltas: ``1 / (batch rows * outputs)`` gives the
-    batch mean's gradient.  Returns the rows' loss sum times the outputs.
+    batch mean's gradient.  Returns the rows' loss sum times ``n_mean`` (the
+    outputs, or 1 for categorical cross-entropy, whose row loss is a sum).
     """
     n_layers = sizes.shape[0] - 1
     half = work.shape[0] // 2
@@ -1220,20 +1263,22 @@ def train_batch(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, batch_size, ro
     """
     n = order.shape[0]
     n_out = sizes[sizes.shape[0] - 1]
+    # what a row's element losses are divided by: the outputs (a mean), or 1 (a sum)
+    n_mean = 1 if loss == C.CATEGORICAL_CROSSENTROPY else n_out
     yb = np.empty((rows, n_out), dtype=DT)
     kt = transpose_scratch(sizes)
     total = 0.0
     opt_step = step  # updates done so far: Adam's t after the += 1 below
     for start in range(0, n, batch_size):
         size = min(batch_size, n - start)
-        scale = DT(1.0 / size / n_out)  # d(batch mean)/dp, rounded like numpy_
+        scale = DT(1.0 / size / n_mean)  # d(batch mean)/dp, rounded like numpy_
         for k in range(wg.shape[0]):
             wg[k] = DT(0)
         lsum = batch_rows_gradient(wp, wg, lay, sizes, acts, loss, X, Y, order, start,
                                    start + size, n, rows, scale, work, yb, kt)
         if not abs(lsum) <= F64_MAX:  # NaN or inf (see F64_MAX)
             return total, start  # this batch's update is not applied
-        total += lsum / n_out
+        total += lsum / n_mean
         opt_step += 1
         alpha = adam_alpha(hyper, opt_step) if opt == C.ADAM else DT(0)
         apply_update(wp, wg, wst, opt, hyper, alpha, 0, wp.shape[0])
@@ -1251,14 +1296,15 @@ def batch_part_gradient(wp, wg, lay, sizes, acts, loss, X, Y, order, size, rows,
     ``work``; ``sum_and_update`` then takes the step.
     """
     n_out = sizes[sizes.shape[0] - 1]
+    n_mean = 1 if loss == C.CATEGORICAL_CROSSENTROPY else n_out  # as in train_batch
     yb = np.empty((rows, n_out), dtype=DT)
     kt = transpose_scratch(sizes)
     for k in range(wg.shape[0]):
         wg[k] = DT(0)
     n = order.shape[0]
     lsum = batch_rows_gradient(wp, wg, lay, sizes, acts, loss, X, Y, order, 0, n, n, rows,
-                               DT(1.0 / size / n_out), work, yb, kt)
-    return lsum / n_out
+                               DT(1.0 / size / n_mean), work, yb, kt)
+    return lsum / n_mean
 
 
 @_entry

@@ -98,7 +98,7 @@ def _activate(z, code, zero, one):
         return e / (one + e)
     if code == C.TANH:
         return math.tanh(z)
-    return z
+    return z  # linear; softmax: the logit, normalised over the row afterwards (_kernel)
 
 
 @cuda.jit(device=True)
@@ -112,7 +112,9 @@ def _derivative(a, code, zero, one):
         return a * (one - a)
     if code == C.TANH:
         return one - a * a
-    return one  # linear: multiplying by one is exact
+    # linear: multiplying by one is exact; softmax: categorical cross-entropy's delta is
+    # already taken with respect to the logits
+    return one
 
 
 @cuda.jit(device=True)
@@ -140,6 +142,8 @@ def _loss_value(p, y, loss, consts):
         if a <= consts[_HUBER]:
             return consts[_HALF] * e * e
         return consts[_HUBER] * (a - consts[_HUBER_HALF])
+    if loss == C.CATEGORICAL_CROSSENTROPY:
+        return -(y * p)  # p is the log-softmax
     one = consts[_ONE]
     pc = p  # clip to [eps, 1 - eps]; comparisons keep a NaN as NaN
     if pc < consts[_BCE_LO]:
@@ -163,6 +167,8 @@ def _loss_gradient(p, y, loss, consts):
         if abs(e) <= consts[_HUBER]:
             return e
         return consts[_HUBER] * _sign(e, zero, one)
+    if loss == C.CATEGORICAL_CROSSENTROPY:
+        return math.exp(p) - y  # with respect to the logits: softmax - y (TensorFlow's)
     # binary cross-entropy: no gradient where the clip is active
     if p >= consts[_BCE_LO] and p <= consts[_BCE_HI]:
         return -(y / p - (one - y) / (one - p))
@@ -223,6 +229,8 @@ def _kernel(mode, params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, 
     n_rows = X.shape[0]
     n_par = params.shape[0]
     n_out = sizes[n_layers]
+    # what a row's element losses are divided by: the outputs (a mean), or 1 (a sum)
+    n_mean = 1 if loss == C.CATEGORICAL_CROSSENTROPY else n_out
     out_at = unit_offsets[n_layers]
     last_act = acts[n_layers - 1]
     zero = consts[_ZERO]
@@ -259,9 +267,27 @@ def _kernel(mode, params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, 
                         z += units[a_in + i] * params[k + i * width + j]
                     units[a_out + j] = _activate(z + params[b + j], code, zero, one)
                 cuda.syncthreads()
+                if code == C.SOFTMAX:
+                    # the row's log-softmax, z - max - log(sum(exp(z - max))) (see _codes):
+                    # every thread reduces the row itself, then writes its own units
+                    top = units[a_out]
+                    for j in range(1, width):
+                        if units[a_out + j] > top:
+                            top = units[a_out + j]
+                    norm = zero
+                    for j in range(width):
+                        norm += math.exp(units[a_out + j] - top)
+                    norm = math.log(norm)
+                    cuda.syncthreads()
+                    for j in range(tid, width, n_threads):
+                        units[a_out + j] = (units[a_out + j] - top) - norm
+                    cuda.syncthreads()
             if mode == _PREDICT:
                 for j in range(tid, n_out, n_threads):
-                    out[r, j] = units[out_at + j]
+                    if last_act == C.SOFTMAX:  # the log-softmax: exp() is the softmax
+                        out[r, j] = math.exp(units[out_at + j])
+                    else:
+                        out[r, j] = units[out_at + j]
                 cuda.syncthreads()
                 continue
             # ---- loss of this row, and the output layer's delta
@@ -300,13 +326,13 @@ def _kernel(mode, params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, 
                         deltas[a_in + i] = d * _derivative(units[a_in + i], code, zero, one)
                 cuda.syncthreads()
         if mode != _TRAIN:
-            total += batch_sum / n_out
+            total += batch_sum / n_mean
             start = end
             done = end
             continue
         # ---- the batch loss decides, before the update, whether training goes on
         if tid == 0:
-            batch_loss = batch_sum / n_out
+            batch_loss = batch_sum / n_mean
             if math.isfinite(batch_loss):
                 total += batch_loss
                 stop[0] = 0
@@ -367,12 +393,17 @@ def _simulator_quirks():
         sys.setswitchinterval(previous)
 
 
+def _per_row(loss, sizes):
+    """What a row's summed element losses are divided by: the outputs (a mean), or 1 (a sum)."""
+    return 1 if int(loss) == C.CATEGORICAL_CROSSENTROPY else int(sizes[-1])
+
+
 def _consts(dtype, n_out, n_rows, batch_size, hyper=None):
     """The kernel's constants, rounded to ``dtype`` the way NumPy rounds them.
 
     ``_COEF``/``_COEF_LAST`` are the gradient scales ``1 / (n_batch * n_out)``
     of a full and of the short last batch (``numpy_._backward``'s
-    ``p.dtype.type(scale / n_out)``).
+    ``p.dtype.type(scale / n_out)``); ``n_out`` is :func:`_per_row`'s divisor.
     """
     f = np.dtype(dtype).type
     c = np.zeros(_N_CONSTS, dtype=dtype)
@@ -500,8 +531,8 @@ class _Trainer:
         self._host_current = False
         return _run(_TRAIN, self._net, self._d_params, self._loss, Xo, Yo, self._batch_size,
                     optimizer=self._optimizer,
-                    consts=_consts(self._dtype, int(self._sizes[-1]), n, self._batch_size,
-                                   self._hyper),
+                    consts=_consts(self._dtype, _per_row(self._loss, self._sizes), n,
+                                   self._batch_size, self._hyper),
                     alphas=alphas, d_state=self._d_state, d_grad=self._d_grad)
 
     def _fetch(self):
@@ -551,7 +582,8 @@ def predict(params, sizes, acts, X, out):
 
 
 def loss_sum(params, sizes, acts, loss, X, Y):
-    """Sum over rows of the per-row loss (each row's loss is a mean over outputs).
+    """Sum over rows of the per-row loss (a mean over outputs; for categorical
+    cross-entropy the sum over them).
 
     Parameters
     ----------
@@ -571,7 +603,7 @@ def loss_sum(params, sizes, acts, loss, X, Y):
     if X.shape[0] == 0:
         return 0.0
     total, _ = _launch(_LOSS, params, sizes, acts, loss, X, Y, X.shape[0],
-                       consts=_consts(dtype, int(sizes[-1]), X.shape[0], X.shape[0]))
+                       consts=_consts(dtype, _per_row(loss, sizes), X.shape[0], X.shape[0]))
     return total
 
 
@@ -595,7 +627,7 @@ def loss_and_gradients(params, sizes, acts, loss, X, Y, grad):
         grad[...] = 0
         return 0.0
     # the whole of X is one "batch" with scale 1: the gradient of the sum
-    consts = _consts(dtype, int(sizes[-1]), 1, 1)
+    consts = _consts(dtype, _per_row(loss, sizes), 1, 1)
     total, _ = _launch(_GRADIENTS, params, sizes, acts, loss, X, Y, X.shape[0], grad=grad,
                        consts=consts)
     return total

@@ -843,7 +843,10 @@ def open_trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper)
     dtype, loss, batch_size, optimizer = check_trainer_call(params, state, sizes, acts, loss,
                                                             batch_size, optimizer, hyper)
     shape = _sizes(sizes)
-    if batch_size == 1 and optimizer == _codes.SGD and _gen.wants_scalar(shape):
+    # the all-scalar kernels compute element-wise activations and mean losses only: a
+    # softmax output (a row-wise activation, a summed loss) takes the generic kernels
+    if (batch_size == 1 and optimizer == _codes.SGD and _gen.wants_scalar(shape)
+            and int(acts[-1]) != _codes.SOFTMAX):
         return _ScalarTrainer(params, state, dtype, shape, acts, loss, hyper)
     return _Trainer(params, state, dtype, shape, sizes, acts, loss, batch_size, optimizer,
                     hyper)

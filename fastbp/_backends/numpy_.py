@@ -38,6 +38,11 @@ def _activate(z, code):
         np.reciprocal(z, out=z)
     elif code == C.TANH:
         np.tanh(z, out=z)
+    elif code == C.SOFTMAX:
+        # the log-softmax of each row (see _codes): z - max - log(sum(exp(z - max))),
+        # the stable form; predict returns exp() of it
+        z -= z.max(axis=1, keepdims=True)
+        z -= np.log(np.exp(z).sum(axis=1, keepdims=True))
     return z
 
 
@@ -49,11 +54,21 @@ def _derivative(a, code):
         return a * (1 - a)
     if code == C.TANH:
         return 1 - a * a
-    return None  # linear: derivative 1, nothing to multiply
+    # linear: derivative 1, nothing to multiply; softmax: the categorical
+    # cross-entropy's delta is already taken with respect to the logits
+    return None
 
 
 def _loss_terms(p, y, loss):
-    """Element-wise loss and its derivative d loss / d p (not yet averaged)."""
+    """Element-wise loss and its derivative d loss / d p (not yet averaged).
+
+    For categorical cross-entropy ``p`` is the log-softmax and the
+    derivative is taken with respect to the logits: ``softmax - y``, as
+    TensorFlow's ``softmax_cross_entropy_with_logits`` takes it (the exact
+    derivative of the loss when each row of ``y`` sums to 1).
+    """
+    if loss == C.CATEGORICAL_CROSSENTROPY:
+        return -(y * p), np.exp(p) - y
     e = p - y
     if loss == C.MSE:
         return e * e, 2 * e
@@ -75,6 +90,11 @@ def _loss_terms(p, y, loss):
     return value, grad
 
 
+def _per_row(loss, n_out):
+    """What a row's summed element losses are divided by: the outputs, or 1 (a sum)."""
+    return 1 if loss == C.CATEGORICAL_CROSSENTROPY else n_out
+
+
 def _forward(layers, acts, a):
     """Activations of every layer for the rows of ``a`` (input first)."""
     outputs = [a]
@@ -89,13 +109,14 @@ def _forward(layers, acts, a):
 def _backward(layers, grads, acts, loss, outputs, y, scale):
     """Write d(scale * sum of per-row losses)/d(param) into ``grads``.
 
-    Returns the sum over rows of the per-row loss (mean over outputs).
+    Returns the sum over rows of the per-row loss (mean over outputs; the sum
+    for categorical cross-entropy).
     ``scale`` is ``1 / n_rows`` for a training batch (the gradient of the
     batch mean, as Keras takes it) and 1 for a plain sum.
     """
     p = outputs[-1]
     value, dloss = _loss_terms(p, y, loss)
-    n_out = p.shape[1]
+    n_out = _per_row(loss, p.shape[1])
     loss_sum = float(value.sum(dtype=np.float64)) / n_out
     delta = dloss * p.dtype.type(scale / n_out)
     for layer in range(len(layers) - 1, -1, -1):
@@ -153,15 +174,18 @@ def predict(params, sizes, acts, X, out):
     check_predict_call(params, sizes, acts, X, out)
     layers = layer_views(params, sizes)
     out[...] = _forward(layers, acts, X)[-1]
+    if acts[-1] == C.SOFTMAX:  # the activations hold the log-softmax
+        np.exp(out, out=out)
 
 
 def loss_sum(params, sizes, acts, loss, X, Y):
-    """Sum over rows of the per-row loss (each row's loss is a mean over outputs)."""
-    check_loss_call(params, sizes, acts, loss, X, Y)
+    """Sum over rows of the per-row loss (a mean over outputs; the sum for categorical
+    cross-entropy)."""
+    _, loss = check_loss_call(params, sizes, acts, loss, X, Y)
     layers = layer_views(params, sizes)
     p = _forward(layers, acts, X)[-1]
     value, _ = _loss_terms(p, Y, loss)
-    return float(value.sum(dtype=np.float64)) / p.shape[1]
+    return float(value.sum(dtype=np.float64)) / _per_row(loss, p.shape[1])
 
 
 def loss_and_gradients(params, sizes, acts, loss, X, Y, grad):

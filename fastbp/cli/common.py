@@ -5,12 +5,17 @@ import math
 
 from .._backends import backend_names
 from .._backends._codes import ACTIVATIONS as _ACTIVATION_CODES
-from .._backends._codes import LOSSES as _LOSS_CODES
+from .._backends._codes import CATEGORICAL_CROSSENTROPY as _CCE
+from .._backends._codes import LOSS_NAMES as _LOSS_CODES
+from .._backends._codes import SPARSE_LOSSES as _SPARSE
 
 #: Activation names (``--activation``, ``--output-activation``), from the backends' code table.
 ACTIVATIONS = tuple(_ACTIVATION_CODES)
 #: Loss names (``--loss``), from the backends' code table.
 LOSSES = tuple(_LOSS_CODES)
+#: The classification losses (the report gives accuracy), and those that take class labels.
+CATEGORICAL = tuple(name for name, code in _LOSS_CODES.items() if code == _CCE)
+SPARSE_LOSSES = tuple(_SPARSE)
 #: ``--backend`` choices: "auto" and every backend fastbp knows, installed or not.
 BACKENDS = ("auto", *backend_names())
 #: ``--dtype`` choices.

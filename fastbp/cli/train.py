@@ -9,6 +9,7 @@ option --resume).
 
 import argparse
 import io
+import math
 import os
 import sys
 import time
@@ -25,7 +26,8 @@ from ..datasets import load_csv, load_npy, make_regression
 from ..metrics import BLOCK_ROWS, RegressionScores, linear_baseline
 from ..network import load_contents
 from ..optimizers import SGD, Adam, RMSprop
-from .common import (ACTIVATIONS, BACKENDS, DTYPES, LOSSES, CommandError, UsageError,
+from .common import (ACTIVATIONS, BACKENDS, CATEGORICAL, DTYPES, LOSSES, SPARSE_LOSSES,
+                     CommandError, UsageError,
                      activation_list, fraction, int_list, layers, non_negative_float,
                      non_negative_int, positive_float, positive_int, say, workers_count)
 
@@ -531,6 +533,14 @@ def _architecture(opts, X, Y):
     n_in = X.shape[1]
     n_out = 1 if Y.ndim == 1 else Y.shape[1]
     layers = opts["layers"]
+    if opts["loss"] in SPARSE_LOSSES:
+        # class labels: one output per class (labels 0..k-1; fit checks them)
+        if layers is not None:
+            return layers
+        import numpy as np
+
+        top = float(np.max(Y)) if len(Y) else 0.0
+        n_out = int(top) + 1 if math.isfinite(top) and top >= 0 else 1
     if layers is None:
         return [n_in, *opts["hidden"], n_out]
     if layers[0] != n_in or layers[-1] != n_out:
@@ -760,14 +770,22 @@ def _report_interrupt(network, opts):
 def _report_fit_quality(network, X, Y, n_train, n_val):
     import numpy as np
 
-    weights = linear_baseline(X, Y, n_train)
     start, stop = (n_train, n_train + n_val) if n_val else (0, n_train)
+    where = (f"the {n_val:,} held-out rows" if n_val else
+             f"the {n_train:,} training rows (no validation split)")
+    if network.loss in CATEGORICAL:
+        # a classifier: R² of probabilities would mean nothing; report the accuracy
+        right = 0
+        for xb, yb in row_blocks(X, Y, start, stop, BLOCK_ROWS):
+            truth = yb[:, 0] if network.loss in SPARSE_LOSSES else yb.argmax(axis=1)
+            right += int((network.predict(xb).argmax(axis=1) == truth).sum())
+        say(f"fit on {where}: accuracy {right / max(stop - start, 1):.4f}")
+        return
+    weights = linear_baseline(X, Y, n_train)
     net_scores, lin_scores = RegressionScores(), RegressionScores()
     for xb, yb in row_blocks(X, Y, start, stop, BLOCK_ROWS):
         net_scores.add(yb, network.predict(xb).astype(np.float64))
         lin_scores.add(yb, xb @ weights[:-1] + weights[-1])
-    where = (f"the {n_val:,} held-out rows" if n_val else
-             f"the {n_train:,} training rows (no validation split)")
     say(f"fit on {where}:")
     say(f"  {'':<22}{'R²':>8}{'RMSE':>11}")
     say(f"  {'network':<22}{net_scores.r2():8.4f}{net_scores.rmse():11.4g}")
