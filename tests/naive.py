@@ -52,6 +52,28 @@ def element_loss(name, p, y):
     raise ValueError(name)
 
 
+def softmax(z):
+    """exp(z_j) / sum_i exp(z_i), computed as exp(z_j - max z) / sum_i exp(z_i - max z)."""
+    m = max(z)
+    e = [math.exp(v - m) for v in z]
+    s = sum(e)
+    return [v / s for v in e]
+
+
+def log_softmax(z):
+    """z_j - max z - log(sum_i exp(z_i - max z)): Keras's (TensorFlow's) loss from logits."""
+    m = max(z)
+    lse = math.log(sum(math.exp(v - m) for v in z))
+    return [v - m - lse for v in z]
+
+
+def logits(weights, activations, x):
+    """The output layer's pre-activations for one sample."""
+    a = forward(weights, activations, x)[-2]
+    K, b = weights[-2], weights[-1]
+    return [b[j] + sum(a[i] * K[i][j] for i in range(len(a))) for j in range(len(b))]
+
+
 def to_lists(weights):
     return [w.tolist() for w in weights]
 
@@ -62,8 +84,8 @@ def forward(weights, activations, x):
     for layer, name in enumerate(activations):
         K, b = weights[2 * layer], weights[2 * layer + 1]
         a = outputs[-1]
-        outputs.append([activate(name, b[j] + sum(a[i] * K[i][j] for i in range(len(a))))
-                        for j in range(len(b))])
+        z = [b[j] + sum(a[i] * K[i][j] for i in range(len(a))) for j in range(len(b))]
+        outputs.append(softmax(z) if name == "softmax" else [activate(name, v) for v in z])
     return outputs
 
 
@@ -72,7 +94,12 @@ def predict(weights, activations, X):
 
 
 def batch_loss_and_gradients(weights, activations, loss, xs, ys):
-    """Mean loss over the batch (each sample's loss a mean over outputs) and its gradient."""
+    """Mean loss over the batch (each sample's loss a mean over outputs) and its gradient.
+
+    ``categorical_crossentropy`` (softmax output): each sample's loss is
+    -sum_j y_j log_softmax(z)_j, a sum over the classes, and its gradient
+    with respect to the logits is softmax(z) - y.
+    """
     grads = [[[0.0] * len(K[0]) for _ in K] if isinstance(K[0], list) else [0.0] * len(K)
              for K in weights]
     n = len(xs)
@@ -82,7 +109,11 @@ def batch_loss_and_gradients(weights, activations, loss, xs, ys):
         p = outputs[-1]
         k = len(p)
         delta = []
-        for j in range(k):
+        if loss == "categorical_crossentropy":
+            logp = log_softmax(logits(weights, activations, x))
+            total += -sum(float(y[j]) * logp[j] for j in range(k)) / n
+            delta = [(p[j] - float(y[j])) / n for j in range(k)]
+        for j in range(k if loss != "categorical_crossentropy" else 0):
             value, slope = element_loss(loss, p[j], float(y[j]))
             total += value / k / n
             delta.append(slope / k / n * activation_slope(activations[-1], p[j]))

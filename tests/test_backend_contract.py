@@ -446,10 +446,14 @@ TRAIN_REFUSALS = [
     (dict(hyper=np.zeros(3)), ValueError, ["hyper", "4"]),
     (dict(hyper=np.zeros(4, dtype=np.float32)), TypeError, ["hyper", "float64"]),
     (dict(sizes=np.array([3, 4, 2], dtype=np.int32)), TypeError, ["sizes", "int64"]),
-    (dict(acts=np.array([1, 9], dtype=np.int64)), ValueError, ["acts", "0..3"]),
+    (dict(acts=np.array([1, 9], dtype=np.int64)), ValueError, ["acts", "0..4"]),
+    # softmax on a hidden layer, softmax without categorical cross-entropy, and the reverse
+    (dict(acts=np.array([4, 0], dtype=np.int64)), ValueError, ["acts", "output layer only"]),
+    (dict(acts=np.array([1, 4], dtype=np.int64)), ValueError, ["acts, loss", "loss code 0"]),
     (dict(acts=np.array([1], dtype=np.int64)), ValueError, ["acts", "2 activation codes"]),
     (dict(sizes=np.array([3, 0, 2], dtype=np.int64)), ValueError, ["sizes", "positive"]),
-    (dict(loss=7), ValueError, ["loss", "0..3"]),
+    (dict(loss=7), ValueError, ["loss", "0..4"]),
+    (dict(loss=4), ValueError, ["acts, loss", "loss code 4"]),
     (dict(optimizer=11), ValueError, ["optimizer", "11"]),
     (dict(batch_size=0), ValueError, ["batch_size", "positive"]),
 ]

@@ -73,6 +73,24 @@ def test_train_on_npy_files_streams_them_and_leaves_them_unchanged(capsys, tmp_p
                       for p in digest}
 
 
+def test_train_a_softmax_classifier_on_label_files(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 4))
+    labels = (X[:, 0] > 0).astype(np.int64) + (X[:, 1] > 0)   # three classes
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", labels)
+    status, out, err = run(capsys, "train", "--x", tmp_path / "X.npy", "--y", tmp_path / "y.npy",
+                           "--backend", "numpy", "--hidden", "8", "--epochs", 3,
+                           "--output-activation", "softmax",
+                           "--loss", "sparse_categorical_crossentropy", "--save",
+                           tmp_path / "m.fbp")
+    assert status == 0, err
+    assert "4-8-3 relu, sparse_categorical_crossentropy" in out
+    accuracy = float(out.split("accuracy ")[1].split()[0])
+    assert accuracy > 0.8   # the classes are quadrants of two features: easy to learn
+    assert fastbp.load(tmp_path / "m.fbp").activations == ["relu", "softmax"]
+
+
 def test_train_on_csv_with_header_and_two_targets(capsys, tmp_path):
     rng = np.random.default_rng(0)
     data = rng.normal(size=(300, 5))

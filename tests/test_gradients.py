@@ -83,3 +83,35 @@ def test_bce_gradient_is_zero_where_clipped(backend):
     # loss there is -log(1 - 1e-7) as Keras clips: the clipped value
     assert np.isclose(net.evaluate(np.array([[1.0]]), np.array([1.0])), -np.log(1 - 1e-7),
                       rtol=1e-6)
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("loss", ["categorical_crossentropy", "sparse_categorical_crossentropy"])
+def test_categorical_gradients_match_finite_differences(backend, activation, loss, depth):
+    rng = np.random.default_rng(depth)
+    X = rng.normal(size=(6, 3))
+    if loss == "sparse_categorical_crossentropy":
+        y = rng.integers(0, 4, size=6)
+    else:  # probability rows (each sums to 1): the loss whose derivative is softmax - y
+        y = rng.uniform(0.1, 1.0, size=(6, 4))
+        y /= y.sum(axis=1, keepdims=True)
+    net = fastbp.Network([3] + [4] * depth + [4], activations=activation,
+                         output_activation="softmax", loss=loss, bias_initializer=0.05,
+                         backend=backend, seed=depth + 10)
+    analytic = net.gradients(X, y)
+    numeric = finite_difference(net, X, y)
+    for a, n in zip(analytic, numeric):
+        np.testing.assert_allclose(a, n, rtol=1e-6, atol=1e-8)
+
+
+def test_categorical_gradients_match_oracle(backend, dtype):
+    rng = np.random.default_rng(5)
+    X, labels = rng.normal(size=(6, 3)), rng.integers(0, 3, size=6)
+    net = fastbp.Network([3, 4, 4, 3], activations=["tanh", "relu"], output_activation="softmax",
+                         loss="sparse_categorical_crossentropy", backend=backend, dtype=dtype)
+    value, expected = naive.batch_loss_and_gradients(
+        naive.to_lists(net.get_weights()), ["tanh", "relu", "softmax"],
+        "categorical_crossentropy", X, np.eye(3)[labels])
+    assert_close(net.gradients(X, labels), [np.array(g) for g in expected], dtype)
+    assert_close(net.evaluate(X, labels), value, dtype)

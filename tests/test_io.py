@@ -100,3 +100,21 @@ def test_failed_save_leaves_existing_file(tmp_path, monkeypatch):
         net.save(path)
     assert path.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+@pytest.mark.parametrize("loss", ["categorical_crossentropy", "sparse_categorical_crossentropy"])
+def test_softmax_round_trip(tmp_path, backend, dtype, loss):
+    rng = np.random.default_rng(1)
+    X, labels = rng.normal(size=(20, 3)), rng.integers(0, 3, size=20)
+    y = labels if loss.startswith("sparse") else np.eye(3)[labels]
+    net = fastbp.Network([3, 4, 3], activations="relu", output_activation="softmax", loss=loss,
+                         dtype=dtype, backend=backend, seed=3)
+    net.fit(X, y, epochs=2, batch_size=5, optimizer=fastbp.Adam(0.01), verbose=0)
+    net.save(tmp_path / "m.fbp")
+    loaded = fastbp.load(tmp_path / "m.fbp", backend=backend)
+    assert loaded.activations == ["relu", "softmax"] and loaded.loss == loss
+    np.testing.assert_array_equal(loaded.predict(X), net.predict(X))
+    net.fit(X, y, epochs=1, batch_size=5, verbose=0)      # continues Adam and the shuffle
+    loaded.fit(X, y, epochs=1, batch_size=5, verbose=0)
+    for a, b in zip(net.get_weights(), loaded.get_weights()):
+        assert a.tobytes() == b.tobytes()

@@ -142,3 +142,91 @@ def test_strided_and_fortran_inputs_are_converted_once(compiled_backend):
             net.fit(X, y, epochs=2, batch_size=3, shuffle=False, verbose=0)
         assert_close(nets[0].get_weights(), nets[1].get_weights(), "float64")
         assert_close(nets[0].predict(X), nets[1].predict(X), "float64")
+
+
+# ------------------------------------------------------------------ softmax + categorical losses
+CATEGORICAL = ["categorical_crossentropy", "sparse_categorical_crossentropy"]
+# every optimizer with both batch sizes; hidden activation and the two losses rotate
+CATEGORICAL_CASES = [(act, loss, opt, batch)
+                     for (opt, batch), act, loss in zip(
+                         itertools.product(sorted(OPTIMIZERS), (1, 3)),
+                         itertools.cycle(ACTIVATIONS), itertools.cycle(CATEGORICAL))]
+
+
+def _categorical_data(loss, rows, seed, n_classes=3):
+    """``(X, y, one_hot)``: class labels for the sparse loss, probability rows for the other.
+
+    The probability rows are soft (every entry non-zero, each row summing to
+    1), so the loss's every term counts; the labels depend on X so there is
+    something to learn.
+    """
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, 3))
+    if loss == "sparse_categorical_crossentropy":
+        labels = np.argmax(X @ rng.normal(size=(3, n_classes)), axis=1)
+        return X, labels, np.eye(n_classes)[labels]
+    z = X @ rng.normal(size=(3, n_classes))
+    y = np.exp(z - z.max(axis=1, keepdims=True))
+    y /= y.sum(axis=1, keepdims=True)
+    return X, y, y
+
+
+def _softmax_network(activation, loss, backend, dtype, layers=(3, 4, 3)):
+    return fastbp.Network(list(layers), activations=activation, output_activation="softmax",
+                          loss=loss, backend=backend, dtype=dtype, seed=11)
+
+
+@pytest.mark.parametrize("activation,loss,opt,batch", CATEGORICAL_CASES)
+def test_numpy_backend_matches_oracle_categorical(activation, loss, opt, batch, dtype):
+    X, y, one_hot = _categorical_data(loss, 7, seed=0)
+    net = _softmax_network(activation, loss, "numpy", dtype)
+    start = net.get_weights()
+    hist = net.fit(X, y, epochs=2, batch_size=batch, shuffle=False, optimizer=OPTIMIZERS[opt][0](),
+                   verbose=0)
+    kind, hyper = OPTIMIZERS[opt][1]
+    oracle_opt = naive.Optimizer(kind, **hyper)
+    weights, losses = naive.to_lists(start), []
+    for _ in range(2):
+        weights, epoch_loss = naive.train(weights, [activation, "softmax"],
+                                          "categorical_crossentropy", X, one_hot,
+                                          list(range(len(X))), batch, oracle_opt)
+        losses.append(epoch_loss)
+    assert_close(net.get_weights(), [np.array(w) for w in weights], dtype)
+    assert_close(hist.history["loss"], losses, dtype)
+    assert_close(net.predict(X), naive.predict(weights, [activation, "softmax"], X), dtype)
+
+
+@pytest.mark.simulator_slow(dtype="float32")
+@pytest.mark.parametrize("activation,loss,opt,batch", CATEGORICAL_CASES)
+def test_compiled_backend_matches_numpy_categorical(compiled_backend, activation, loss, opt,
+                                                    batch, dtype):
+    X, y, _ = _categorical_data(loss, 41, seed=1, n_classes=4)
+    results = []
+    for backend in ("numpy", compiled_backend):
+        net = _softmax_network(activation, loss, backend, dtype, layers=(3, 5, 4, 4))
+        hist = net.fit(X, y, epochs=3, batch_size=batch, optimizer=OPTIMIZERS[opt][0](),
+                       verbose=0)
+        results.append((net.get_weights(), hist.history["loss"], net.predict(X),
+                        net.evaluate(X, y), net.gradients(X, y)))
+    for got, want in zip(results[1], results[0]):
+        assert_close(got, want, dtype)
+
+
+@pytest.mark.simulator_slow
+def test_sparse_labels_from_a_read_only_memmap(compiled_backend, dtype, tmp_path):
+    """Labels memory-mapped read-only with X: streamed and one-hot encoded block by block,
+    the same training as one-hot rows in memory with categorical cross-entropy."""
+    X, labels, one_hot = _categorical_data("sparse_categorical_crossentropy", 40, seed=2)
+    np.save(tmp_path / "X.npy", X.astype(dtype))
+    np.save(tmp_path / "y.npy", labels.astype(np.int32))
+    Xm = np.load(tmp_path / "X.npy", mmap_mode="r")
+    ym = np.load(tmp_path / "y.npy", mmap_mode="r")
+    streamed = _softmax_network("tanh", "sparse_categorical_crossentropy", compiled_backend,
+                                dtype)
+    in_memory = _softmax_network("tanh", "categorical_crossentropy", "numpy", dtype)
+    with fastbp.config_context(chunk_rows=12):  # several blocks
+        h1 = streamed.fit(Xm, ym, epochs=2, batch_size=4, shuffle=False, verbose=0)
+        h2 = in_memory.fit(X.astype(dtype), one_hot, epochs=2, batch_size=4, shuffle=False,
+                           verbose=0)
+    assert_close(streamed.get_weights(), in_memory.get_weights(), dtype)
+    assert_close(h1.history["loss"], h2.history["loss"], dtype)

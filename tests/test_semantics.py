@@ -235,3 +235,84 @@ def test_cross_entropy_at_saturated_predictions(backend, dtype, bias, target):
     assert net.evaluate(X, y) == pytest.approx(float(expected), rel=1e-6)
     kernel_grad, bias_grad = net.gradients(X, y)
     assert kernel_grad[0, 0] == 0 and bias_grad[0] == 0
+
+
+# ------------------------------------------------------------------ softmax + categorical loss
+def _softmax_row_by_hand(x, label, K1, b1, K2, b2):
+    """Loss and gradients of one row of a 2-3-3 tanh/softmax net, scalar formulas only.
+
+    loss = -log softmax(z)_label = logsumexp(z) - z_label (Keras's from-logits form);
+    d loss / d z = softmax(z) - onehot(label).
+    """
+    h = [math.tanh(b1[j] + x[0] * K1[0][j] + x[1] * K1[1][j]) for j in range(3)]
+    z = [b2[k] + sum(h[j] * K2[j][k] for j in range(3)) for k in range(3)]
+    m = max(z)
+    lse = m + math.log(sum(math.exp(v - m) for v in z))
+    p = [math.exp(v - lse) for v in z]
+    dz = [p[k] - (1.0 if k == label else 0.0) for k in range(3)]
+    dK2 = [[h[j] * dz[k] for k in range(3)] for j in range(3)]
+    dh = [sum(K2[j][k] * dz[k] for k in range(3)) * (1 - h[j] * h[j]) for j in range(3)]
+    dK1 = [[x[i] * dh[j] for j in range(3)] for i in range(2)]
+    return lse - z[label], p, [dK1, dh, dK2, dz]
+
+
+SOFTMAX_WEIGHTS = ([[0.1, 0.2, -0.3], [0.0, -0.1, 0.2]], [0.05, 0.0, -0.05],
+                   [[0.2, -0.1, 0.0], [0.1, 0.3, -0.2], [-0.3, 0.1, 0.4]],
+                   [0.0, math.log(2), math.log(3)])
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_softmax_categorical_sgd_step_by_hand(backend, dtype, batch):
+    rows, labels = [[1.0, 2.0], [-0.5, 0.25]], [2, 0]
+    lr = 0.1
+    net = fastbp.Network([2, 3, 3], activations="tanh", output_activation="softmax",
+                         loss="sparse_categorical_crossentropy", backend=backend, dtype=dtype)
+    net.set_weights([np.array(w) for w in SOFTMAX_WEIGHTS])
+    weights = [np.array(w, dtype=float) for w in SOFTMAX_WEIGHTS]
+    losses = []
+    for start in range(0, 2, batch):  # SGD, one update per batch of the mean gradient
+        parts = [_softmax_row_by_hand(rows[r], labels[r], *[w.tolist() for w in weights])
+                 for r in range(start, start + batch)]
+        losses += [part[0] for part in parts]
+        for i in range(4):
+            weights[i] = weights[i] - lr * sum(np.array(part[2][i]) for part in parts) / batch
+    X, y = np.array(rows), np.array(labels)
+    hist = net.fit(X, y, epochs=1, batch_size=batch, shuffle=False,
+                   optimizer=fastbp.SGD(learning_rate=lr), verbose=0)
+    assert_close(net.get_weights(), weights, dtype)
+    # the epoch loss: the mean over rows of each row's loss, taken before its batch's update
+    assert_close(hist.history["loss"], [sum(losses) / 2], dtype)
+    # after the step: loss and probabilities of the new weights
+    after = [_softmax_row_by_hand(rows[r], labels[r], *[w.tolist() for w in weights])
+             for r in range(2)]
+    assert_close(net.evaluate(X, y), (after[0][0] + after[1][0]) / 2, dtype)
+    assert_close(net.predict(X), [after[0][1], after[1][1]], dtype)
+
+
+def test_categorical_loss_is_a_sum_over_classes(backend, dtype):
+    # zero kernels, output biases (0, ln 2, ln 3): softmax = (1/6, 2/6, 3/6) for any input,
+    # so the loss of class 0 is ln 6 (a mean over the 3 outputs would give ln 6 / 3)
+    net = fastbp.Network([2, 3], output_activation="softmax", loss="categorical_crossentropy",
+                         kernel_initializer=0.0, backend=backend, dtype=dtype)
+    net.set_weights([np.zeros((2, 3)), np.array([0.0, math.log(2), math.log(3)])])
+    X = np.array([[1.0, -1.0], [3.0, 0.5]])
+    assert_close(net.predict(X), [[1 / 6, 2 / 6, 3 / 6]] * 2, dtype)
+    assert_close(net.evaluate(X, [[1, 0, 0], [0, 0, 1]]), (math.log(6) + math.log(2)) / 2, dtype)
+    # soft targets: -(0.5 ln(1/6) + 0.5 ln(3/6))
+    assert_close(net.evaluate(X[:1], [[0.5, 0, 0.5]]), 0.5 * math.log(6) + 0.5 * math.log(2),
+                 dtype)
+    # the gradient of the mean loss w.r.t. the output bias is mean(p - y)
+    grads = net.gradients(X, [[1, 0, 0], [0, 0, 1]])
+    assert_close(grads[1], [(1 / 6 - 1 + 1 / 6) / 2, 2 / 6, (3 / 6 + 3 / 6 - 1) / 2], dtype)
+
+
+def test_softmax_is_stable_for_huge_logits(backend, dtype):
+    # logits around 1e4 overflow exp() unshifted; the log-softmax form stays exact
+    net = fastbp.Network([1, 2], output_activation="softmax",
+                         loss="sparse_categorical_crossentropy", backend=backend, dtype=dtype)
+    net.set_weights([np.array([[1.0e4, -1.0e4]]), np.zeros(2)])
+    X = np.array([[1.0]])
+    assert_close(net.predict(X), [[1.0, 0.0]], dtype)
+    # class 1 has log-probability -2e4: the loss is 2e4, not inf or NaN
+    assert_close(net.evaluate(X, [1]), 2.0e4, dtype)
+    assert_close(net.evaluate(X, [0]), 0.0, dtype)

@@ -291,3 +291,58 @@ def test_negative_min_delta_counts_as_its_absolute_value_as_in_keras():
     for bad in (float("nan"), float("inf"), -float("inf"), "0.1", None, True):
         with pytest.raises(ValueError):
             fastbp.EarlyStopping(min_delta=bad)
+
+
+# ------------------------------------------------------------------ softmax and class labels
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(activations="softmax"), "output activation only"),
+    (dict(activations=["relu", "softmax"]), "hidden layer 2"),
+    (dict(output_activation="softmax"), "Jacobian"),
+    (dict(output_activation="softmax", loss="binary_crossentropy"), "Jacobian"),
+    (dict(loss="categorical_crossentropy"), "output_activation='softmax'"),
+    (dict(loss="sparse_categorical_crossentropy", output_activation="sigmoid"),
+     "output_activation='softmax'"),
+])
+def test_softmax_pairs_with_the_categorical_losses_only(kwargs, words):
+    with pytest.raises(ValueError, match=words) as excinfo:
+        fastbp.Network([3, 4, 4, 3], backend="numpy", **kwargs)
+    _assert_clear(excinfo)
+
+
+@pytest.mark.parametrize("labels,found", [
+    ([0, 1, 3, 0], "found 3 at row 2"),
+    ([0, -1, 2, 0], "found -1 at row 1"),
+    ([0.0, 1.5, 2.0, 0.0], "found 1.5 at row 1"),
+    ([0.0, 1.0, np.nan, 0.0], "found nan at row 2"),
+])
+def test_bad_class_labels_are_refused_and_change_nothing(backend, labels, found):
+    net = fastbp.Network([3, 4, 3], output_activation="softmax",
+                         loss="sparse_categorical_crossentropy", backend=backend)
+    before = net.get_weights()
+    X = np.ones((4, 3))
+    for call in (lambda: net.fit(X, np.array(labels), verbose=0),
+                 lambda: net.evaluate(X, np.array(labels))):
+        with pytest.raises(ValueError, match=found) as excinfo:
+            call()
+        _assert_clear(excinfo)
+    with pytest.raises(ValueError, match="class labels of shape"):
+        net.fit(X, np.eye(3)[[0, 1, 2, 0]], verbose=0)  # one-hot rows: the other loss
+    for a, b in zip(before, net.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_labels_in_a_streamed_block_name_the_row(tmp_path):
+    X = np.ones((30, 3))
+    labels = np.zeros(30, dtype=np.int64)
+    labels[23] = 7
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", labels)
+    net = fastbp.Network([3, 4, 3], output_activation="softmax",
+                         loss="sparse_categorical_crossentropy", backend="numpy")
+    before = net.get_weights()
+    with fastbp.config_context(chunk_rows=10), \
+            pytest.raises(ValueError, match="found 7 at row 23"):
+        net.fit(np.load(tmp_path / "X.npy", mmap_mode="r"),
+                np.load(tmp_path / "y.npy", mmap_mode="r"), shuffle=False, verbose=0)
+    for a, b in zip(before, net.get_weights()):
+        np.testing.assert_array_equal(a, b)

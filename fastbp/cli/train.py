@@ -726,6 +726,8 @@ def _warm_up(network, optimizer, batch_size):
     rows = batch_size + 1  # a full and a short batch
     X = np.zeros((rows, network.layers[0]), dtype=network.dtype)
     Y = np.zeros((rows, network.layers[-1]), dtype=network.dtype)
+    if network.loss in SPARSE_LOSSES:  # class labels: one per row
+        Y = np.zeros(rows, dtype=np.int64)
     twin.fit(X, Y, batch_size=batch_size, optimizer=optimizer, validation_data=(X, Y),
              verbose=0)
     twin.predict(X)
