@@ -241,3 +241,14 @@ def test_bad_data_errors():
         clf.fit(X, np.zeros(50))
     with pytest.raises(ValueError, match="classes="):
         clf.partial_fit(X, np.arange(50) % 2)
+
+
+def test_the_guide_example_runs():
+    """docs/guide/sklearn.md's Pipeline + GridSearchCV example, as the page shows it."""
+    import pathlib
+    import re
+    page = (pathlib.Path(__file__).parents[1] / "docs" / "guide" / "sklearn.md").read_text()
+    code = re.search(r"```python\n(.*?)```", page, re.S).group(1)
+    namespace = {}
+    exec(compile(code, "sklearn.md", "exec"), namespace)
+    assert namespace["search"].best_score_ > 0.5
