@@ -931,6 +931,18 @@ class Network:
         network._position = state["training"]
         return network
 
+    # Pickling (multiprocessing, joblib, scikit-learn's GridSearchCV(n_jobs=...)) goes
+    # through the model file's contents, so a pickle holds exactly what save() writes and
+    # is rebuilt by the checks load() runs; the lock and the trainer are never pickled.
+    def __getstate__(self):
+        state, arrays = self._saved_state()
+        return {"state": copy.deepcopy(state), "arrays": {k: v.copy() for k, v in arrays.items()},
+                "backend": self.backend}
+
+    def __setstate__(self, pickled):
+        network = Network._from_state(pickled["state"], pickled["arrays"], pickled["backend"])
+        self.__dict__.update(network.__dict__)
+
     def __repr__(self):
         return (f"Network({list(self.layers)}, activations={self._activation_names[:-1]}, "
                 f"output_activation={self._activation_names[-1]!r}, loss={self._loss_name!r}, "

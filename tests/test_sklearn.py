@@ -1,0 +1,254 @@
+"""The scikit-learn estimators: scikit-learn's own checks, MLP's rules, and where users put them."""
+
+import pickle
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn.base import clone  # noqa: E402
+from sklearn.datasets import make_classification, make_friedman1  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+import fastbp  # noqa: E402
+from fastbp.sklearn import FastBPClassifier, FastBPRegressor  # noqa: E402
+
+# Small and quick: the checks fit these dozens of times on ~100-row data sets.
+CHECKED = [FastBPRegressor(hidden_layer_sizes=(8,), max_iter=100, learning_rate_init=0.01,
+                           random_state=0),
+           FastBPClassifier(hidden_layer_sizes=(8,), max_iter=100, learning_rate_init=0.01,
+                            random_state=0)]
+# Checks expected to fail, each with the reason next to it: none.
+EXPECTED_FAILURES = {}
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@parametrize_with_checks(CHECKED, expected_failed_checks=lambda est: EXPECTED_FAILURES)
+def test_scikit_learn_checks(estimator, check):
+    check(estimator)
+
+
+def _regression(n=300, seed=0):
+    X, y = make_friedman1(n, n_features=6, random_state=seed)
+    return X, y
+
+
+def test_import_fastbp_never_imports_scikit_learn():
+    code = "import sys, fastbp; fastbp.Network([2, 1]); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_regressor_learns_and_has_mlp_attributes():
+    X, y = _regression()
+    est = FastBPRegressor(hidden_layer_sizes=(16, 8), max_iter=30, learning_rate_init=0.01,
+                          random_state=0, backend="numpy")
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+        est.fit(X, y)
+    assert est.n_iter_ == 30 == len(est.loss_curve_) and est.t_ == 30 * len(X)
+    assert est.best_loss_ == min(est.loss_curve_) and est.validation_scores_ is None
+    assert [c.shape for c in est.coefs_] == [(6, 16), (16, 8), (8, 1)]
+    assert [b.shape for b in est.intercepts_] == [(16,), (8,), (1,)]
+    assert est.n_features_in_ == 6 and est.n_outputs_ == 1
+    assert isinstance(est.network_, fastbp.Network) and est.predict(X).shape == (300,)
+    assert est.score(X, y) > 0.5
+    # the loss curve is fastbp's mse of each epoch: the first is the mean over batches
+    assert est.loss_curve_[-1] < est.loss_curve_[0]
+
+
+def test_tol_and_n_iter_no_change_stop_as_mlp_does():
+    X, y = _regression()
+    # a huge tol: the first epoch sets best_loss_, no later one improves on it by tol, and
+    # MLP stops once more than n_iter_no_change epochs in a row did not: after 1 + 4 epochs
+    est = FastBPRegressor(hidden_layer_sizes=(4,), max_iter=50, tol=1e6, n_iter_no_change=3,
+                          random_state=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        est.fit(X, y)
+    assert est.n_iter_ == 5
+
+
+def test_early_stopping_scores_r2_and_restores_the_best_weights():
+    X, y = _regression(400)
+    est = FastBPRegressor(hidden_layer_sizes=(16,), max_iter=40, learning_rate_init=0.05,
+                          early_stopping=True, n_iter_no_change=3, random_state=1,
+                          backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    assert est.best_loss_ is None and len(est.validation_scores_) == est.n_iter_
+    assert est.best_validation_score_ == max(est.validation_scores_)
+    # the validation rows are MLP's: train_test_split with the same random state
+    from sklearn.model_selection import train_test_split
+    rng = np.random.RandomState(1)
+    rng.randint(np.iinfo(np.int32).max)  # the seed drawn for the network first
+    _, X_val, _, y_val = train_test_split(X, y, random_state=rng, test_size=0.1)
+    from sklearn.metrics import r2_score
+    assert r2_score(y_val, est.predict(X_val)) == pytest.approx(est.best_validation_score_)
+
+
+def test_partial_fit_is_one_epoch_and_continues_the_optimizer():
+    X, y = _regression(100)
+    a = FastBPRegressor(hidden_layer_sizes=(8,), random_state=0, backend="numpy",
+                        batch_size=10, shuffle=False)
+    b = clone(a).set_params(max_iter=2)
+    a.partial_fit(X, y)
+    assert a.n_iter_ == 1 and a.t_ == 100
+    a.partial_fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        b.fit(X, y)
+    # two single epochs equal one fit of two: the Adam state went on between the calls
+    for wa, wb in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+        np.testing.assert_array_equal(wa, wb)
+    assert a.loss_curve_ == b.loss_curve_
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "multilabel"])
+def test_classifier_outputs(kind):
+    if kind == "multilabel":
+        from sklearn.datasets import make_multilabel_classification
+        X, y = make_multilabel_classification(300, n_features=6, n_classes=3, random_state=0)
+    else:
+        X, y = make_classification(300, n_features=6, n_informative=4,
+                                   n_classes=2 if kind == "binary" else 3, random_state=0)
+        y = np.array(["cat", "dog", "emu"])[y]  # string labels round-trip
+    est = FastBPClassifier(hidden_layer_sizes=(16,), max_iter=60, learning_rate_init=0.01,
+                           random_state=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    net = est.network_
+    proba = est.predict_proba(X)
+    if kind == "binary":
+        assert net.activations[-1] == "sigmoid" and net.loss == "binary_crossentropy"
+        assert net.layers[-1] == 1 and proba.shape == (300, 2)
+        assert list(est.classes_) == ["cat", "dog"]
+    elif kind == "multiclass":
+        assert net.activations[-1] == "softmax"
+        assert net.loss == "sparse_categorical_crossentropy" and proba.shape == (300, 3)
+        np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-12)
+        assert list(est.classes_) == ["cat", "dog", "emu"]
+    else:
+        assert net.activations[-1] == "sigmoid" and net.layers[-1] == 3
+        assert proba.shape == (300, 3) and est.predict(X).shape == (300, 3)
+    if kind != "multilabel":
+        np.testing.assert_array_equal(est.predict(X), est.classes_[proba.argmax(axis=1)])
+    # (multi-label: the share of right labels; score() is the stricter subset accuracy)
+    right = (est.predict(X) == y).mean() if kind == "multilabel" else est.score(X, y)
+    assert right > 0.7
+
+
+def test_pipeline_grid_search_cross_val_clone_and_pickle():
+    X, y = _regression(200)
+    pipe = make_pipeline(StandardScaler(), FastBPRegressor(max_iter=20, random_state=0,
+                                                           backend="numpy"))
+    grid = GridSearchCV(pipe, {"fastbpregressor__hidden_layer_sizes": [(4,), (16,)],
+                               "fastbpregressor__learning_rate_init": [0.01]}, cv=2, n_jobs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        grid.fit(X, y)
+        scores = cross_val_score(clone(pipe), X, y, cv=3)
+    assert grid.best_params_["fastbpregressor__hidden_layer_sizes"] in [(4,), (16,)]
+    assert scores.shape == (3,)
+    again = pickle.loads(pickle.dumps(grid.best_estimator_))
+    np.testing.assert_array_equal(again.predict(X), grid.best_estimator_.predict(X))
+    net = grid.best_estimator_[-1].network_
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(net)).predict(X[:5]),
+                                  net.predict(X[:5]))
+
+
+def test_dataframes_keep_feature_names():
+    pd = pytest.importorskip("pandas")
+    X, y = _regression(100)
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(6)])
+    est = FastBPRegressor(hidden_layer_sizes=(4,), max_iter=2, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(frame, pd.Series(y))
+    assert list(est.feature_names_in_) == list(frame.columns)
+    np.testing.assert_array_equal(est.predict(frame), est.predict(X))
+
+
+def test_fit_streams_a_memmap_without_copying_it(tmp_path, monkeypatch):
+    X, y = _regression(500)
+    np.save(tmp_path / "X.npy", X)
+    Xm = np.load(tmp_path / "X.npy", mmap_mode="r")   # read-only
+    seen = []
+    fit = fastbp.Network.fit
+
+    def spy(self, X, *args, **kwargs):
+        seen.append(type(X))
+        return fit(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(fastbp.Network, "fit", spy)
+    est = FastBPRegressor(hidden_layer_sizes=(8,), max_iter=3, random_state=0, backend="numpy",
+                          shuffle=False)
+    ref = clone(est)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(Xm, y)
+        ref.fit(X, y)
+    assert seen[0] is np.memmap  # the network streamed it block by block
+    np.testing.assert_allclose(est.predict(X), ref.predict(X), rtol=1e-9)
+
+
+@pytest.mark.parametrize("change,error,words", [
+    (dict(solver="lbfgs"), ValueError, "solver"),
+    (dict(activation="softmax"), ValueError, "activation"),
+    (dict(loss="log_loss"), ValueError, "loss"),
+    (dict(batch_size=0), ValueError, "batch_size"),
+    (dict(batch_size=-3), ValueError, "batch_size"),
+    (dict(hidden_layer_sizes=(0,)), ValueError, "hidden_layer_sizes"),
+    (dict(validation_fraction=1.0), ValueError, "validation_fraction"),
+])
+def test_bad_parameters_fail_at_fit_and_change_nothing(change, error, words):
+    X, y = _regression(50)
+    est = FastBPRegressor(max_iter=2, backend="numpy", **change)   # __init__ accepts anything
+    with pytest.raises(error, match=words) as excinfo:
+        est.fit(X, y)
+    assert "expected" in str(excinfo.value) and "found" in str(excinfo.value)
+    assert not hasattr(est, "network_")
+
+
+def test_bad_data_errors():
+    X, y = _regression(50)
+    est = FastBPRegressor(hidden_layer_sizes=(4,), max_iter=2, backend="numpy")
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    with pytest.raises(ValueError, match="not numbers"):
+        est.fit(X, np.array(["a"] * 50))
+    with pytest.raises(ValueError, match="finite"):
+        est.fit(X, np.where(np.arange(50) == 3, np.nan, y))
+    with pytest.raises(TypeError, match="sample_weight"):
+        est.fit(X, y, sample_weight=np.ones(50))
+    assert not hasattr(est, "network_")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y)
+    with pytest.raises(ValueError, match="6 features"):
+        est.predict(X[:, :4])
+    clf = FastBPClassifier(max_iter=2, backend="numpy")
+    with pytest.raises(ValueError, match="class"):
+        clf.fit(X, np.zeros(50))
+    with pytest.raises(ValueError, match="classes="):
+        clf.partial_fit(X, np.arange(50) % 2)
+
+
+def test_the_guide_example_runs():
+    """docs/guide/sklearn.md's Pipeline + GridSearchCV example, as the page shows it."""
+    import pathlib
+    import re
+    page = (pathlib.Path(__file__).parents[1] / "docs" / "guide" / "sklearn.md").read_text()
+    code = re.search(r"```python\n(.*?)```", page, re.S).group(1)
+    namespace = {}
+    exec(compile(code, "sklearn.md", "exec"), namespace)
+    assert namespace["search"].best_score_ > 0.5
