@@ -232,9 +232,9 @@ class StreamSource(ArraySource):
             # private memory, and the mapped pages can be released right away.
             np.copyto(block, view, casting="unsafe")
             pager.done(view)
-            finite = np.isfinite(block)
-            if not finite.all():
-                row, col = (int(i) for i in np.argwhere(~finite)[0])
+            bad = first_non_finite(block)
+            if bad is not None:
+                row, col = bad
                 raise ValueError(
                     f"{name}: expected finite numbers; found {block[row, col]!r} (in "
                     f"{self.dtype}) at row {self.offset + start + row}, column {col} of the streamed "
@@ -281,6 +281,15 @@ class StreamSource(ArraySource):
     def _subset(self, start, stop):
         return StreamSource(self.X[start:stop], self.Y[start:stop], self.dtype, self.names,
                             self.offset + start, self.classes)
+
+
+def first_non_finite(block):
+    """``(row, column)`` of the first NaN or infinity in 2-D ``block``, or None."""
+    finite = np.isfinite(block)
+    if finite.all():
+        return None
+    row, col = np.argwhere(~finite)[0]
+    return int(row), int(col)
 
 
 def make_source(X, y, n_features, n_outputs, dtype, names=("X", "y"), labels=False):

@@ -516,8 +516,3 @@ class Plan:
         if self._runner is not None:
             self._runner.close()
             self._runner = None
-
-
-def plan(workers, batch_size, average_every, n_params):
-    """The :class:`Plan` of a fit (arguments already checked)."""
-    return Plan(workers, batch_size, average_every, n_params)

@@ -55,7 +55,7 @@ from . import _validation as validation
 from ._backends import _contract, available_backends, resolve
 from ._backends._codes import N_STATE_SLOTS
 from ._backends._layout import n_params
-from ._data import ArraySource
+from ._data import ArraySource, first_non_finite
 from ._version import __version__
 from .callbacks import EarlyStopping, History, ProgbarLogger
 from .network import (Network, TrainingDivergedError, _check_callbacks, _check_verbose,
@@ -160,9 +160,9 @@ def _prepare(x, y, dtype, index, offset):
     X = np.ascontiguousarray(x, dtype=dtype)
     Y = np.ascontiguousarray(np.reshape(y, (len(y), -1)), dtype=dtype)
     for block, name in ((X, "X"), (Y, "y")):
-        finite = np.isfinite(block)
-        if not finite.all():
-            row, col = (int(i) for i in np.argwhere(~finite)[0])
+        bad = first_non_finite(block)
+        if bad is not None:
+            row, col = bad
             raise ValueError(
                 f"{name}: expected finite numbers; found {block[row, col]!r} (in {dtype}) in "
                 f"chunk {index} (rows {offset:,}-{offset + len(block) - 1:,}), at row "

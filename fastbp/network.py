@@ -673,7 +673,7 @@ class Network:
         # (its chunk size is a multiple of it).  A resume with the same
         # batch_size clamps to the same value: its data must be the same.
         batch_size = min(batch_size, train.n_rows)
-        parallel = _parallel.plan(workers, batch_size, average_every, self._params.size)
+        parallel = _parallel.Plan(workers, batch_size, average_every, self._params.size)
         # The data's fingerprint reads about 1,150 scattered rows (as many pages
         # of a memory-map): only computed when a position is kept or a resume
         # checked, once per fit.
