@@ -55,7 +55,6 @@ import warnings  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 
 from numba import config as _numba_config  # noqa: E402
-from numba import int32  # noqa: E402
 
 #: True when the kernels run on Numba's CPU simulator (NUMBA_ENABLE_CUDASIM=1).
 SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
@@ -215,16 +214,22 @@ def _update(i, params, grad, optimizer, consts, alpha, state):
 
 @cuda.jit
 def _kernel(mode, params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, batch_size,
-            optimizer, consts, alphas, state, units, deltas, losses, grad, out, result):
+            optimizer, consts, alphas, state, units, deltas, losses, grad, out, stop, result):
     """Run ``mode`` over the rows of ``X`` in batches of ``batch_size`` (one block).
 
     ``units``/``deltas`` hold one row's activations/deltas of every layer
     (layer ``l`` at ``unit_offsets[l]``), ``losses`` the output row's loss
-    terms; ``result`` receives ``(loss sum, rows done)``.
+    terms; ``stop`` (one int32) is the block's "batch loss not finite" flag;
+    ``result`` receives ``(loss sum, rows done)``.
+
+    ``stop`` lives in global memory, not in ``cuda.shared.array``: with one
+    block, global memory is as good after ``syncthreads``, and the CPU
+    simulator allocates a shared array on each thread's first call with a
+    check-then-insert that its threads can race through, handing threads
+    different flags (some then left the batch loop early).
     """
     tid = cuda.threadIdx.x
     n_threads = cuda.blockDim.x
-    stop = cuda.shared.array(1, int32)
     n_layers = acts.shape[0]
     n_rows = X.shape[0]
     n_par = params.shape[0]
@@ -459,6 +464,7 @@ class _DeviceNet:
         self.deltas = cuda.device_array(n_units, dtype=dtype)
         self.output_sums = cuda.device_array(int(sizes[-1]), dtype=np.float64)
         self.placeholder = cuda.to_device(np.zeros((1, 1), dtype=dtype))
+        self.stop = cuda.to_device(np.zeros(1, dtype=np.int32))
 
 
 def _run(mode, net, d_params, loss, X, Y, batch_size, *, optimizer=C.SGD, consts, alphas=None,
@@ -477,7 +483,7 @@ def _run(mode, net, d_params, loss, X, Y, batch_size, *, optimizer=C.SGD, consts
             cuda.to_device(alphas if alphas is not None else np.zeros(1, dtype=net.dtype)),
             d_state if d_state is not None else placeholder, net.activations, net.deltas,
             net.output_sums, d_grad if d_grad is not None else cuda.device_array(1, net.dtype),
-            d_out if d_out is not None else placeholder, d_result)
+            d_out if d_out is not None else placeholder, net.stop, d_result)
     with _simulator_quirks():
         _kernel[1, net.threads](*args)
     result = d_result.copy_to_host()
