@@ -690,10 +690,13 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
                 "on the data it was started with.")
 
     # Read every chunk once, where Dask puts it: converted and checked before the model
-    # changes, so bad data leaves the model as it was.
+    # changes, so bad data leaves the model as it was.  pure=False: the prepared chunks are
+    # this fit's own; content-derived keys would be shared with an earlier fit on the same
+    # data, whose release can race with this fit asking for them again (the scheduler then
+    # cancels them).
     offsets = np.concatenate([[0], np.cumsum(X.chunks[0])]).astype(np.int64)
     lengths = [int(n) for n in X.chunks[0]]
-    parts = [dask.delayed(_prepare, pure=True)(xb, yb, net._dtype, i, int(offsets[i]))
+    parts = [dask.delayed(_prepare, pure=False)(xb, yb, net._dtype, i, int(offsets[i]))
              for i, (xb, yb) in enumerate(zip(X.to_delayed().ravel(), Y.to_delayed().ravel()))]
     pairs = _read_chunks(client, X, Y, parts)
     try:

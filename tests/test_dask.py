@@ -53,8 +53,11 @@ def _pinned(client, X, y, chunk_rows, workers_of_chunks):
     xs, ys = [], []
     for i, addr in enumerate(workers_of_chunks):
         lo, hi = i * chunk_rows, (i + 1) * chunk_rows
-        fx = client.scatter(X[lo:hi], workers=[addr])
-        fy = client.scatter(y[lo:hi], workers=[addr])
+        # hash=False: tests scatter equal chunks again and again, and a content-hashed key
+        # released by one test while the next re-scatters it gets cancelled (dask/distributed
+        # #8576, #3703)
+        fx = client.scatter(X[lo:hi], workers=[addr], hash=False)
+        fy = client.scatter(y[lo:hi], workers=[addr], hash=False)
         xs.append(da.from_delayed(fx, (hi - lo, X.shape[1]), X.dtype))
         ys.append(da.from_delayed(fy, (hi - lo, y.shape[1]), y.dtype))
     return da.concatenate(xs), da.concatenate(ys)
