@@ -368,6 +368,65 @@ def measure_workers(name, backend, dtype, workers, repeats=3):
     return {w: (float(np.median(timings[w])), losses.get(w)) for w in workers}
 
 
+#: The side-by-side with scikit-learn's MLP: (task, solver, batch size) ->
+#: (learning_rate_init, momentum).  Both libraries get the same settings.
+MLP_SETTINGS = {("adam", 200): (0.001, 0.9), ("sgd", 1): (0.01, 0.0)}
+
+
+def mlp_task(task, rows, seed=0):
+    """``(X_train, X_test, y_train, y_test, ours, theirs)`` for ``"regression"``/``"classification"``.
+
+    ``make_friedman1(rows, n_features=20)`` (R²) or a 3-class
+    ``make_classification`` (accuracy), split 80/20; ``ours``/``theirs`` are
+    the fastbp and scikit-learn estimator classes.  Imports scikit-learn.
+    """
+    from sklearn.datasets import make_classification, make_friedman1
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    from .sklearn import FastBPClassifier, FastBPRegressor
+    if task == "regression":
+        (X, y), ours, theirs = (make_friedman1(rows, n_features=20, random_state=seed),
+                                FastBPRegressor, MLPRegressor)
+    else:
+        (X, y), ours, theirs = (make_classification(rows, n_features=20, n_informative=10,
+                                                    n_classes=3, random_state=seed),
+                                FastBPClassifier, MLPClassifier)
+    return (*train_test_split(X, y, test_size=0.2, random_state=0), ours, theirs)
+
+
+def measure_vs_mlp(data, solver, batch_size, epochs, seed, reference_rows=None,
+                   blas_threads=1):
+    """One fit of each library on ``data`` (:func:`mlp_task`): their samples/s and scores.
+
+    Returns ``((fastbp samples/s, score), (scikit-learn samples/s, score))``.
+    Hidden layers (64, 64), ``alpha=0`` for scikit-learn, ``tol=0`` (all
+    ``epochs`` run).  scikit-learn trains on the first ``reference_rows`` rows
+    (its per-sample SGD is one Python iteration per row: its rate does not
+    depend on the row count).  Compile fastbp's kernels first (a small fit)
+    for a steady-state rate.
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
+    X_train, X_test, y_train, y_test, ours, theirs = data
+    lr, momentum = MLP_SETTINGS[(solver, batch_size)]
+    common = dict(hidden_layer_sizes=(64, 64), solver=solver, batch_size=batch_size,
+                  max_iter=epochs, learning_rate_init=lr, momentum=momentum, tol=0.0,
+                  n_iter_no_change=epochs + 1, random_state=seed)
+    rows = len(X_train) if reference_rows is None else min(reference_rows, len(X_train))
+    results = []
+    with threadpool_limits(limits=blas_threads, user_api="blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for est, n in ((ours(**common), len(X_train)), (theirs(alpha=0.0, **common), rows)):
+            start = time.perf_counter()
+            est.fit(X_train[:n], y_train[:n])
+            seconds = time.perf_counter() - start
+            results.append((n * epochs / seconds, float(est.score(X_test, y_test))))
+    return tuple(results)
+
+
 def run_workers(backends=None, dtypes=("float64", "float32"), workers=(1, 2), repeats=3,
                 out=sys.stdout):
     """Print samples/s at each worker count, the speedup over one worker and the final loss."""

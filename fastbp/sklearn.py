@@ -56,7 +56,7 @@ class _MLPRules(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         est = self.est
-        loss = float(logs["loss"])
+        loss = float(logs["loss"]) * est._scales()[0]
         est.loss_curve_.append(loss)
         est.n_iter_ += 1
         est.t_ += est._rows
@@ -146,21 +146,47 @@ class _FastBPBase(BaseEstimator):
             value = getattr(self, name)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 _fail(name, "an integer >= 1", value, f"Pass e.g. {name}=200.")
+        workers = self.workers
+        if (not isinstance(workers, numbers.Integral) or isinstance(workers, bool)
+                or not (workers >= 1 or workers == -1)):
+            _fail("workers", "an integer >= 1, or -1 for every usable core", workers,
+                  "Pass e.g. workers=2 or workers=-1.")
         for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 _fail(name, "True or False", getattr(self, name), f"Pass {name}=True or False.")
         return [int(s) for s in sizes], activation
 
+    def _scales(self):
+        """``(loss, gradient)``: MLP's loss and gradient over the network's (Keras's).
+
+        1 where they agree (one output; softmax).  The network's losses average
+        over the outputs; MLP's squared error is half that mean, yet its
+        gradient (``p - y`` per output) is that of half the *sum*: ``k / 2``
+        times Keras's ``mse`` gradient for ``k`` outputs.  MLP's log-loss of
+        ``k`` sigmoid outputs sums over them: ``k`` times binary cross-entropy.
+        """
+        return 1.0, 1.0
+
     def _optimizer(self):
-        lr = float(self.learning_rate_init)
+        """The network's optimizer, taking MLP's steps for MLP's loss (see :meth:`_scales`).
+
+        The network's gradient is ``1 / s`` times MLP's.  SGD's step is linear
+        in the gradient: a learning rate times ``s`` takes MLP's steps.  Adam's
+        and RMSprop's steps do not depend on the gradient's scale except
+        through epsilon, added to ``sqrt(v)`` (Adam: scaled by ``1 / s``) or to
+        ``v`` (RMSprop: by ``1 / s**2``).  With one output ``s`` is 1/2 or 1, a
+        power of two, so the steps are MLP's exactly, not just up to rounding.
+        """
+        scale = self._scales()[1]
+        lr, eps = float(self.learning_rate_init), float(self.epsilon)
         if self.solver == "sgd":
-            return SGD(lr, momentum=float(self.momentum),
+            return SGD(lr * scale, momentum=float(self.momentum),
                        nesterov=bool(self.nesterovs_momentum) and self.momentum > 0)
         if self.solver == "adam":
             return Adam(lr, beta_1=float(self.beta_1), beta_2=float(self.beta_2),
-                        epsilon=float(self.epsilon))
+                        epsilon=eps / scale)
         # fastbp's own solver: Keras's RMSprop with its rho default (MLP has no rmsprop)
-        return RMSprop(lr, epsilon=float(self.epsilon))
+        return RMSprop(lr, epsilon=eps / scale ** 2)
 
     @staticmethod
     def _refuse_fit_params(fit_params):
@@ -237,13 +263,26 @@ class _FastBPBase(BaseEstimator):
         if not early and self.best_loss_ is None:
             self.best_loss_ = np.inf
         self._rows = n
+        self._network_outputs = n_out
         self._converged = False
         rules = _MLPRules(self, validation)
         epochs = 1 if incremental else int(self.max_iter)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # "auto chose ...": not news here
-            network.fit(X, Y, epochs=epochs, batch_size=batch, optimizer=self._optimizer(),
-                        shuffle=bool(self.shuffle), callbacks=[rules], verbose=0)
+        # MLP's warm start keeps the weights and starts its solver afresh (partial_fit
+        # continues both): a network without an optimizer binds the new one with zero state
+        fresh_solver = keep and not incremental
+        previous_optimizer = network.optimizer
+        if fresh_solver:
+            network.optimizer = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # "auto chose ...": not news
+                network.fit(X, Y, epochs=epochs, batch_size=batch, optimizer=self._optimizer(),
+                            shuffle=bool(self.shuffle), callbacks=[rules], verbose=0,
+                            workers=int(self.workers))
+        except BaseException:
+            if network.optimizer is None:  # fit rolled its state back; the optimizer too
+                network.optimizer = previous_optimizer
+            raise
         if early and rules.best_weights is not None:
             network.set_weights(rules.best_weights)
         self.network_ = network
@@ -285,7 +324,7 @@ class _FastBPBase(BaseEstimator):
     def _outputs(self, X):
         check_is_fitted(self, "network_")
         X = validate_data(self, X, reset=False, dtype=np.dtype(self.dtype), order="C")
-        return self.network_.predict(X)
+        return self.network_.predict(X, workers=int(self.workers))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -318,7 +357,8 @@ class FastBPRegressor(RegressorMixin, _FastBPBase):
     tol : float, default 1e-4
     verbose : bool, default False
     warm_start : bool, default False
-        Continue from the fitted network and its optimizer state.
+        Continue from the fitted weights, with the solver's state started
+        afresh, as MLP does (``partial_fit`` continues the solver state too).
     momentum, nesterovs_momentum : float, bool
         For ``solver="sgd"``.
     early_stopping : bool, default False
@@ -329,12 +369,21 @@ class FastBPRegressor(RegressorMixin, _FastBPBase):
     beta_1, beta_2, epsilon : float
         Adam's (``epsilon`` also RMSprop's).
     n_iter_no_change : int, default 10
-    loss : {"mse", "mae", "huber"}, default "mse"
-        fastbp's (Keras's) losses; ``loss_curve_`` holds them, so for
-        ``mse`` it is the mean squared error, twice MLP's half squared error.
+    loss : {"squared_error", "mse", "mae", "huber"}, default "squared_error"
+        ``squared_error`` is MLP's: half the mean squared error, the value in
+        ``loss_curve_`` and the objective the solver's parameters apply to
+        (the same SGD steps as ``MLPRegressor`` at the same
+        ``learning_rate_init``).  ``mse``, ``mae`` and ``huber`` are fastbp's
+        (Keras's) losses as they are: ``mse``'s gradient is twice
+        ``squared_error``'s, so plain SGD takes twice the step.
     backend : str, default "auto"
         fastbp backend (``"numba"``, ``"cython"``, ``"numpy"``, ``"cuda"``).
     dtype : {"float64", "float32"}, default "float64"
+    workers : int, default 1
+        Threads for ``fit`` and ``predict`` (-1: every usable core); see
+        :meth:`fastbp.Network.fit` (per-sample and small batches train by
+        local SGD, which is not the one-thread model; batches of 64 and more
+        are split exactly).
 
     Attributes
     ----------
@@ -365,15 +414,14 @@ class FastBPRegressor(RegressorMixin, _FastBPBase):
     than asked.  ``sample_weight`` is refused for the same reason.
     """
 
-    _losses = ("mse", "mae", "huber")
+    _losses = ("squared_error", "mse", "mae", "huber")
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  batch_size="auto", learning_rate_init=0.001, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, loss="mse",
-                 backend="auto", dtype="float64"):
-        # (a ``workers`` parameter for multi-core fits belongs here, next to backend/dtype)
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
+                 loss="squared_error", backend="auto", dtype="float64", workers=1):
         self._store(locals())
 
     def fit(self, X, y, **fit_params):
@@ -424,7 +472,12 @@ class FastBPRegressor(RegressorMixin, _FastBPBase):
         return Y.shape[1]
 
     def _output(self, n_out):
-        return "linear", self.loss
+        return "linear", "mse" if self.loss == "squared_error" else self.loss
+
+    def _scales(self):
+        if self.loss != "squared_error":
+            return 1.0, 1.0
+        return 0.5, 0.5 * self._network_outputs
 
     def _score_on(self, network, X, y):
         return r2_score(y, network.predict(X).reshape(np.shape(y)))
@@ -434,7 +487,8 @@ class FastBPClassifier(ClassifierMixin, _FastBPBase):
     """A dense network classifier trained by backpropagation, as ``MLPClassifier``.
 
     Parameters are :class:`FastBPRegressor`'s (without ``loss``: it follows
-    from the targets) and score early stopping with accuracy.  Outputs:
+    from the targets, and is MLP's log-loss in each case) and score early
+    stopping with accuracy.  Outputs:
 
     - two classes: one sigmoid output, binary cross-entropy;
     - more classes: a softmax output per class, categorical cross-entropy
@@ -463,8 +517,7 @@ class FastBPClassifier(ClassifierMixin, _FastBPBase):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 backend="auto", dtype="float64"):
-        # (a ``workers`` parameter for multi-core fits belongs here, next to backend/dtype)
+                 backend="auto", dtype="float64", workers=1):
         self._store(locals())
 
     def fit(self, X, y, **fit_params):
@@ -541,6 +594,10 @@ class FastBPClassifier(ClassifierMixin, _FastBPBase):
 
     def _stratify(self, y):
         return not self._multilabel
+
+    def _scales(self):
+        k = float(self._network_outputs) if self._multilabel else 1.0
+        return k, k
 
     def _score_on(self, network, X, y):
         return accuracy_score(y, self._decide(network.predict(X)))

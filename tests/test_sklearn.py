@@ -60,8 +60,91 @@ def test_regressor_learns_and_has_mlp_attributes():
     assert est.n_features_in_ == 6 and est.n_outputs_ == 1
     assert isinstance(est.network_, fastbp.Network) and est.predict(X).shape == (300,)
     assert est.score(X, y) > 0.5
-    # the loss curve is fastbp's mse of each epoch: the first is the mean over batches
+    # the loss curve is MLP's squared error (half the mse) of each epoch
     assert est.loss_curve_[-1] < est.loss_curve_[0]
+
+
+def _mlp_task(task):
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 4))
+    if task.startswith("regression"):
+        k = int(task[-1])
+        y = np.column_stack([np.sin(X[:, 0]) + X[:, 1] * (j + 1) for j in range(k)])
+        return X, (y[:, 0] if k == 1 else y), FastBPRegressor, MLPRegressor
+    if task == "binary":
+        y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    elif task == "multiclass":
+        y = np.digitize(X[:, 0] - X[:, 2], [-0.5, 0.5])
+    else:  # multi-label: three 0/1 columns
+        y = (X[:, :3] > 0).astype(int)
+    return X, y, FastBPClassifier, MLPClassifier
+
+
+MLP_SOLVERS = {"sgd": dict(solver="sgd", learning_rate_init=0.05, momentum=0.0),
+               "nesterov": dict(solver="sgd", learning_rate_init=0.02, momentum=0.9),
+               "adam": dict(solver="adam", learning_rate_init=0.01)}
+
+
+@pytest.mark.parametrize("task", ["regression1", "regression2", "binary", "multiclass",
+                                  "multilabel"])
+@pytest.mark.parametrize("solver", sorted(MLP_SOLVERS))
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_training_equals_mlp_from_the_same_weights(task, solver, batch_size):
+    """scikit-learn's MLP is the oracle: from equal weights, the same steps and loss curve.
+
+    MLP's losses are not Keras's (half the squared error, with the gradient of
+    half its sum over outputs; log-loss summed over sigmoid outputs): the
+    estimators scale the solver so that its steps and ``loss_curve_`` are MLP's.
+    Both warm-start from the same weights with a fresh solver, as MLP does.
+    """
+    X, y, ours, theirs = _mlp_task(task)
+    common = dict(hidden_layer_sizes=(5,), activation="tanh", batch_size=batch_size,
+                  shuffle=False, tol=0.0, n_iter_no_change=10, warm_start=True, max_iter=1,
+                  random_state=0, **MLP_SOLVERS[solver])
+    fast = ours(backend="numpy", **common)
+    mlp = theirs(alpha=0.0, **common)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fast.fit(X, y)
+        mlp.fit(X, y)
+        mlp.coefs_ = [c.copy() for c in fast.coefs_]
+        mlp.intercepts_ = [b.copy() for b in fast.intercepts_]
+        fast.set_params(max_iter=2).fit(X, y)
+        mlp.set_params(max_iter=2).fit(X, y)
+    for got, want in zip(fast.coefs_ + fast.intercepts_, mlp.coefs_ + mlp.intercepts_):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    assert len(fast.loss_curve_) == len(mlp.loss_curve_) == 3
+    np.testing.assert_allclose(fast.loss_curve_[1:], mlp.loss_curve_[1:], rtol=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore:workers=2")
+@pytest.mark.parametrize("batch_size", [1, 64])
+def test_workers_train_as_the_network_does_with_them(batch_size, monkeypatch):
+    """``workers`` is Network.fit's: local SGD per sample, an exact split for batches >= 64."""
+    from fastbp import _parallel
+    monkeypatch.setattr(_parallel, "usable_cores", lambda: 4)
+    X, y = _regression(256)
+    kw = dict(hidden_layer_sizes=(8,), max_iter=2, random_state=0, backend="numpy",
+              batch_size=batch_size, shuffle=False, solver="sgd", momentum=0.0,
+              learning_rate_init=0.01, loss="mse")
+    # the network the estimator builds: random_state seeds it (drawn as the estimator does)
+    seed = int(np.random.RandomState(0).randint(np.iinfo(np.int32).max))
+    net = fastbp.Network([6, 8, 1], activations="relu", backend="numpy", seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        two = FastBPRegressor(workers=2, **kw).fit(X, y)
+        one = FastBPRegressor(workers=1, **kw).fit(X, y)
+        net.fit(X, y[:, None], epochs=2, batch_size=batch_size, optimizer=fastbp.SGD(0.01),
+                shuffle=False, workers=2, verbose=0)
+    for got, want in zip(two.network_.get_weights(), net.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(two.predict(X), net.predict(X).ravel())
+    if batch_size == 64:  # exact: equal to one worker up to the summation order
+        for a, b in zip(two.coefs_, one.coefs_):
+            np.testing.assert_allclose(a, b, rtol=1e-9)
+    else:  # local SGD trains another model than one worker
+        assert not np.allclose(two.coefs_[0], one.coefs_[0], rtol=1e-6)
 
 
 def test_tol_and_n_iter_no_change_stop_as_mlp_does():
@@ -209,6 +292,8 @@ def test_fit_streams_a_memmap_without_copying_it(tmp_path, monkeypatch):
     (dict(batch_size=-3), ValueError, "batch_size"),
     (dict(hidden_layer_sizes=(0,)), ValueError, "hidden_layer_sizes"),
     (dict(validation_fraction=1.0), ValueError, "validation_fraction"),
+    (dict(workers=0), ValueError, "workers"),
+    (dict(workers=1.5), ValueError, "workers"),
 ])
 def test_bad_parameters_fail_at_fit_and_change_nothing(change, error, words):
     X, y = _regression(50)
