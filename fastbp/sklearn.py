@@ -42,6 +42,24 @@ def _fail(name, expected, found, fix):
     raise ValueError(f"{name}: expected {expected}; found {found!r}. {fix}")
 
 
+def _mlp_initial_weights(rng, layers, activation, dtype):
+    """MLP's initial weights: ``[kernel, bias, ...]`` uniform in ``±sqrt(f / (fan_in + fan_out))``.
+
+    ``f`` is 6, or 2 for sigmoid ("logistic") hidden units; each layer's
+    kernel and then its biases are drawn from ``rng`` (a ``RandomState``) in
+    float64 and rounded to ``dtype``, as ``MLPRegressor._init_coef`` does, so
+    the same ``random_state`` gives MLP's starting point exactly.  (Keras, and
+    ``fastbp.Network``, start the biases at zero.)
+    """
+    factor = 2.0 if activation == "sigmoid" else 6.0
+    weights = []
+    for fan_in, fan_out in zip(layers[:-1], layers[1:]):
+        bound = np.sqrt(factor / (fan_in + fan_out))
+        weights.append(rng.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype, copy=False))
+        weights.append(rng.uniform(-bound, bound, fan_out).astype(dtype, copy=False))
+    return weights
+
+
 class _MLPRules(Callback):
     """MLP's stopping rules after each epoch: ``tol`` / ``n_iter_no_change`` and early stopping.
 
@@ -241,13 +259,17 @@ class _FastBPBase(BaseEstimator):
                              "or set warm_start=False.")
         if keep:
             network = self.network_
-        else:
-            network = self._new_network(X.shape[1], n_out, hidden, activation,
-                                        int(rng.randint(np.iinfo(np.int32).max)))
+        else:  # drawn first, as MLP draws them: the split below then draws what MLP's does
+            initial = _mlp_initial_weights(rng, [X.shape[1], *hidden, n_out], activation,
+                                           self.dtype)
         validation = None
         early = self.early_stopping and not incremental
         if early:
             X, Y, validation = self._split(X, Y, y, rng)
+        if not keep:  # the network's own seed: its shuffles (MLP's are not reproduced)
+            network = self._new_network(X.shape[1], n_out, hidden, activation,
+                                        int(rng.randint(np.iinfo(np.int32).max)))
+            network.set_weights(initial)
         n = X.shape[0]
         batch = min(200, n) if self.batch_size == "auto" else min(int(self.batch_size), n)
         if not keep or not incremental and not self.warm_start:
@@ -353,7 +375,10 @@ class FastBPRegressor(RegressorMixin, _FastBPBase):
         Epochs.
     shuffle : bool, default True
     random_state : int, RandomState or None
-        Seeds the initial weights, the shuffles and the validation split.
+        Seeds the initial weights, the validation split and the shuffles.
+        The initial weights and the split are MLP's for the same
+        ``random_state`` (Glorot-uniform kernels and biases); the shuffles
+        are fastbp's own.
     tol : float, default 1e-4
     verbose : bool, default False
     warm_start : bool, default False
@@ -593,7 +618,8 @@ class FastBPClassifier(ClassifierMixin, _FastBPBase):
         return "softmax", "sparse_categorical_crossentropy"
 
     def _stratify(self, y):
-        return not self._multilabel
+        # MLP stratifies when its network has one output: two classes, not multiclass
+        return not self._multilabel and len(self.classes_) == 2
 
     def _scales(self):
         k = float(self._network_outputs) if self._multilabel else 1.0
