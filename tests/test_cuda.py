@@ -83,3 +83,65 @@ def test_import_is_lazy_and_missing_gpu_says_how_to_fix():
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=env,
                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_many_networks_one_launch_each_as_its_own_fit(cuda_, dtype, batch_size):
+    """A block per network: each network trains as the NumPy reference trains it alone.
+
+    Three networks of one shape with their own weights, optimizer kinds and
+    hyper-parameters, state and row order, trained in two chunks of one
+    launch each (the rows on the device once, the orders and steps per chunk).
+    """
+    from fastbp._backends import numpy_
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(14, 3)).astype(dtype)
+    Y = np.tanh(X[:, :2] * 0.7).astype(dtype)
+    sizes, acts = np.array([3, 5, 2]), np.array([C.TANH, C.LINEAR])
+    optimizers = [fastbp.SGD(0.05, momentum=0.9, nesterov=True), fastbp.Adam(0.02),
+                  fastbp.RMSprop(0.01, momentum=0.5)]
+    packed = [o._pack() for o in optimizers]
+    nets = [fastbp.Network([3, 5, 2], activations="tanh", dtype=dtype, seed=s,
+                           backend="numpy") for s in (1, 2, 3)]
+    params = [net._params.copy() for net in nets]
+    states = [np.zeros((C.N_STATE_SLOTS, p.size), dtype=dtype) for p in params]
+    orders = np.stack([rng.permutation(14) for _ in nets]).astype(np.int64)
+    want_params = [p.copy() for p in params]
+    want_states = [s.copy() for s in states]
+    want_losses = []
+    for p, s, (code, hyper), order in zip(want_params, want_states, packed, orders):
+        trainer = numpy_.open_trainer(p, s, sizes, acts, C.MSE, batch_size, code, hyper)
+        step, sums = 0, []
+        for part in (order[:8], order[8:]):
+            total, done = trainer.train(X, Y, part, step)
+            step += -(-done // batch_size)
+            sums.append(total)
+        trainer.store()
+        want_losses.append(sums)
+    many = cuda_.open_many_trainer(params, states, sizes, acts, C.MSE, batch_size,
+                                   [c for c, _ in packed], [h for _, h in packed])
+    steps = np.zeros(3, dtype=np.int64)
+    got_losses = []
+    for part in (orders[:, :8], orders[:, 8:]):
+        totals, done = many.train_many(X, Y, np.ascontiguousarray(part), steps)
+        assert list(done) == [part.shape[1]] * 3
+        steps += -(-done // batch_size)
+        got_losses.append(totals)
+    assert many.finite_many().tolist() == [True] * 3
+    many.store()
+    many.close()
+    assert_close(np.array(got_losses).T, np.array(want_losses), dtype)
+    assert_close(params, want_params, dtype)
+    assert_close(states, want_states, dtype)
+
+
+def test_many_networks_refuse_mismatched_buffers(cuda_):
+    params = [np.zeros(11), np.zeros(11, dtype=np.float32)]
+    states = [np.zeros((C.N_STATE_SLOTS, 11)), np.zeros((C.N_STATE_SLOTS, 11), np.float32)]
+    code, hyper = fastbp.SGD(0.1)._pack()
+    with pytest.raises(ValueError, match="one dtype"):
+        cuda_.open_many_trainer(params, states, np.array([3, 2, 1]),
+                                np.array([C.TANH, C.LINEAR]), C.MSE, 1, [code] * 2, [hyper] * 2)
+    with pytest.raises(ValueError, match="as many"):
+        cuda_.open_many_trainer(params[:1], states, np.array([3, 2, 1]),
+                                np.array([C.TANH, C.LINEAR]), C.MSE, 1, [code], [hyper])

@@ -1,21 +1,25 @@
 """CUDA backend: the reference semantics of ``numpy_.py`` as one ``numba.cuda`` kernel.
 
-``predict``, ``loss_sum`` and ``loss_and_gradients`` copy their inputs to the
-GPU, launch ONE kernel with ONE thread block and copy the results back; a
-trainer (one per ``fit``) keeps the parameters, the optimizer state and the
-network description on the GPU and copies only each chunk's rows over.  Inside the kernel the rows
-are processed one after another -- per-sample SGD is sequential by nature --
-and the threads of the block share the work within a row: each thread owns
-some units of a layer (forward, deltas), some weights (gradient
-accumulation) and some parameters (optimizer update), striding when a layer
-is wider than the block.  ``cuda.syncthreads()`` separates the steps, so
-every thread sees the values the others wrote.
+The kernel runs a thread block per network: ``predict``, ``loss_sum`` and
+``loss_and_gradients`` launch one block (one network) and copy the results
+back; a trainer (one per ``fit``) keeps the parameters, the optimizer state,
+the network description and the training rows on the GPU, so that a chunk
+copies over only each network's row order.  :func:`open_many_trainer` trains
+many networks of one shape at once (sweeps, ensembles), each in its own
+block with its own parameters, optimizer, state and row order, all reading
+the same rows: the single-network trainer is its one-network case.  Inside a
+block the rows are processed one after another -- per-sample SGD is
+sequential by nature -- and the block's threads share the work within a row:
+each thread owns some units of a layer (forward, deltas), some weights
+(gradient accumulation) and some parameters (optimizer update), striding
+when a layer is wider than the block.  ``cuda.syncthreads()`` separates the
+steps, so every thread sees the values the others wrote.
 
 Per batch the kernel runs the forward pass of each row, adds that row's loss
 (float64) to the batch loss and its gradient to a gradient buffer, then --
 only if the batch loss is finite -- applies the optimizer to every
 parameter with exactly ``numpy_._apply_update``'s formulas.  A non-finite
-batch loss raises a shared flag and every thread stops before the update,
+batch loss raises the block's flag and its threads stop before the update,
 so ``rows_done`` excludes that batch, as in the reference.
 
 Arithmetic runs in the parameter dtype (float32 or float64); the constants
@@ -24,11 +28,11 @@ bias-corrected step sizes ...) are computed on the host the way NumPy
 computes them and handed over as an array in that dtype, so that one
 compiled kernel serves both dtypes without mixing in float64 literals.
 
-The activations and deltas of one row live in small device scratch arrays
-allocated once per call.  The design favours correctness and the exact
-reference semantics over speed: a single block uses one streaming
-multiprocessor, which suits small per-sample nets; large batches would want
-a GEMM-shaped kernel instead.
+Parameters, state and the per-row activations and deltas live in global
+memory (shared memory would suit the small nets better; not done yet).  The
+design favours correctness and the exact reference semantics over speed: a
+block uses one streaming multiprocessor, which suits small per-sample nets
+and many of them at once; large batches would want a GEMM-shaped kernel.
 
 Importing this module raises ``ImportError`` unless ``numba.cuda`` reports a
 usable GPU (or the CPU simulator, ``NUMBA_ENABLE_CUDASIM=1``, is enabled);
@@ -52,6 +56,7 @@ if not cuda.is_available():
 
 import sys  # noqa: E402
 import warnings  # noqa: E402
+import weakref  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 
 from numba import config as _numba_config  # noqa: E402
@@ -213,25 +218,45 @@ def _update(i, params, grad, optimizer, consts, alpha, state):
 
 
 @cuda.jit
-def _kernel(mode, params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, batch_size,
-            optimizer, consts, alphas, state, units, deltas, losses, grad, out, stop, result):
-    """Run ``mode`` over the rows of ``X`` in batches of ``batch_size`` (one block).
+def _kernel(mode, all_params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, orders,
+            batch_size, optimizers, all_consts, all_alphas, all_state, all_units, all_deltas,
+            all_losses, all_grad, all_out, stops, results):
+    """Run ``mode`` for network ``blockIdx.x``: one thread block per network.
 
-    ``units``/``deltas`` hold one row's activations/deltas of every layer
-    (layer ``l`` at ``unit_offsets[l]``), ``losses`` the output row's loss
-    terms; ``stop`` (one int32) is the block's "batch loss not finite" flag;
-    ``result`` receives ``(loss sum, rows done)``.
+    Every network has the same layer widths, activations and loss; network
+    ``k`` has its own parameters ``all_params[k]``, optimizer
+    ``optimizers[k]`` with constants ``all_consts[k]`` (Adam's step sizes
+    ``all_alphas[k]``), state ``all_state[k]`` and row order ``orders[k]``:
+    it visits rows ``X[orders[k, 0]], X[orders[k, 1]], ...`` in batches of
+    ``batch_size``, so the data is on the device once for all networks.
+    ``all_units``/``all_deltas`` hold each network's activations/deltas of
+    one row (layer ``l`` at ``unit_offsets[l]``), ``all_losses`` its output
+    row's loss terms; ``stops[k]`` is its "batch loss not finite" flag;
+    ``results[k]`` receives ``(loss sum, rows done)``.  Predictions go to
+    ``all_out[k, position]``.
 
-    ``stop`` lives in global memory, not in ``cuda.shared.array``: with one
-    block, global memory is as good after ``syncthreads``, and the CPU
+    ``stops`` lives in global memory, not in ``cuda.shared.array``: each
+    flag is one block's own, as good after ``syncthreads``, and the CPU
     simulator allocates a shared array on each thread's first call with a
     check-then-insert that its threads can race through, handing threads
     different flags (some then left the batch loop early).
     """
+    k = cuda.blockIdx.x
     tid = cuda.threadIdx.x
     n_threads = cuda.blockDim.x
+    params = all_params[k]
+    consts = all_consts[k]
+    alphas = all_alphas[k]
+    state = all_state[k]
+    units = all_units[k]
+    deltas = all_deltas[k]
+    losses = all_losses[k]
+    grad = all_grad[k]
+    out = all_out[k]
+    order = orders[k]
+    optimizer = optimizers[k]
     n_layers = acts.shape[0]
-    n_rows = X.shape[0]
+    n_rows = order.shape[0]
     n_par = params.shape[0]
     n_out = sizes[n_layers]
     # what a row's element losses are divided by: the outputs (a mean), or 1 (a sum)
@@ -253,7 +278,8 @@ def _kernel(mode, params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, 
             for i in range(tid, n_par, n_threads):
                 grad[i] = zero
         batch_sum = 0.0
-        for r in range(start, end):
+        for position in range(start, end):
+            r = order[position]
             # ---- forward
             for i in range(tid, sizes[0], n_threads):
                 units[i] = X[r, i]
@@ -261,15 +287,15 @@ def _kernel(mode, params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, 
             for layer in range(n_layers):
                 n_in = sizes[layer]
                 width = sizes[layer + 1]
-                k = param_offsets[layer]
-                b = k + n_in * width
+                w = param_offsets[layer]
+                b = w + n_in * width
                 a_in = unit_offsets[layer]
                 a_out = unit_offsets[layer + 1]
                 code = acts[layer]
                 for j in range(tid, width, n_threads):
-                    z = units[a_in] * params[k + j]
+                    z = units[a_in] * params[w + j]
                     for i in range(1, n_in):
-                        z += units[a_in + i] * params[k + i * width + j]
+                        z += units[a_in + i] * params[w + i * width + j]
                     units[a_out + j] = _activate(z + params[b + j], code, zero, one)
                 cuda.syncthreads()
                 if code == C.SOFTMAX:
@@ -290,9 +316,9 @@ def _kernel(mode, params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, 
             if mode == _PREDICT:
                 for j in range(tid, n_out, n_threads):
                     if last_act == C.SOFTMAX:  # the log-softmax: exp() is the softmax
-                        out[r, j] = math.exp(units[out_at + j])
+                        out[position, j] = math.exp(units[out_at + j])
                     else:
-                        out[r, j] = units[out_at + j]
+                        out[position, j] = units[out_at + j]
                 cuda.syncthreads()
                 continue
             # ---- loss of this row, and the output layer's delta
@@ -312,19 +338,19 @@ def _kernel(mode, params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, 
             for layer in range(n_layers - 1, -1, -1):
                 n_in = sizes[layer]
                 width = sizes[layer + 1]
-                k = param_offsets[layer]
-                b = k + n_in * width
+                w = param_offsets[layer]
+                b = w + n_in * width
                 a_in = unit_offsets[layer]
                 a_out = unit_offsets[layer + 1]
                 for e in range(tid, n_in * width, n_threads):
                     i = e // width
-                    grad[k + e] += units[a_in + i] * deltas[a_out + e - i * width]
+                    grad[w + e] += units[a_in + i] * deltas[a_out + e - i * width]
                 for j in range(tid, width, n_threads):
                     grad[b + j] += deltas[a_out + j]
                 if layer > 0:
                     code = acts[layer - 1]
                     for i in range(tid, n_in, n_threads):
-                        row = k + i * width
+                        row = w + i * width
                         d = deltas[a_out] * params[row]
                         for j in range(1, width):
                             d += deltas[a_out + j] * params[row + j]
@@ -340,11 +366,11 @@ def _kernel(mode, params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, 
             batch_loss = batch_sum / n_mean
             if math.isfinite(batch_loss):
                 total += batch_loss
-                stop[0] = 0
+                stops[k] = 0
             else:
-                stop[0] = 1
+                stops[k] = 1
         cuda.syncthreads()
-        if stop[0] != 0:
+        if stops[k] != 0:
             break
         alpha = alphas[batch] if optimizer == C.ADAM else zero
         for i in range(tid, n_par, n_threads):
@@ -354,8 +380,8 @@ def _kernel(mode, params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, 
         start = end
         done = end
     if tid == 0:
-        result[0] = total
-        result[1] = done
+        results[k, 0] = total
+        results[k, 1] = done
 
 
 # ---------------------------------------------------------------------------- host side
@@ -437,12 +463,12 @@ def _adam_alphas(dtype, hyper, step, n_batches):
 
 
 class _DeviceNet:
-    """One network's layer description and per-row scratch, on the device.
+    """The layer description and per-row scratch of ``n_networks`` networks, on the device.
 
     Built once per contract call, or once per trainer (per ``fit``).
     """
 
-    def __init__(self, sizes, acts, dtype):
+    def __init__(self, sizes, acts, dtype, n_networks=1):
         n_layers = len(acts)
         sizes = np.ascontiguousarray(sizes, dtype=np.int64)
         param_offsets = np.zeros(n_layers, dtype=np.int64)
@@ -453,92 +479,138 @@ class _DeviceNet:
             offset += int(sizes[layer]) * int(sizes[layer + 1]) + int(sizes[layer + 1])
             unit_offsets[layer + 1] = unit_offsets[layer] + sizes[layer]
         n_units = int(unit_offsets[-1] + sizes[-1])
+        k = int(n_networks)
         self.dtype = np.dtype(dtype)
+        self.n_networks = k
         self.n_params = offset
         self.threads = _threads(sizes)
         self.sizes = cuda.to_device(sizes)
         self.param_offsets = cuda.to_device(param_offsets)
         self.unit_offsets = cuda.to_device(unit_offsets)
         self.acts = cuda.to_device(np.ascontiguousarray(acts, np.int64))
-        self.activations = cuda.device_array(n_units, dtype=dtype)
-        self.deltas = cuda.device_array(n_units, dtype=dtype)
-        self.output_sums = cuda.device_array(int(sizes[-1]), dtype=np.float64)
-        self.placeholder = cuda.to_device(np.zeros((1, 1), dtype=dtype))
-        self.stop = cuda.to_device(np.zeros(1, dtype=np.int32))
+        self.activations = cuda.device_array((k, n_units), dtype=dtype)
+        self.deltas = cuda.device_array((k, n_units), dtype=dtype)
+        self.output_sums = cuda.device_array((k, int(sizes[-1])), dtype=np.float64)
+        self.stops = cuda.to_device(np.zeros(k, dtype=np.int32))
+        # stand-ins, of the real arrays' ranks, for what a mode does not use
+        self.no_targets = cuda.to_device(np.zeros((1, 1), dtype=dtype))
+        self.no_state = cuda.device_array((k, 1, 1), dtype=dtype)
+        self.no_grad = cuda.device_array((k, 1), dtype=dtype)
+        self.no_out = cuda.device_array((k, 1, 1), dtype=dtype)
 
 
-def _run(mode, net, d_params, loss, X, Y, batch_size, *, optimizer=C.SGD, consts, alphas=None,
-         d_state=None, d_grad=None, d_out=None):
-    """Launch the kernel once on device-resident parameters; returns ``(loss_sum, rows_done)``.
+def _run(mode, net, d_params, loss, d_X, d_Y, d_orders, batch_size, *, optimizers, consts,
+         alphas=None, d_state=None, d_grad=None, d_out=None):
+    """Launch the kernel once, a block per network; returns ``(loss sums, rows done)`` per network.
 
-    ``X``/``Y`` (host rows), ``consts`` and ``alphas`` are copied to the
-    device; ``d_params``, ``d_state``, ``d_grad`` and ``d_out`` are device
-    arrays that the kernel reads and writes where the mode says.
+    ``optimizers`` (codes), ``consts`` and ``alphas`` (one row per network)
+    are copied to the device; the ``d_`` arrays are device arrays that the
+    kernel reads and writes where the mode says.
     """
-    placeholder = net.placeholder
-    d_result = cuda.to_device(np.zeros(2, dtype=np.float64))
+    if alphas is None:
+        alphas = np.zeros((net.n_networks, 1), dtype=net.dtype)
+    d_results = cuda.device_array((net.n_networks, 2), dtype=np.float64)
     args = (mode, d_params, net.sizes, net.param_offsets, net.unit_offsets, net.acts,
-            int(loss), cuda.to_device(X), cuda.to_device(Y) if Y is not None else placeholder,
-            int(batch_size), int(optimizer), cuda.to_device(consts),
-            cuda.to_device(alphas if alphas is not None else np.zeros(1, dtype=net.dtype)),
-            d_state if d_state is not None else placeholder, net.activations, net.deltas,
-            net.output_sums, d_grad if d_grad is not None else cuda.device_array(1, net.dtype),
-            d_out if d_out is not None else placeholder, net.stop, d_result)
+            int(loss), d_X, d_Y if d_Y is not None else net.no_targets, d_orders,
+            int(batch_size), cuda.to_device(np.asarray(optimizers, dtype=np.int64)),
+            cuda.to_device(consts), cuda.to_device(alphas),
+            d_state if d_state is not None else net.no_state, net.activations, net.deltas,
+            net.output_sums, d_grad if d_grad is not None else net.no_grad,
+            d_out if d_out is not None else net.no_out, net.stops, d_results)
     with _simulator_quirks():
-        _kernel[1, net.threads](*args)
-    result = d_result.copy_to_host()
-    return float(result[0]), int(result[1])
+        _kernel[net.n_networks, net.threads](*args)
+    results = d_results.copy_to_host()
+    return results[:, 0].copy(), results[:, 1].astype(np.int64)
 
 
 def _launch(mode, params, sizes, acts, loss, X, Y, batch_size, *, consts, grad=None, out=None):
     """One stateless contract call: copy the parameters over, run the kernel, copy results back."""
     net = _DeviceNet(sizes, acts, params.dtype)
-    d_grad = cuda.to_device(grad) if grad is not None else None
-    d_out = cuda.to_device(out) if out is not None else None
-    total, done = _run(mode, net, cuda.to_device(params), loss, X, Y, batch_size,
-                       consts=consts, d_grad=d_grad, d_out=d_out)
+    d_grad = cuda.to_device(grad[None]) if grad is not None else None
+    d_out = cuda.to_device(out[None]) if out is not None else None
+    orders = np.arange(X.shape[0], dtype=np.int64)[None]
+    totals, done = _run(mode, net, cuda.to_device(params[None]), loss, cuda.to_device(X),
+                        cuda.to_device(Y) if Y is not None else None, cuda.to_device(orders),
+                        batch_size, optimizers=[C.SGD], consts=consts[None], d_grad=d_grad,
+                        d_out=d_out)
     if mode == _GRADIENTS:
-        d_grad.copy_to_host(grad)
+        grad[...] = d_grad.copy_to_host()[0]
     elif mode == _PREDICT:
-        d_out.copy_to_host(out)
-    return total, done
+        out[...] = d_out.copy_to_host()[0]
+    return float(totals[0]), int(done[0])
+
+
+#: Training rows (X and Y together) up to this size stay on the device for a whole fit;
+#: larger ones are copied over per chunk, the chunk's rows only.
+RESIDENT_BYTES = 1 << 30
 
 
 class _Trainer:
-    """Parameters, optimizer state and the network description resident on the device for a fit.
+    """Parameters, optimizer state and the data on the device for a fit of one or more networks.
 
-    A chunk copies only its rows (already in training order: ``X`` may be
-    a large memory-mapped file) and a few constants to the device;
-    parameters come back to the host when stored (and when checked for
+    Network ``k`` has host buffers ``params[k]``/``states[k]`` (written by
+    :meth:`store`), optimizer code ``optimizers[k]`` and hyper-parameters
+    ``hypers[k]``; all share the layer widths, activations, loss, batch size
+    and dtype.  The training rows go to the device once: a chunk hands over
+    the same ``X``/``Y`` again (held by a weak reference, so a streamed
+    block is not kept alive) and only the networks' row orders travel.
+    Parameters come back to the host when stored (and when checked for
     finiteness, into the host mirror ``store`` then copies from).
     """
 
-    def __init__(self, params, state, dtype, sizes, acts, loss, batch_size, optimizer, hyper):
-        self._params, self._state = params, state
+    def __init__(self, params, states, dtype, sizes, acts, loss, batch_size, optimizers, hypers):
+        self._params, self._states = list(params), list(states)
         self._dtype, self._sizes, self._loss = dtype, sizes, loss
-        self._batch_size, self._optimizer, self._hyper = batch_size, optimizer, hyper
-        self._net = _DeviceNet(sizes, acts, dtype)
-        self._d_params = cuda.to_device(params)
-        self._d_state = cuda.to_device(state)
-        self._d_grad = cuda.device_array(params.shape[0], dtype=dtype)
-        self._host = params.copy()  # the device parameters as last copied back
+        self._batch_size, self._optimizers = batch_size, [int(o) for o in optimizers]
+        self._hypers = list(hypers)
+        self._net = _DeviceNet(sizes, acts, dtype, len(self._params))
+        self._d_params = cuda.to_device(np.stack(self._params))
+        self._d_state = cuda.to_device(np.stack(self._states))
+        self._d_grad = cuda.device_array(self._d_params.shape, dtype=dtype)
+        self._host = np.stack(self._params)  # the device parameters as last copied back
         self._host_current = True
+        self._rows = None  # (weak X, weak Y, device X, device Y) of the resident data
+
+    def _device_rows(self, X, Y, orders):
+        """The rows on the device and the orders into them (the chunk's own rows when large)."""
+        if X.nbytes + Y.nbytes > RESIDENT_BYTES:
+            rows = np.unique(orders)  # copy just these, and renumber the orders
+            return (cuda.to_device(np.ascontiguousarray(X[rows])),
+                    cuda.to_device(np.ascontiguousarray(Y[rows])),
+                    np.searchsorted(rows, orders))
+        held = self._rows
+        if held is None or held[0]() is not X or held[1]() is not Y:
+            held = self._rows = (weakref.ref(X), weakref.ref(Y), cuda.to_device(X),
+                                 cuda.to_device(Y))
+        return held[2], held[3], orders
 
     def train(self, X, Y, order, step):
+        """One network's chunk (the contract's ``Trainer.train``)."""
         check_chunk(self._dtype, self._sizes, X, Y, order)
-        n = len(order)
+        totals, done = self.train_many(X, Y, order[None], [step])
+        return float(totals[0]), int(done[0])
+
+    def train_many(self, X, Y, orders, steps):
+        """Train network ``k`` on rows ``orders[k]`` of ``X``/``Y`` from step ``steps[k]``.
+
+        Returns the loss sums (float64) and rows done, one per network.
+        """
+        n = orders.shape[1]
+        k = len(self._params)
         if n == 0:
-            return 0.0, 0
-        Xo = np.ascontiguousarray(X[order])
-        Yo = np.ascontiguousarray(Y[order])
+            return np.zeros(k), np.zeros(k, dtype=np.int64)
+        d_X, d_Y, orders = self._device_rows(X, Y, orders)
         n_batches = -(-n // self._batch_size)
-        alphas = (_adam_alphas(self._dtype, self._hyper, int(step), n_batches)
-                  if self._optimizer == C.ADAM else None)
+        per_row = _per_row(self._loss, self._sizes)
+        consts = np.stack([_consts(self._dtype, per_row, n, self._batch_size, hyper)
+                           for hyper in self._hypers])
+        alphas = np.stack([_adam_alphas(self._dtype, hyper, int(step), n_batches)
+                           if code == C.ADAM else np.zeros(n_batches, dtype=self._dtype)
+                           for code, hyper, step in zip(self._optimizers, self._hypers, steps)])
         self._host_current = False
-        return _run(_TRAIN, self._net, self._d_params, self._loss, Xo, Yo, self._batch_size,
-                    optimizer=self._optimizer,
-                    consts=_consts(self._dtype, _per_row(self._loss, self._sizes), n,
-                                   self._batch_size, self._hyper),
+        return _run(_TRAIN, self._net, self._d_params, self._loss, d_X, d_Y,
+                    cuda.to_device(np.ascontiguousarray(orders, dtype=np.int64)),
+                    self._batch_size, optimizers=self._optimizers, consts=consts,
                     alphas=alphas, d_state=self._d_state, d_grad=self._d_grad)
 
     def _fetch(self):
@@ -547,22 +619,29 @@ class _Trainer:
             self._host_current = True
 
     def finite(self):
+        """Whether every network's parameters are finite."""
+        return bool(self.finite_many().all())
+
+    def finite_many(self):
+        """Per network: are its parameters finite?"""
         self._fetch()
-        return bool(np.isfinite(self._host).all())
+        return np.isfinite(self._host).all(axis=1)
 
     def store(self):
         self._fetch()
-        self._params[...] = self._host
-        self._d_state.copy_to_host(self._state)
+        states = self._d_state.copy_to_host()
+        for k, (params, state) in enumerate(zip(self._params, self._states)):
+            params[...] = self._host[k]
+            state[...] = states[k]
 
     def reload(self):
-        self._d_params.copy_to_device(self._params)
-        self._d_state.copy_to_device(self._state)
-        self._host[...] = self._params
+        self._d_params.copy_to_device(np.stack(self._params))
+        self._d_state.copy_to_device(np.stack(self._states))
+        self._host[...] = np.stack(self._params)
         self._host_current = True
 
     def close(self):
-        self._net = self._d_params = self._d_state = self._d_grad = None
+        self._net = self._d_params = self._d_state = self._d_grad = self._rows = None
 
 
 # ---------------------------------------------------------------------------- contract
@@ -643,7 +722,33 @@ def open_trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper)
     """A trainer for one fit (see ``_contract.Trainer``): parameters and state stay on the GPU."""
     dtype, loss, batch_size, optimizer = check_trainer_call(params, state, sizes, acts, loss,
                                                             batch_size, optimizer, hyper)
-    return _Trainer(params, state, dtype, sizes, acts, loss, batch_size, optimizer, hyper)
+    return _Trainer([params], [state], dtype, sizes, acts, loss, batch_size, [optimizer],
+                    [hyper])
+
+
+def open_many_trainer(params, states, sizes, acts, loss, batch_size, optimizers, hypers):
+    """A trainer of ``len(params)`` networks for one fit, a thread block per network.
+
+    ``params[k]``/``states[k]`` are network ``k``'s buffers (as
+    :func:`open_trainer`'s), ``optimizers[k]``/``hypers[k]`` its optimizer;
+    the networks share ``sizes``, ``acts``, ``loss``, ``batch_size`` and the
+    dtype.  ``train_many(X, Y, orders, steps)`` trains network ``k`` on rows
+    ``orders[k]``; ``store``, ``reload``, ``finite_many`` and ``close`` act on
+    all of them.
+    """
+    if len(params) == 0 or not (len(params) == len(states) == len(optimizers) == len(hypers)):
+        raise ValueError(f"open_many_trainer: expected as many states, optimizers and hypers "
+                         f"as parameter buffers (at least one); found {len(params)}, "
+                         f"{len(states)}, {len(optimizers)}, {len(hypers)}.")
+    checked = [check_trainer_call(p, s, sizes, acts, loss, batch_size, o, h)
+               for p, s, o, h in zip(params, states, optimizers, hypers)]
+    dtypes = {c[0] for c in checked}
+    if len(dtypes) != 1:
+        raise ValueError(f"open_many_trainer: expected one dtype for every network; found "
+                         f"{sorted(str(d) for d in dtypes)}.")
+    dtype, loss, batch_size, _ = checked[0]
+    return _Trainer(params, states, dtype, sizes, acts, loss, batch_size,
+                    [c[3] for c in checked], hypers)
 
 
 #: One chunk without a Network (tests, benchmarks): ``_contract.train_chunk`` on this module.
