@@ -463,7 +463,7 @@ class Plan:
     :meth:`close`.
     """
 
-    def __init__(self, workers, batch_size, average_every, n_params):
+    def __init__(self, workers, batch_size, average_every, n_params, chunk_rows):
         self.workers, self.batch_size = workers, batch_size
         if workers == 1:
             self.mode, self.average_every = "serial", None
@@ -471,8 +471,14 @@ class Plan:
             self.mode, self.average_every = "split", None
         else:
             self.mode = "local"
-            rows = default_average_every(n_params, batch_size) if average_every is None \
-                else average_every
+            if average_every is None:
+                # A chunk is whole rounds and a streamed file is read a chunk at a
+                # time, so by default a round fits in the configured chunk: small nets'
+                # ~75 ms rounds would otherwise read millions of rows into memory at once.
+                rows = min(default_average_every(n_params, batch_size),
+                           max(batch_size, chunk_rows // workers))
+            else:
+                rows = average_every
             self.average_every = round_to_batches(rows, batch_size)
         self._runner = None
 

@@ -616,7 +616,8 @@ class Network:
             Local SGD only: rows each worker trains between two averages,
             rounded up to whole batches.  The default makes a round about
             75 ms of kernel time (about 160 million parameter-rows divided
-            by the parameter count).
+            by the parameter count), at most ``chunk_rows / workers`` rows
+            (a round is one chunk: streamed files stay a chunk in memory).
 
         Returns
         -------
@@ -673,7 +674,8 @@ class Network:
         # (its chunk size is a multiple of it).  A resume with the same
         # batch_size clamps to the same value: its data must be the same.
         batch_size = min(batch_size, train.n_rows)
-        parallel = _parallel.Plan(workers, batch_size, average_every, self._params.size)
+        parallel = _parallel.Plan(workers, batch_size, average_every, self._params.size,
+                                  _config.chunk_rows())
         # The data's fingerprint reads about 1,150 scattered rows (as many pages
         # of a memory-map): only computed when a position is kept or a resume
         # checked, once per fit.

@@ -30,8 +30,8 @@ PROBE = textwrap.dedent("""
     import numpy as np
     import fastbp
     warnings.simplefilter("ignore")
-    x_path, y_path, backend, batch, mode, cold, rows_in_ram, hidden = sys.argv[1:9]
-    batch, rows_in_ram = int(batch), int(rows_in_ram)
+    x_path, y_path, backend, batch, mode, cold, rows_in_ram, hidden, workers = sys.argv[1:10]
+    batch, rows_in_ram, workers = int(batch), int(rows_in_ram), int(workers)
     hidden = [int(w) for w in hidden.split(",") if w]
 
     def status(key):
@@ -60,7 +60,7 @@ PROBE = textwrap.dedent("""
     before = status("VmRSS")
     file_before = status("RssFile")
     start = time.perf_counter()
-    net.fit(X, y, batch_size=batch, epochs=1, verbose=0)
+    net.fit(X, y, batch_size=batch, epochs=1, verbose=0, workers=workers)
     seconds = time.perf_counter() - start
     print(json.dumps({"rss_before": before, "hwm": status("VmHWM"), "rows": len(X),
                       "file_before": file_before, "file_after": status("RssFile"),
@@ -70,10 +70,10 @@ PROBE = textwrap.dedent("""
 
 
 def _probe(x_path, y_path, backend, batch, mode="stream", cold=False, rows_in_ram=0,
-           hidden="64,64"):
+           hidden="64,64", workers=1):
     result = subprocess.run(
         [sys.executable, "-c", PROBE, str(x_path), str(y_path), backend, str(batch), mode,
-         "1" if cold else "0", str(rows_in_ram), hidden],
+         "1" if cold else "0", str(rows_in_ram), hidden, str(workers)],
         capture_output=True, text=True, timeout=3600)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -87,13 +87,18 @@ def _write(directory, rows, features=20):
 
 
 @linux_only
-def test_streaming_a_file_keeps_resident_memory_bounded(tmp_path):
+@pytest.mark.parametrize("backend,batch,workers", [
+    ("numpy", 4096, 1),
+    ("numpy", 4096, 2),  # big batches split across two workers
+    ("auto", 1, 2),      # per-sample local SGD: two replicas on the compiled kernels
+])
+def test_streaming_a_file_keeps_resident_memory_bounded(tmp_path, backend, batch, workers):
     # 1.6M rows x 20 float32 = 128 MB; cached in the page cache right after writing, so
     # without releasing the pages every one of them would count in the resident set.
     x_path, y_path = _write(tmp_path, 1_600_000)
     size = x_path.stat().st_size + y_path.stat().st_size
-    # a linear net in big batches: the NumPy backend streams the file in a moment
-    stats = _probe(x_path, y_path, "numpy", 4096, hidden="")
+    # a linear net: the file streams in a moment (NumPy in big batches; compiled per sample)
+    stats = _probe(x_path, y_path, backend, batch, hidden="", workers=workers)
     grown = stats["hwm"] - stats["rss_before"]
     assert grown < 40e6 < size / 3, stats
 

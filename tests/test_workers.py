@@ -197,6 +197,14 @@ def test_default_average_every_is_about_75ms_of_work():
     assert _parallel.default_average_every(10**9, 32) == 32  # at least one batch
 
 
+def test_default_round_fits_in_a_chunk():
+    """A round is one chunk: by default it is at most chunk_rows rows (a streamed file's read)."""
+    assert _parallel.Plan(2, 1, None, 5569, 32768).average_every == 16384  # not 28,730
+    assert _parallel.Plan(2, 1, None, 92417, 32768).average_every == int(1.6e8 / 92417)
+    assert _parallel.Plan(3, 8, None, 21, 1000).average_every == 336  # 333 -> whole batches
+    assert _parallel.Plan(2, 1, 50_000, 21, 1000).average_every == 50_000  # as passed
+
+
 # ----------------------------------------------------------------------------- inference
 @pytest.mark.parametrize("workers", [2, 3])
 def test_inference_split_across_workers(compiled_backend, dtype, workers, monkeypatch):
