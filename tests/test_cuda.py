@@ -145,3 +145,15 @@ def test_many_networks_refuse_mismatched_buffers(cuda_):
     with pytest.raises(ValueError, match="as many"):
         cuda_.open_many_trainer(params[:1], states, np.array([3, 2, 1]),
                                 np.array([C.TANH, C.LINEAR]), C.MSE, 1, [code], [hyper])
+
+
+def test_gpu_benchmark_script_runs(cuda_):
+    """benchmarks/gpu_many.py (the GPU figures' script) runs end to end, tiny."""
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_many.py")
+    out = subprocess.run([sys.executable, script, "--ks", "1,2", "--rows", "8", "--dtypes",
+                          "float32", "--layers", "3,4,1"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"} if cuda_.SIMULATOR
+                         else None)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| float32 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["1", "2"]
