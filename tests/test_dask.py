@@ -252,39 +252,158 @@ def test_checkpoint_and_resume_at_an_epoch_boundary(client, tmp_path):
         fdask.fit(_net(), Xd, yd, resume=True, **settings)
 
 
-def test_a_worker_that_dies_mid_fit_does_not_fail_it(tmp_path):
-    """SIGKILL one worker process: the round is redone without it, its chunks re-read."""
+def _kill_in_round(victim, marker):
+    """A worker plugin: SIGKILL worker ``victim`` while it trains its second round (or a later one).
+
+    From the start of the victim's second ``_train_round`` task, a thread in
+    the worker watches the task's stack and kills the process as soon as the
+    task is inside the backend's ``train`` (the signal that the round is
+    running), after writing the victim's round number to ``marker``.  Defined
+    in a function so that it travels by value (the workers need not import
+    the tests).
+    """
+    import threading
+    import time
+
+    class KillInRound(distributed.WorkerPlugin):
+        name = "fastbp-test-kill-in-round"
+
+        def setup(self, worker):
+            self.worker, self.rounds = worker, 0
+
+        def transition(self, key, start, finish, **kwargs):
+            if finish != "executing" or not str(key).startswith("_train_round"):
+                return
+            if getattr(self.worker, "address", None) != victim or os.path.exists(marker):
+                return  # another worker, or the nanny's replacement of the victim
+            self.rounds += 1
+            if self.rounds == 2:
+                threading.Thread(target=self._kill_when_training, daemon=True).start()
+
+        def _kill_when_training(self):
+            deadline = time.monotonic() + TIMEOUT
+            while time.monotonic() < deadline:
+                for frame in sys._current_frames().values():
+                    names = []
+                    while frame is not None:
+                        names.append(frame.f_code.co_name)
+                        frame = frame.f_back
+                    if "_train_round" in names and "train" in names:
+                        with open(marker, "w") as f:
+                            f.write(str(self.rounds))
+                        os.kill(os.getpid(), signal.SIGKILL)
+                time.sleep(0.0005)  # polling the stack, not waiting for an event
+
+    return KillInRound()
+
+
+def test_a_worker_killed_during_a_round_does_not_fail_the_fit(tmp_path):
+    """SIGKILL a worker process while its round trains: the round is redone from the last average.
+
+    Worker a holds rows 0-79 (chunks 0-3), the victim b rows 80-159 (chunks
+    4-7); rounds of A rows each.  Killed in its round r, b's rows from
+    (r-1)*A on go after a's own, so the result is local SGD over the first
+    r-1 rounds, then serial SGD from that average over a's rest and b's rest
+    (one replica), then a serial epoch of all rows in chunk order: computed
+    in process below.
+    """
     X, y = _problem(n=160)
     np.save(tmp_path / "X.npy", X)
     np.save(tmp_path / "y.npy", y)
+    marker = str(tmp_path / "killed")
+    A, batch_size = 10, 2
     with _cluster() as cluster, distributed.Client(cluster, timeout=TIMEOUT) as client:
         client.wait_for_workers(2, timeout=TIMEOUT)
+        a, victim = _workers(client)
+        client.register_plugin(_kill_in_round(victim, marker))
         Xd = fdask.from_npy(tmp_path / "X.npy", chunk_rows=20)
         yd = fdask.from_npy(tmp_path / "y.npy", chunk_rows=20)
-        pids = client.run(os.getpid)
-
-        victim = _workers(client)[-1]
-
-        class Kill(fastbp.Callback):
-            killed = False
-
-            def on_chunk_end(self, epoch, logs=None):
-                if not self.killed:  # after the first round: the next one finds it gone
-                    self.killed = True
-                    os.kill(pids[victim], signal.SIGKILL)
-
-        kill = Kill()
         net = _net()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            hist = fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=2,
-                             average_every=10, callbacks=[kill], verbose=0)
-        lost = [w for w in caught if issubclass(w.category, fdask.WorkerLostWarning)]
-        assert lost and victim in str(lost[0].message)
-        assert hist.rounds_redone >= 1
-        assert len(hist.history["loss"]) == 2
-        assert all(np.isfinite(w).all() for w in net.get_weights())
-        assert net.evaluate(X, y) < _net().evaluate(X, y)
+            hist = fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=batch_size,
+                             optimizer=fastbp.SGD(0.05), shuffle=False, average_every=A,
+                             verbose=0)
+        assert os.path.exists(marker), "the victim was not killed during a round"
+        r = int(open(marker).read())
+        assert r >= 2 and victim not in _workers(client)
+    lost = [w for w in caught if issubclass(w.category, fdask.WorkerLostWarning)]
+    assert len(lost) == 1 and victim in str(lost[0].message)
+    assert "redone from the last average" in str(lost[0].message)
+    assert hist.rounds_redone == 1 and hist.workers == [a, victim]
+    assert hist.assignment == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert len(hist.history["loss"]) == 2 and np.isfinite(hist.history["loss"]).all()
+
+    ref = _net()
+    done = (r - 1) * A
+    if done:
+        first = np.concatenate([s[i:i + A] for i in range(0, done, A)
+                                for s in (np.arange(0, 80), np.arange(80, 160))])
+        with warnings.catch_warnings():  # numpy's workers take turns
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ref.fit(X[first], y[first], batch_size=batch_size, optimizer=fastbp.SGD(0.05),
+                    shuffle=False, workers=2, average_every=A, verbose=0)
+    rest = np.concatenate([np.arange(done, 80), np.arange(80 + done, 160)])
+    ref.fit(X[rest], y[rest], batch_size=batch_size, optimizer=fastbp.SGD(0.05),
+            shuffle=False, verbose=0)
+    ref.fit(X, y, batch_size=batch_size, optimizer=fastbp.SGD(0.05), shuffle=False, verbose=0)
+    for got, want in zip(net.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_a_round_that_hangs_raises_after_round_timeout(client):
+    """A round task stuck while its worker stays: RoundTimeoutError, the model at the last average.
+
+    After the first round, the test takes worker a's replica lock (in the
+    worker, through client.run), so a's second round waits on it.
+    """
+    X, y = _problem()
+    a, b = _workers(client)
+    Xd, yd = _pinned(client, X, y, 24, [a, a, b, b])
+
+    def hold(dask_worker):
+        import fastbp.dask as m
+
+        locks = [replica.lock for replica in m._replicas.values()]
+        for lock in locks:
+            lock.acquire()
+        dask_worker.fastbp_test_held = locks
+        return len(locks)
+
+    def release(dask_worker):
+        for lock in dask_worker.fastbp_test_held:
+            lock.release()
+        return True
+
+    class HoldAfterFirstRound(fastbp.Callback):
+        seen = None
+
+        def on_chunk_end(self, epoch, logs=None):
+            if self.seen is None:
+                self.seen = (self.network.get_weights(), self.network._step)
+                assert client.run(hold, workers=[a]) == {a: 1}
+
+    holder = HoldAfterFirstRound()
+    net = _net()
+    try:
+        with pytest.raises(fdask.RoundTimeoutError,
+                           match=rf"round_timeout=1\.5 s; found no answer from {a}.*last average"):
+            fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=2, average_every=6,
+                      shuffle=False, callbacks=[holder], verbose=0, round_timeout=1.5)
+    finally:
+        if holder.seen is not None:
+            client.run(release, workers=[a])
+    weights, step = holder.seen
+    for got, want in zip(net.get_weights(), weights):
+        np.testing.assert_array_equal(got, want)
+    assert net._step == step == 3
+    # the cluster is fine afterwards: the stuck round closed its replica when it ended
+    again = _net()
+    fdask.fit(again, Xd, yd, client=client, batch_size=2, average_every=6, verbose=0,
+              round_timeout=TIMEOUT)
+    assert all(np.isfinite(w).all() for w in again.get_weights())
+    with pytest.raises(ValueError, match="round_timeout: expected a finite number > 0"):
+        fdask.fit(_net(), Xd, yd, client=client, round_timeout=0)
 
 
 @pytest.mark.parametrize("fake", ["__version__ = '0.0.0.other'\n",
