@@ -453,6 +453,9 @@ def add_arguments(parser):
                       help="epochs of each timed fit (default 1)")
     dask.add_argument("--dask-rounds", type=_positive_int, default=40, metavar="N",
                       help="rounds per averaging-overhead figure (default 40)")
+    dask.add_argument("--dask-widths", type=_worker_list, default=[64, 256, 1024],
+                      metavar="W,W,...", help="hidden widths of the 20-W-W-1 networks whose "
+                      "averaging round is timed (default 64,256,1024; 64 is W2's)")
     dask.add_argument("--plot", default=None, metavar="PNG",
                       help="with --dask: draw the running loss against wall time of each "
                       "count into PNG (needs matplotlib)")
@@ -488,6 +491,7 @@ def dispatch(args):
 
         _bench_dask.run_dask(args.dask, rows=args.dask_rows, chunks=args.dask_chunks,
                              epochs=args.dask_epochs, rounds=args.dask_rounds,
+                             widths=args.dask_widths,
                              backend=args.backends[0] if args.backends else "auto",
                              plot=args.plot)
     elif args.workers:

@@ -110,8 +110,26 @@ def _warm_up(client, layers, backend):
               optimizer=fastbp.SGD(LEARNING_RATE))
 
 
-def measure_throughput(client, paths, chunk_rows, epochs=EPOCHS, backend="auto"):
+def _placed(client, a, addresses):
+    """Dask array ``a`` with its chunk ``i`` of ``n`` computed and held on ``addresses[i*N//n]``."""
+    import dask.array as da
+    import distributed
+
+    blocks = a.to_delayed().ravel()
+    futures = [client.compute(block, workers=[addresses[i * len(addresses) // len(blocks)]])
+               for i, block in enumerate(blocks)]
+    distributed.wait(futures, timeout=TIMEOUT)
+    return da.concatenate([da.from_delayed(f, (rows,) + a.shape[1:], a.dtype)
+                           for f, rows in zip(futures, a.chunks[0])])
+
+
+def measure_throughput(client, paths, chunk_rows, epochs=EPOCHS, backend="auto", workers=None):
     """One timed :func:`fastbp.dask.fit` of W2 on ``paths`` (``(X.npy, y.npy)``) with ``client``.
+
+    ``workers``: None (every worker of ``client``; each chunk is read by the
+    fit, on the worker that trains it, inside the timed part), or the
+    addresses of the workers to train on: the chunks are read into their
+    memory first (contiguous shares) and the others hold none, so they idle.
 
     Returns
     -------
@@ -129,6 +147,9 @@ def measure_throughput(client, paths, chunk_rows, epochs=EPOCHS, backend="auto")
     _warm_up(client, _LAYERS, backend)
     X = fdask.from_npy(paths[0], chunk_rows)
     y = fdask.from_npy(paths[1], chunk_rows)
+    if workers is not None:
+        n_workers = len(workers)
+        X, y = _placed(client, X, workers), _placed(client, y, workers)
     net = fastbp.Network(_LAYERS, dtype="float32", backend=backend, seed=0)
     clock = _clock()
     start = time.perf_counter()
@@ -184,7 +205,8 @@ def measure_round_overhead(client, widths=OVERHEAD_WIDTHS, rounds=OVERHEAD_ROUND
 
 
 def measure_dask(workers=(1, 2), rows=ROWS, chunks=CHUNKS, epochs=EPOCHS,
-                 widths=OVERHEAD_WIDTHS, rounds=OVERHEAD_ROUNDS, backend="auto", directory=None):
+                 widths=OVERHEAD_WIDTHS, rounds=OVERHEAD_ROUNDS, backend="auto", directory=None,
+                 one_cluster=False):
     """Train W2 on a LocalCluster of each worker count in ``workers``, in turn.
 
     Parameters
@@ -202,6 +224,11 @@ def measure_dask(workers=(1, 2), rows=ROWS, chunks=CHUNKS, epochs=EPOCHS,
         The networks' backend (every worker must have it).
     directory : str, optional
         Where the data set is written (a temporary directory, removed after).
+    one_cluster : bool, default False
+        Start one cluster of the largest count only and train each count's
+        fit on that many of its workers, the rows read into their memory
+        before the clock starts (see :func:`measure_throughput`): one cluster
+        start instead of one per count (what the asv benchmark uses).
 
     Returns
     -------
@@ -228,8 +255,20 @@ def measure_dask(workers=(1, 2), rows=ROWS, chunks=CHUNKS, epochs=EPOCHS,
         # LocalCluster's notes (ports, memory limits) are not the benchmark's
         warnings.simplefilter("ignore", UserWarning)
         paths = write_regression(tmp, rows, 20, dtype="float32")
-        done_overhead = False
-        for n in workers:
+        if one_cluster:
+            cluster, client = local_cluster(biggest)
+            try:
+                addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])
+                for n in workers:
+                    runs.append(measure_throughput(client, paths, chunk_rows, epochs, backend,
+                                                   workers=addresses[:n]))
+                if widths:
+                    overhead = measure_round_overhead(client, widths, rounds, backend)
+            finally:
+                client.close()
+                cluster.close()
+        done_overhead = one_cluster
+        for n in workers if not one_cluster else ():
             cluster, client = local_cluster(n)
             try:
                 runs.append(measure_throughput(client, paths, chunk_rows, epochs, backend))

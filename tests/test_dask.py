@@ -446,3 +446,39 @@ def test_cli_trains_on_a_local_cluster(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "dask: 2 worker(s)" in out.stdout + out.stderr
     assert fastbp.load(tmp_path / "m.fbp").evaluate(*make_regression(50, 20, seed=3)) < 10
+
+
+def test_cli_bench_dask_on_local_clusters(tmp_path):
+    """`fastbp bench --dask 1,2`, tiny: one LocalCluster per count, the table and the overhead."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.dirname(os.path.dirname(fastbp.__file__)), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-m", "fastbp", "bench", "--dask", "1,2", "--dask-rows", "2000",
+         "--dask-chunks", "4", "--dask-rounds", "4", "--dask-widths", "64,96", "--backends",
+         "numpy"], env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines()
+            if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 2, out.stdout
+    (w1, chunks1, _, rate1, x1, loss1, d1, *_), (w2, chunks2, _, rate2, x2, loss2, d2, *_) = \
+        [[c.strip() for c in r] for r in rows]
+    assert (chunks1, chunks2) == ("4", "2, 2")
+    assert float(x1) == 1.0 and d1 == "+0.0%"
+    assert float(x2) == pytest.approx(float(rate2.replace(",", "")) /
+                                      float(rate1.replace(",", "")), abs=0.011)
+    # local SGD of two workers: not the serial fit's loss, and the % says by how much
+    assert float(d2.rstrip("%")) == pytest.approx(100 * (float(loss2) / float(loss1) - 1), abs=0.1)
+    assert "driver peak RSS" in out.stdout
+    overhead = [line for line in out.stdout.splitlines()
+                if line.startswith("| 5,569 |") or line.startswith("| 11,425 |")]
+    assert len(overhead) == 2 and all(float(o.split("|")[2]) > 0 for o in overhead), out.stdout
+
+
+def test_bench_dask_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (fastbp[plot])")
+    from fastbp import _bench_dask
+
+    runs = [{"workers": 1, "curve": [(0.5, 0, 0.2), (1.0, 0, 0.1)]},
+            {"workers": 2, "curve": [(0.3, 0, 0.25), (0.6, 0, 0.12)]}]
+    _bench_dask.plot_curves(runs, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
