@@ -137,8 +137,8 @@ def measure_throughput(client, paths, chunk_rows, epochs=EPOCHS, backend="auto",
         ``workers`` (count), ``seconds``, ``rate`` (samples/s over all
         epochs), ``loss`` (the last epoch's), ``evaluate`` (mean loss on all
         rows after the fit), ``chunks`` (chunks per worker), ``rss_mb``
-        (driver, after the fit) and ``curve`` (``(seconds, epoch, running
-        epoch loss)`` at every round).
+        (driver, after the fit), ``backend`` (the network's, resolved) and
+        ``curve`` (``(seconds, epoch, running epoch loss)`` at every round).
     """
     import fastbp
     import fastbp.dask as fdask
@@ -160,7 +160,7 @@ def measure_throughput(client, paths, chunk_rows, epochs=EPOCHS, backend="auto",
     return {"workers": n_workers, "seconds": seconds, "rate": X.shape[0] * epochs / seconds,
             "loss": hist.history["loss"][-1], "evaluate": fdask.evaluate(net, X, y),
             "chunks": [len(a) for a in hist.assignment], "rss_mb": rss_mb(),
-            "curve": clock.points}
+            "backend": net.backend, "curve": clock.points}
 
 
 def measure_round_overhead(client, widths=OVERHEAD_WIDTHS, rounds=OVERHEAD_ROUNDS,
@@ -297,8 +297,8 @@ def report(results, out=None):
     print(f"fastbp {__version__} on Dask: {results['rows']:,} rows x 20 float32 (memory-mapped "
           f".npy, {results['chunks']} chunks), 20-64-64-1 relu, per-sample SGD({LEARNING_RATE}), "
           f"{results['epochs']} epoch(s), default average_every, backend "
-          f"{results['backend']}; LocalCluster of N single-threaded worker processes, "
-          f"{os.cpu_count()} CPUs here", file=out)
+          f"{first.get('backend', results['backend'])}; LocalCluster of N single-threaded "
+          f"worker processes, {os.cpu_count()} CPUs here", file=out)
     print(f"| workers | chunks per worker | seconds | samples/s | x w={first['workers']} | "
           f"final loss (epoch) | vs w={first['workers']} | loss (evaluate) | "
           f"vs w={first['workers']} | driver RSS |", file=out)
