@@ -310,6 +310,14 @@ def report(results, out=None):
               f"{_percent(r['evaluate'], first['evaluate']):+.1f}% | {r['rss_mb']:.0f} MB |",
               file=out)
     print(f"driver peak RSS: {results['peak_rss_mb']:.0f} MB", file=out)
+    print("| workers | epoch | wall time at its end | epoch loss |", file=out)
+    print("|---|---|---:|---:|", file=out)
+    for r in runs:
+        ends = {}
+        for seconds, epoch, loss in r["curve"]:
+            ends[epoch] = (seconds, loss)
+        for epoch, (seconds, loss) in sorted(ends.items()):
+            print(f"| {r['workers']} | {epoch + 1} | {seconds:.2f} s | {loss:.5g} |", file=out)
     if results["overhead"]:
         print(f"| parameters | ms per averaging round ({results['overhead_workers']} "
               f"worker(s), one row each) |", file=out)

@@ -457,9 +457,12 @@ def test_cli_bench_dask_on_local_clusters(tmp_path):
          "--dask-chunks", "4", "--dask-rounds", "4", "--dask-widths", "64,96", "--backends",
          "numpy"], env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines()
-            if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    lines = out.stdout.splitlines()
+    rows = [line.split("|")[1:-1] for line in lines
+            if line.startswith(("| 1 |", "| 2 |")) and line.count("|") == 11]
     assert len(rows) == 2, out.stdout
+    epochs = [line for line in lines if line.startswith(("| 1 | 1 |", "| 2 | 1 |"))]
+    assert len(epochs) == 2 and all(line.endswith(" |") for line in epochs), out.stdout
     (w1, chunks1, _, rate1, x1, loss1, d1, *_), (w2, chunks2, _, rate2, x2, loss2, d2, *_) = \
         [[c.strip() for c in r] for r in rows]
     assert (chunks1, chunks2) == ("4", "2, 2")
