@@ -443,7 +443,7 @@ def _await_round(client, futures, addresses, deadline=None):
         if gone:
             return None, gone
         for future in futures:
-            if future.status == "error":
+            if future.status in ("error", "cancelled"):
                 future.result()  # a worker-side error (not a lost worker): raise it
         if deadline is not None and time.monotonic() > deadline:
             raise _RoundTimedOut(sorted(a for a, f in zip(addresses, futures)

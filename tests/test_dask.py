@@ -252,15 +252,17 @@ def test_checkpoint_and_resume_at_an_epoch_boundary(client, tmp_path):
         fdask.fit(_net(), Xd, yd, resume=True, **settings)
 
 
-def _kill_in_round(victim, marker):
-    """A worker plugin: SIGKILL worker ``victim`` while it trains its second round (or a later one).
+def _kill_in_round(victim, marker, when):
+    """A worker plugin: SIGKILL worker ``victim`` in its second round (or a later one).
 
-    From the start of the victim's second ``_train_round`` task, a thread in
-    the worker watches the task's stack and kills the process as soon as the
-    task is inside the backend's ``train`` (the signal that the round is
-    running), after writing the victim's round number to ``marker``.  Defined
-    in a function so that it travels by value (the workers need not import
-    the tests).
+    ``when="training"``: from the start of the victim's second
+    ``_train_round`` task, a thread in the worker watches the task's stack and
+    kills the process as soon as the task is inside the backend's ``train``
+    (the signal that the round is running).  ``when="stored"``: the worker
+    kills itself as its second round's result is stored, before it reports
+    it.  Either way the victim's round number goes to ``marker`` first.
+    Defined in a function so that it travels by value (the workers need not
+    import the tests).
     """
     import threading
     import time
@@ -272,13 +274,22 @@ def _kill_in_round(victim, marker):
             self.worker, self.rounds = worker, 0
 
         def transition(self, key, start, finish, **kwargs):
-            if finish != "executing" or not str(key).startswith("_train_round"):
+            if not str(key).startswith("_train_round"):
                 return
             if getattr(self.worker, "address", None) != victim or os.path.exists(marker):
                 return  # another worker, or the nanny's replacement of the victim
-            self.rounds += 1
-            if self.rounds == 2:
-                threading.Thread(target=self._kill_when_training, daemon=True).start()
+            if finish == "executing":
+                self.rounds += 1
+                if self.rounds == 2 and when == "training":
+                    threading.Thread(target=self._kill_when_training, daemon=True).start()
+            elif start == "executing" and finish == "memory" and self.rounds == 2 \
+                    and when == "stored":
+                self._kill()
+
+        def _kill(self):
+            with open(marker, "w") as f:
+                f.write(str(self.rounds))
+            os.kill(os.getpid(), signal.SIGKILL)
 
         def _kill_when_training(self):
             deadline = time.monotonic() + TIMEOUT
@@ -289,16 +300,48 @@ def _kill_in_round(victim, marker):
                         names.append(frame.f_code.co_name)
                         frame = frame.f_back
                     if "_train_round" in names and "train" in names:
-                        with open(marker, "w") as f:
-                            f.write(str(self.rounds))
-                        os.kill(os.getpid(), signal.SIGKILL)
+                        self._kill()
                 time.sleep(0.0005)  # polling the stack, not waiting for an event
 
     return KillInRound()
 
 
-def test_a_worker_killed_during_a_round_does_not_fail_the_fit(tmp_path):
-    """SIGKILL a worker process while its round trains: the round is redone from the last average.
+def _kill_when_reported(victim, pid, marker):
+    """A scheduler plugin: SIGKILL worker ``victim`` once the scheduler has its round-2 result.
+
+    The client is told the task finished, but the result is gone with the
+    worker before the driver can fetch it.
+    """
+
+    class KillWhenReported(distributed.SchedulerPlugin):
+        name = "fastbp-test-kill-when-reported"
+
+        async def start(self, scheduler):
+            self.scheduler, self.rounds = scheduler, 0
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            if not (str(key).startswith("_train_round") and start == "processing"
+                    and finish == "memory") or os.path.exists(marker):
+                return
+            ts = self.scheduler.tasks.get(key)
+            if ts is None or victim not in {ws.address for ws in ts.who_has or ()}:
+                return
+            self.rounds += 1
+            if self.rounds == 2:
+                with open(marker, "w") as f:
+                    f.write(str(self.rounds))
+                os.kill(pid, signal.SIGKILL)
+
+    return KillWhenReported()
+
+
+@pytest.mark.parametrize("when", ["training", "stored", "reported"])
+def test_a_worker_killed_during_a_round_does_not_fail_the_fit(tmp_path, when):
+    """SIGKILL a worker process during its round: the round is redone from the last average.
+
+    ``training``: while its task trains; ``stored``: as its result is
+    stored on the worker, before it reports it; ``reported``: once the
+    scheduler knows the task finished, before the driver fetched the result.
 
     Worker a holds rows 0-79 (chunks 0-3), the victim b rows 80-159 (chunks
     4-7); rounds of A rows each.  Killed in its round r, b's rows from
@@ -315,7 +358,11 @@ def test_a_worker_killed_during_a_round_does_not_fail_the_fit(tmp_path):
     with _cluster() as cluster, distributed.Client(cluster, timeout=TIMEOUT) as client:
         client.wait_for_workers(2, timeout=TIMEOUT)
         a, victim = _workers(client)
-        client.register_plugin(_kill_in_round(victim, marker))
+        if when == "reported":
+            pid = client.run(os.getpid, workers=[victim])[victim]
+            client.register_plugin(_kill_when_reported(victim, pid, marker))
+        else:
+            client.register_plugin(_kill_in_round(victim, marker, when))
         Xd = fdask.from_npy(tmp_path / "X.npy", chunk_rows=20)
         yd = fdask.from_npy(tmp_path / "y.npy", chunk_rows=20)
         net = _net()
@@ -326,7 +373,8 @@ def test_a_worker_killed_during_a_round_does_not_fail_the_fit(tmp_path):
                              verbose=0)
         assert os.path.exists(marker), "the victim was not killed during a round"
         r = int(open(marker).read())
-        assert r >= 2 and victim not in _workers(client)
+        assert (r >= 2 if when == "training" else r == 2)
+        assert victim not in _workers(client)
     lost = [w for w in caught if issubclass(w.category, fdask.WorkerLostWarning)]
     assert len(lost) == 1 and victim in str(lost[0].message)
     assert "redone from the last average" in str(lost[0].message)
