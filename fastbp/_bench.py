@@ -556,6 +556,28 @@ def add_arguments(parser):
                         help="instead of the W1-W6 table, time fit_many of K W2 networks "
                         "(per-sample SGD) at worker counts 1,2 (or --workers) beside K "
                         "sequential fits")
+    dask = parser.add_argument_group(
+        "Dask (needs fastbp[dask])",
+        "--dask 1,2 trains the W2 net by per-sample SGD on a generated memory-mapped float32 "
+        "set with fastbp.dask.fit on a LocalCluster of N single-threaded worker processes "
+        "for each N, instead of the W1-W6 table")
+    dask.add_argument("--dask", type=_worker_list, default=None, metavar="N,N,...",
+                      help="Dask worker counts (e.g. 1,2): samples/s, ratio to the first count, "
+                      "final loss and its difference, driver RSS, ms per averaging round")
+    dask.add_argument("--dask-rows", type=_positive_int, default=1_000_000, metavar="ROWS",
+                      help="rows of the generated set (default 1000000)")
+    dask.add_argument("--dask-chunks", type=_positive_int, default=8, metavar="N",
+                      help="row chunks of the set (default 8)")
+    dask.add_argument("--dask-epochs", type=_positive_int, default=1, metavar="N",
+                      help="epochs of each timed fit (default 1)")
+    dask.add_argument("--dask-rounds", type=_positive_int, default=40, metavar="N",
+                      help="rounds per averaging-overhead figure (default 40)")
+    dask.add_argument("--dask-widths", type=_worker_list, default=[64, 256, 1024],
+                      metavar="W,W,...", help="hidden widths of the 20-W-W-1 networks whose "
+                      "averaging round is timed (default 64,256,1024; 64 is W2's)")
+    dask.add_argument("--plot", default=None, metavar="PNG",
+                      help="with --dask: draw the running loss against wall time of each "
+                      "count into PNG (needs matplotlib)")
     return parser
 
 
@@ -583,9 +605,17 @@ def main(argv=None, prog="python -m fastbp._bench"):
 
 def dispatch(args):
     """Run what the parsed ``add_arguments`` options ask for."""
-    if args.many:
+    if getattr(args, "many", None):
         run_many(args.many, args.backends, tuple(args.dtypes), tuple(args.workers or (1, 2)),
                  min(args.repeats, 3))
+    elif getattr(args, "dask", None):
+        from . import _bench_dask
+
+        _bench_dask.run_dask(args.dask, rows=args.dask_rows, chunks=args.dask_chunks,
+                             epochs=args.dask_epochs, rounds=args.dask_rounds,
+                             widths=args.dask_widths,
+                             backend=args.backends[0] if args.backends else "auto",
+                             plot=args.plot)
     elif args.workers:
         run_workers(args.backends, tuple(args.dtypes), args.workers, min(args.repeats, 3))
     else:

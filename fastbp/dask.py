@@ -34,6 +34,7 @@ This module imports Dask; ``import fastbp`` does not import it.
 import asyncio
 import math
 import threading
+import time
 import uuid
 import warnings
 from collections import deque
@@ -62,7 +63,7 @@ from .network import (Network, TrainingDivergedError, _check_callbacks, _check_v
                       _deferred_sigint, _reads, _writes)
 from .optimizers import SGD, Adam, RMSprop
 
-__all__ = ["WorkerLostWarning", "evaluate", "fit", "from_npy", "predict"]
+__all__ = ["RoundTimeoutError", "WorkerLostWarning", "evaluate", "fit", "from_npy", "predict"]
 
 #: Seconds between checks that the workers of a round are still there.
 _POLL = 0.25
@@ -75,6 +76,15 @@ _CPU_BACKENDS = ("numba", "cython", "numpy")
 
 class WorkerLostWarning(RuntimeWarning):
     """A Dask worker left during a fit; its round was redone without it (the message says how)."""
+
+
+class RoundTimeoutError(TimeoutError):
+    """A round took longer than ``fit(round_timeout=...)`` while its workers stayed connected.
+
+    The model holds the last average of the replicas (weights, optimizer
+    state and step count agree); the message names the workers whose task
+    had not answered.
+    """
 
 
 # ====================================================================== data
@@ -224,9 +234,22 @@ class _Replica:
         self.trainer = backend.open_trainer(self.params, self.state, spec["sizes"], spec["acts"],
                                             spec["loss"], spec["batch_size"], spec["optimizer"],
                                             spec["hyper"])
-        # a round that was given up on (its worker looked lost) may still run
-        # when the redone round arrives: they take turns
+        # a round that was given up on (its worker looked lost, or the round timed out) may
+        # still run when the redone round arrives, or when the fit ends: they take turns
         self.lock = threading.Lock()
+        self.dropped = False  # the fit ended: the round holding the lock closes the trainer
+        self.closed = False
+
+    def close(self):
+        """Close the trainer once (the caller holds ``self.lock``)."""
+        if not self.closed:
+            self.closed = True
+            self.trainer.close()
+
+
+#: Ids of the fits whose replicas this worker dropped: a round of theirs that starts late
+#: (given up on by the driver) must not open a new replica that nothing would close.
+_dropped_ids = set()
 
 
 def _gather(pieces, chunks):
@@ -246,29 +269,51 @@ def _train_round(fit_id, spec, params, state_rows, step, pieces, *chunks):
     Returns ``(params, state_rows, loss_sum, rows_done, finite)``.
     """
     with _replicas_lock:
+        if fit_id in _dropped_ids:
+            raise RuntimeError(f"fastbp.dask: fit {fit_id} has ended; this round of it was "
+                               "given up on by the driver.")
         replica = _replicas.get(fit_id)
         if replica is None:
             replica = _replicas[fit_id] = _Replica(spec)
     X, Y = _gather(pieces, chunks)
     with replica.lock:
-        replica.params[...] = params
-        replica.state[:replica.slots] = state_rows
-        replica.trainer.reload()
-        loss_sum, done = replica.trainer.train(X, Y, np.arange(len(X), dtype=np.int64), step)
-        finite = replica.trainer.finite()
-        replica.trainer.store()
-        return (replica.params.copy(), replica.state[:replica.slots].copy(), float(loss_sum),
-                int(done), bool(finite))
+        if replica.closed:
+            raise RuntimeError(f"fastbp.dask: fit {fit_id} has ended; this round of it was "
+                               "given up on by the driver.")
+        try:
+            replica.params[...] = params
+            replica.state[:replica.slots] = state_rows
+            replica.trainer.reload()
+            loss_sum, done = replica.trainer.train(X, Y, np.arange(len(X), dtype=np.int64),
+                                                   step)
+            finite = replica.trainer.finite()
+            replica.trainer.store()
+            return (replica.params.copy(), replica.state[:replica.slots].copy(),
+                    float(loss_sum), int(done), bool(finite))
+        finally:
+            if replica.dropped:  # the fit ended while this round ran
+                replica.close()
 
 
 def _drop_replica(fit_id):
-    """Close and forget this worker's replica of fit ``fit_id`` (run on every worker)."""
+    """Close and forget this worker's replica of fit ``fit_id`` (run on every worker).
+
+    Runs in the worker's event loop (``client.run``), so it never waits: a
+    round still running on the replica (one the driver gave up on) closes the
+    trainer when it ends.
+    """
     with _replicas_lock:
         replica = _replicas.pop(fit_id, None)
-    if replica is not None:
-        with replica.lock:
-            replica.trainer.close()
-    return replica is not None
+        _dropped_ids.add(fit_id)
+    if replica is None:
+        return False
+    replica.dropped = True
+    if replica.lock.acquire(blocking=False):
+        try:
+            replica.close()
+        finally:
+            replica.lock.release()
+    return True
 
 
 def _worker_backends():
@@ -368,29 +413,50 @@ def _current_workers(client):
     return set(client.scheduler_info(n_workers=-1)["workers"])
 
 
-def _await_round(client, futures, addresses):
-    """Wait for a round; the set of ``addresses`` that left meanwhile (empty: all answered)."""
+_TIMEOUTS = (TimeoutError, asyncio.TimeoutError, distributed.TimeoutError)
+
+
+class _RoundTimedOut(Exception):
+    """Internal: the round's deadline passed; ``args[0]``: the addresses that had not answered."""
+
+
+def _await_round(client, futures, addresses, deadline=None):
+    """Wait for a round: ``(results, set())``, or ``(None, addresses that left meanwhile)``.
+
+    A worker that leaves after its task finished takes the result with it
+    (fetching it then times out, and the worker is found gone).  Raises
+    ``_RoundTimedOut`` once ``time.monotonic()`` passes ``deadline`` (None:
+    no limit) while every worker is still there.
+    """
     while True:
         try:
             distributed.wait(futures, timeout=_POLL)
-        except (TimeoutError, asyncio.TimeoutError, distributed.TimeoutError):
-            gone = set(addresses) - _current_workers(client)
-            if gone:
-                return gone
-            continue
-        if any(f.status != "finished" for f in futures):
-            gone = set(addresses) - _current_workers(client)
-            if gone:
-                return gone
-        return set()
+        except _TIMEOUTS:
+            pass
+        else:
+            if all(f.status == "finished" for f in futures):
+                try:
+                    return [f.result(timeout=10 * _POLL) for f in futures], set()
+                except (*_TIMEOUTS, distributed.CancelledError, OSError):
+                    pass  # a result went missing (its worker left) or is slow: look again
+        gone = set(addresses) - _current_workers(client)
+        if gone:
+            return None, gone
+        for future in futures:
+            if future.status in ("error", "cancelled"):
+                future.result()  # a worker-side error (not a lost worker): raise it
+        if deadline is not None and time.monotonic() > deadline:
+            raise _RoundTimedOut(sorted(a for a, f in zip(addresses, futures)
+                                        if f.status != "finished"))
 
 
 class _Fit:
     """The state of one ``fastbp.dask.fit`` on the driver (see :func:`fit`)."""
 
     def __init__(self, net, client, pairs, lengths, offsets, batch_size, average_every, shuffle,
-                 spec):
+                 spec, round_timeout=None):
         self.net, self.client, self.pairs = net, client, pairs
+        self.round_timeout = round_timeout
         self.lengths, self.offsets = lengths, offsets
         self.batch_size, self.average_every, self.shuffle = batch_size, average_every, shuffle
         self.spec = spec
@@ -467,9 +533,23 @@ class _Fit:
                     *[self.pairs[c] for c in used], workers=[self.slots_addr[k]],
                     allow_other_workers=False, pure=False))
                 addresses.append(self.slots_addr[k])
-            gone = _await_round(self.client, futures, addresses)
+            deadline = None if self.round_timeout is None else \
+                time.monotonic() + self.round_timeout
+            try:
+                results, gone = _await_round(self.client, futures, addresses, deadline)
+            except _RoundTimedOut as exc:
+                self.client.cancel(futures)
+                hung = ", ".join(exc.args[0])
+                raise RoundTimeoutError(
+                    f"fastbp.dask: expected every worker to finish a round of epoch {epoch + 1} "
+                    f"within round_timeout={self.round_timeout:g} s; found no answer from "
+                    f"{hung} after that long, although it is still connected. The model holds "
+                    f"the last average of the replicas (consistent, step {step}). See what the "
+                    f"task is doing (client.call_stack(), the worker's log), restart the worker "
+                    f"(client.restart_workers([...])) and fit again, or pass a larger "
+                    f"round_timeout (None: no limit).") from None
             if not gone:
-                return self.client.gather(futures), pieces, queues
+                return results, pieces, queues
             self.client.cancel(futures)
             pieces, queues = self._drop_workers(gone, pieces, queues, epoch)
 
@@ -546,7 +626,7 @@ def _check_network(net):
 
 def fit(net, X, y, *, client=None, epochs=1, batch_size=32, optimizer=None, shuffle=True,
         average_every=None, validation_data=None, callbacks=None, verbose="auto",
-        checkpoint=None, resume=False):
+        checkpoint=None, resume=False, round_timeout=None):
     """Train ``net`` in place on a Dask cluster: local SGD on the workers holding the rows.
 
     Parameters
@@ -581,6 +661,11 @@ def fit(net, X, y, *, client=None, epochs=1, batch_size=32, optimizer=None, shuf
         with :func:`fastbp.load` first), with the same data, batch size,
         shuffle and ``average_every``.  Positions inside an epoch are not
         kept on a cluster.
+    round_timeout : float, optional
+        Seconds a round may take while its workers stay connected (a worker
+        that leaves is handled by redoing the round, and the clock starts
+        again); past it, :class:`RoundTimeoutError` is raised and the model
+        keeps the last average.  Default None: wait without limit.
 
     Returns
     -------
@@ -595,6 +680,9 @@ def fit(net, X, y, *, client=None, epochs=1, batch_size=32, optimizer=None, shuf
     RuntimeError
         A worker lacks fastbp, has another version or lacks the backend
         (before anything is trained); or every worker left.
+    RoundTimeoutError
+        A round took longer than ``round_timeout`` seconds (a task hangs on
+        a worker that stays): the model holds the last average.
     ValueError
         NaN/inf in a chunk (the message names the chunk, row and column):
         the model is rolled back to its state before this fit.
@@ -626,12 +714,14 @@ def fit(net, X, y, *, client=None, epochs=1, batch_size=32, optimizer=None, shuf
     return _fit(net, X, y, client=client, epochs=epochs, batch_size=batch_size,
                 optimizer=optimizer, shuffle=shuffle, average_every=average_every,
                 validation_data=validation_data, callbacks=callbacks, verbose=verbose,
-                checkpoint=checkpoint, resume=resume)
+                checkpoint=checkpoint, resume=resume, round_timeout=round_timeout)
 
 
 def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, average_every,
-                 validation_data, callbacks, verbose, checkpoint, resume):
+                 validation_data, callbacks, verbose, checkpoint, resume, round_timeout):
     epochs = validation.check_positive_int(epochs, "epochs")
+    if round_timeout is not None:
+        round_timeout = validation.check_positive_float(round_timeout, "round_timeout")
     batch_size = validation.check_positive_int(batch_size, "batch_size")
     shuffle = validation.check_bool(shuffle, "shuffle")
     resume = validation.check_bool(resume, "resume")
@@ -736,7 +826,7 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
     net.stop_training = stopped
 
     run = _Fit(net, client, pairs, lengths, offsets, batch_size, average_every, shuffle,
-               _spec(net, backend, batch_size))
+               _spec(net, backend, batch_size), round_timeout)
     history.workers = list(run.slots_addr)
     history.assignment = [list(a) for a in run.assignment]
     try:

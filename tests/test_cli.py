@@ -217,6 +217,24 @@ def test_bench_passes_its_options_to_the_runner(capsys, monkeypatch):
     assert len(calls) == 1
 
 
+def test_bench_dask_options_are_checked_before_anything_runs(capsys, monkeypatch):
+    from fastbp import _bench_dask
+
+    calls = []
+    monkeypatch.setattr(_bench_dask, "run_dask", lambda *a, **k: calls.append((a, k)))
+    status, _, err = run(capsys, "bench", "--dask", "1,2", "--dask-rows", 100, "--dask-chunks",
+                         2, "--dask-rounds", 3, "--dask-widths", "8", "--backends", "numpy")
+    assert status == 0, err
+    assert calls == [(([1, 2],), {"rows": 100, "chunks": 2, "epochs": 1, "rounds": 3,
+                                  "widths": [8], "backend": "numpy", "plot": None})]
+    for bad, says in ((["--dask", "0"], "worker counts"), (["--dask", "1,x"], "worker counts"),
+                      (["--dask-rows", "0"], ">= 1"), (["--plot", "p.png"], "--dask N,N"),
+                      (["--dask", "1", "--workers", "1,2"], "not both")):
+        status, _, err = run(capsys, "bench", *bad)
+        assert status == 2 and "usage: fastbp bench" in err and says in err, err
+    assert len(calls) == 1
+
+
 def test_module_entry_point_exit_status():
     result = subprocess.run([sys.executable, "-m", "fastbp", "train", "--epochs", "-1"],
                             capture_output=True, text=True, timeout=60)

@@ -252,39 +252,206 @@ def test_checkpoint_and_resume_at_an_epoch_boundary(client, tmp_path):
         fdask.fit(_net(), Xd, yd, resume=True, **settings)
 
 
-def test_a_worker_that_dies_mid_fit_does_not_fail_it(tmp_path):
-    """SIGKILL one worker process: the round is redone without it, its chunks re-read."""
+def _kill_in_round(victim, marker, when):
+    """A worker plugin: SIGKILL worker ``victim`` in its second round (or a later one).
+
+    ``when="training"``: from the start of the victim's second
+    ``_train_round`` task, a thread in the worker watches the task's stack and
+    kills the process as soon as the task is inside the backend's ``train``
+    (the signal that the round is running).  ``when="stored"``: the worker
+    kills itself as its second round's result is stored, before it reports
+    it.  Either way the victim's round number goes to ``marker`` first.
+    Defined in a function so that it travels by value (the workers need not
+    import the tests).
+    """
+    import threading
+    import time
+
+    class KillInRound(distributed.WorkerPlugin):
+        name = "fastbp-test-kill-in-round"
+
+        def setup(self, worker):
+            self.worker, self.rounds = worker, 0
+
+        def transition(self, key, start, finish, **kwargs):
+            if not str(key).startswith("_train_round"):
+                return
+            if getattr(self.worker, "address", None) != victim or os.path.exists(marker):
+                return  # another worker, or the nanny's replacement of the victim
+            if finish == "executing":
+                self.rounds += 1
+                if self.rounds == 2 and when == "training":
+                    threading.Thread(target=self._kill_when_training, daemon=True).start()
+            elif start == "executing" and finish == "memory" and self.rounds == 2 \
+                    and when == "stored":
+                self._kill()
+
+        def _kill(self):
+            with open(marker, "w") as f:
+                f.write(str(self.rounds))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def _kill_when_training(self):
+            deadline = time.monotonic() + TIMEOUT
+            while time.monotonic() < deadline:
+                for frame in sys._current_frames().values():
+                    names = []
+                    while frame is not None:
+                        names.append(frame.f_code.co_name)
+                        frame = frame.f_back
+                    if "_train_round" in names and "train" in names:
+                        self._kill()
+                time.sleep(0.0005)  # polling the stack, not waiting for an event
+
+    return KillInRound()
+
+
+def _kill_when_reported(victim, pid, marker):
+    """A scheduler plugin: SIGKILL worker ``victim`` once the scheduler has its round-2 result.
+
+    The client is told the task finished, but the result is gone with the
+    worker before the driver can fetch it.
+    """
+
+    class KillWhenReported(distributed.SchedulerPlugin):
+        name = "fastbp-test-kill-when-reported"
+
+        async def start(self, scheduler):
+            self.scheduler, self.rounds = scheduler, 0
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            if not (str(key).startswith("_train_round") and start == "processing"
+                    and finish == "memory") or os.path.exists(marker):
+                return
+            ts = self.scheduler.tasks.get(key)
+            if ts is None or victim not in {ws.address for ws in ts.who_has or ()}:
+                return
+            self.rounds += 1
+            if self.rounds == 2:
+                with open(marker, "w") as f:
+                    f.write(str(self.rounds))
+                os.kill(pid, signal.SIGKILL)
+
+    return KillWhenReported()
+
+
+@pytest.mark.parametrize("when", ["training", "stored", "reported"])
+def test_a_worker_killed_during_a_round_does_not_fail_the_fit(tmp_path, when):
+    """SIGKILL a worker process during its round: the round is redone from the last average.
+
+    ``training``: while its task trains; ``stored``: as its result is
+    stored on the worker, before it reports it; ``reported``: once the
+    scheduler knows the task finished, before the driver fetched the result.
+
+    Worker a holds rows 0-79 (chunks 0-3), the victim b rows 80-159 (chunks
+    4-7); rounds of A rows each.  Killed in its round r, b's rows from
+    (r-1)*A on go after a's own, so the result is local SGD over the first
+    r-1 rounds, then serial SGD from that average over a's rest and b's rest
+    (one replica), then a serial epoch of all rows in chunk order: computed
+    in process below.
+    """
     X, y = _problem(n=160)
     np.save(tmp_path / "X.npy", X)
     np.save(tmp_path / "y.npy", y)
+    marker = str(tmp_path / "killed")
+    A, batch_size = 10, 2
     with _cluster() as cluster, distributed.Client(cluster, timeout=TIMEOUT) as client:
         client.wait_for_workers(2, timeout=TIMEOUT)
+        a, victim = _workers(client)
+        if when == "reported":
+            pid = client.run(os.getpid, workers=[victim])[victim]
+            client.register_plugin(_kill_when_reported(victim, pid, marker))
+        else:
+            client.register_plugin(_kill_in_round(victim, marker, when))
         Xd = fdask.from_npy(tmp_path / "X.npy", chunk_rows=20)
         yd = fdask.from_npy(tmp_path / "y.npy", chunk_rows=20)
-        pids = client.run(os.getpid)
-
-        victim = _workers(client)[-1]
-
-        class Kill(fastbp.Callback):
-            killed = False
-
-            def on_chunk_end(self, epoch, logs=None):
-                if not self.killed:  # after the first round: the next one finds it gone
-                    self.killed = True
-                    os.kill(pids[victim], signal.SIGKILL)
-
-        kill = Kill()
         net = _net()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            hist = fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=2,
-                             average_every=10, callbacks=[kill], verbose=0)
-        lost = [w for w in caught if issubclass(w.category, fdask.WorkerLostWarning)]
-        assert lost and victim in str(lost[0].message)
-        assert hist.rounds_redone >= 1
-        assert len(hist.history["loss"]) == 2
-        assert all(np.isfinite(w).all() for w in net.get_weights())
-        assert net.evaluate(X, y) < _net().evaluate(X, y)
+            hist = fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=batch_size,
+                             optimizer=fastbp.SGD(0.05), shuffle=False, average_every=A,
+                             verbose=0)
+        assert os.path.exists(marker), "the victim was not killed during a round"
+        r = int(open(marker).read())
+        assert (r >= 2 if when == "training" else r == 2)
+        assert victim not in _workers(client)
+    lost = [w for w in caught if issubclass(w.category, fdask.WorkerLostWarning)]
+    assert len(lost) == 1 and victim in str(lost[0].message)
+    assert "redone from the last average" in str(lost[0].message)
+    assert hist.rounds_redone == 1 and hist.workers == [a, victim]
+    assert hist.assignment == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert len(hist.history["loss"]) == 2 and np.isfinite(hist.history["loss"]).all()
+
+    ref = _net()
+    done = (r - 1) * A
+    if done:
+        first = np.concatenate([s[i:i + A] for i in range(0, done, A)
+                                for s in (np.arange(0, 80), np.arange(80, 160))])
+        with warnings.catch_warnings():  # numpy's workers take turns
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ref.fit(X[first], y[first], batch_size=batch_size, optimizer=fastbp.SGD(0.05),
+                    shuffle=False, workers=2, average_every=A, verbose=0)
+    rest = np.concatenate([np.arange(done, 80), np.arange(80 + done, 160)])
+    ref.fit(X[rest], y[rest], batch_size=batch_size, optimizer=fastbp.SGD(0.05),
+            shuffle=False, verbose=0)
+    ref.fit(X, y, batch_size=batch_size, optimizer=fastbp.SGD(0.05), shuffle=False, verbose=0)
+    for got, want in zip(net.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_a_round_that_hangs_raises_after_round_timeout(client):
+    """A round task stuck while its worker stays: RoundTimeoutError, the model at the last average.
+
+    After the first round, the test takes worker a's replica lock (in the
+    worker, through client.run), so a's second round waits on it.
+    """
+    X, y = _problem()
+    a, b = _workers(client)
+    Xd, yd = _pinned(client, X, y, 24, [a, a, b, b])
+
+    def hold(dask_worker):
+        import fastbp.dask as m
+
+        locks = [replica.lock for replica in m._replicas.values()]
+        for lock in locks:
+            lock.acquire()
+        dask_worker.fastbp_test_held = locks
+        return len(locks)
+
+    def release(dask_worker):
+        for lock in dask_worker.fastbp_test_held:
+            lock.release()
+        return True
+
+    class HoldAfterFirstRound(fastbp.Callback):
+        seen = None
+
+        def on_chunk_end(self, epoch, logs=None):
+            if self.seen is None:
+                self.seen = (self.network.get_weights(), self.network._step)
+                assert client.run(hold, workers=[a]) == {a: 1}
+
+    holder = HoldAfterFirstRound()
+    net = _net()
+    try:
+        with pytest.raises(fdask.RoundTimeoutError,
+                           match=rf"round_timeout=1\.5 s; found no answer from {a}.*last average"):
+            fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=2, average_every=6,
+                      shuffle=False, callbacks=[holder], verbose=0, round_timeout=1.5)
+    finally:
+        if holder.seen is not None:
+            client.run(release, workers=[a])
+    weights, step = holder.seen
+    for got, want in zip(net.get_weights(), weights):
+        np.testing.assert_array_equal(got, want)
+    assert net._step == step == 3
+    # the cluster is fine afterwards: the stuck round closed its replica when it ended
+    again = _net()
+    fdask.fit(again, Xd, yd, client=client, batch_size=2, average_every=6, verbose=0,
+              round_timeout=TIMEOUT)
+    assert all(np.isfinite(w).all() for w in again.get_weights())
+    with pytest.raises(ValueError, match="round_timeout: expected a finite number > 0"):
+        fdask.fit(_net(), Xd, yd, client=client, round_timeout=0)
 
 
 @pytest.mark.parametrize("fake", ["__version__ = '0.0.0.other'\n",
@@ -327,3 +494,42 @@ def test_cli_trains_on_a_local_cluster(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "dask: 2 worker(s)" in out.stdout + out.stderr
     assert fastbp.load(tmp_path / "m.fbp").evaluate(*make_regression(50, 20, seed=3)) < 10
+
+
+def test_cli_bench_dask_on_local_clusters(tmp_path):
+    """`fastbp bench --dask 1,2`, tiny: one LocalCluster per count, the table and the overhead."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [os.path.dirname(os.path.dirname(fastbp.__file__)), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-m", "fastbp", "bench", "--dask", "1,2", "--dask-rows", "2000",
+         "--dask-chunks", "4", "--dask-rounds", "4", "--dask-widths", "64,96", "--backends",
+         "numpy"], env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    rows = [line.split("|")[1:-1] for line in lines
+            if line.startswith(("| 1 |", "| 2 |")) and line.count("|") == 11]
+    assert len(rows) == 2, out.stdout
+    epochs = [line for line in lines if line.startswith(("| 1 | 1 |", "| 2 | 1 |"))]
+    assert len(epochs) == 2 and all(line.endswith(" |") for line in epochs), out.stdout
+    (w1, chunks1, _, rate1, x1, loss1, d1, *_), (w2, chunks2, _, rate2, x2, loss2, d2, *_) = \
+        [[c.strip() for c in r] for r in rows]
+    assert (chunks1, chunks2) == ("4", "2, 2")
+    assert float(x1) == 1.0 and d1 == "+0.0%"
+    assert float(x2) == pytest.approx(float(rate2.replace(",", "")) /
+                                      float(rate1.replace(",", "")), abs=0.011)
+    # local SGD of two workers: not the serial fit's loss, and the % says by how much
+    assert float(d2.rstrip("%")) == pytest.approx(100 * (float(loss2) / float(loss1) - 1), abs=0.1)
+    assert "driver peak RSS" in out.stdout
+    overhead = [line for line in out.stdout.splitlines()
+                if line.startswith("| 5,569 |") or line.startswith("| 11,425 |")]
+    assert len(overhead) == 2 and all(float(o.split("|")[2]) > 0 for o in overhead), out.stdout
+
+
+def test_bench_dask_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (fastbp[plot])")
+    from fastbp import _bench_dask
+
+    runs = [{"workers": 1, "curve": [(0.5, 0, 0.2), (1.0, 0, 0.1)]},
+            {"workers": 2, "curve": [(0.3, 0, 0.25), (0.6, 0, 0.12)]}]
+    _bench_dask.plot_curves(runs, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

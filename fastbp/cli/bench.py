@@ -1,6 +1,7 @@
 """``fastbp bench``: time the benchmark workloads on every installed backend (``fastbp._bench``)."""
 
 from .. import _bench
+from .common import UsageError
 
 
 def add_parser(commands):
@@ -20,5 +21,11 @@ def add_parser(commands):
 
 def run(args):
     """Run ``fastbp bench`` with parsed ``args``; returns the exit status."""
+    if args.dask and args.workers:
+        raise UsageError("pass either --workers (threads in this process) or --dask (Dask "
+                         "worker processes), not both.")
+    if args.plot and not args.dask:
+        raise UsageError("--plot draws the --dask runs: pass --dask N,N too (for threads, "
+                         "python benchmarks/workers_loss_curve.py --plot PNG).")
     _bench.dispatch(args)
     return 0
