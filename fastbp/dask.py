@@ -185,12 +185,22 @@ def _read_chunks(client, X, Y, parts):
     """Futures of the chunks' ``(X, Y)``, each read on the worker that will train it.
 
     Arrays already in the workers' memory (persisted, scattered) stay where
-    they are (Dask runs each read next to its chunk).  Otherwise chunk ``i`` of
+    they are: each read runs on a worker holding its chunk of ``X`` (of ``y``
+    when only ``y`` is held), another only if those are gone.  Otherwise chunk ``i`` of
     ``n`` is read on worker ``i * W // n`` of the ``W`` workers (by address):
     contiguous, balanced shares that depend only on the worker count.
     """
     if distributed.futures_of(X) or distributed.futures_of(Y):
-        return client.compute(parts)
+        # each read on the workers holding its chunk of X (else of y), or Dask may run
+        # it elsewhere (a busy holder, work stealing) and the rows move with it
+        blocks = [(distributed.futures_of(xb) or distributed.futures_of(yb))
+                  for xb, yb in zip(X.to_delayed().ravel(), Y.to_delayed().ravel())]
+        held = client.who_has([f for fs in blocks for f in fs])
+        out = []
+        for part, futures in zip(parts, blocks):
+            where = sorted({a for f in futures for a in held.get(f.key, ())})
+            out.append(client.compute(part, workers=where or None, allow_other_workers=True))
+        return out
     workers = sorted(_current_workers(client))
     # loose: a chunk lost with its worker is read again on another one
     return [client.compute(part, workers=[workers[i * len(workers) // len(parts)]],
