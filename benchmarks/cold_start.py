@@ -81,10 +81,15 @@ print(json.dumps({"import": t1 - t0, "import_cpu": c1 - c0, "fit": fit, "fit_cpu
 
 
 def _run(cache, extra):
-    env = dict(os.environ, FASTBP_CACHE_DIR=cache)
+    import fastbp
+
+    # the child imports the fastbp this script imported (not one in its working directory)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastbp.__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, FASTBP_CACHE_DIR=cache, PYTHONPATH=path)
     env.pop("NUMBA_CACHE_DIR", None)
     env.pop("FASTBP_NO_CACHE", None)
-    out = subprocess.run([sys.executable, "-c", CHILD, *extra], env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", CHILD, *extra], env=env, check=True, cwd=cache,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
