@@ -27,7 +27,8 @@ cdef struct ShuffleRounds:
     uint32_t key[SHUFFLE_ROUNDS]
 
 
-cdef inline void _shuffle_rounds(ShuffleRounds* rounds, const uint32_t* keys, int bits) noexcept nogil:
+cdef inline void _shuffle_rounds(ShuffleRounds* rounds, const uint32_t* keys,
+                                 int bits) noexcept nogil:
     # an unbalanced Feistel network on ``bits``-bit integers: the left part has
     # ceil(bits / 2) bits, the right part floor(bits / 2); each round replaces the
     # pair (L, R) by (R, L ^ F(R ^ key)) and the two widths swap.  The widths of
@@ -75,7 +76,7 @@ def shuffle_order(const uint32_t[::1] keys, int64_t n, int64_t start, int64_t[::
     See ``fastbp._shuffle`` for the formula; the GIL is released throughout.
     """
     cdef Py_ssize_t m = out.shape[0]
-    cdef Py_ssize_t j, t, left
+    cdef Py_ssize_t j, t, walkers
     cdef int bits = 0
     cdef uint64_t y
     cdef uint64_t un = <uint64_t>n
@@ -98,7 +99,7 @@ def shuffle_order(const uint32_t[::1] keys, int64_t n, int64_t start, int64_t[::
         raise MemoryError()
     dst = &out[0]
     with nogil:
-        # One pass without branches (the compiler vectorises it) ...
+        # One pass without branches (so that the compiler can vectorise it) ...
         if bits <= 32:
             first32 = <uint32_t>first
             for j in range(m):
@@ -109,16 +110,16 @@ def shuffle_order(const uint32_t[::1] keys, int64_t n, int64_t start, int64_t[::
         # ... then the rows that landed outside [0, n) walk on (cycle-walking: the
         # orbit of a row below n returns below n), gathered into a list first so
         # that no step of the walk is a branch the CPU mispredicts
-        left = 0
+        walkers = 0
         for j in range(m):
-            walking[left] = j
-            left += <uint64_t>dst[j] >= un
-        while left:
+            walking[walkers] = j
+            walkers += <uint64_t>dst[j] >= un
+        while walkers:
             t = 0
-            for j in range(left):
+            for j in range(walkers):
                 y = _shuffle_encrypt(<uint64_t>dst[walking[j]], &rounds)
                 dst[walking[j]] = <int64_t>y
                 walking[t] = walking[j]
                 t += y >= un
-            left = t
+            walkers = t
     free(walking)
