@@ -15,7 +15,8 @@ across them: ``_cpu.pxi`` (ISA, debug flag, CPU detection, prefetch),
 rules), ``_layout.pxi`` (the line-aligned working layout), ``_dense.pxi``
 (single-row algebra and the fused per-row backward passes), ``_tiled.pxi``
 (products over many rows, on ``_gemm.h``), ``_train.pxi`` (per-sample and
-minibatch training) and ``_tiny.pxi`` (the tiny-net kernels).  setup.py
+minibatch training), ``_tiny.pxi`` (the tiny-net kernels) and ``_shuffle.pxi``
+(the row order of a shuffled epoch, for ``fastbp._shuffle``).  setup.py
 compiles this file three times on x86-64 -- portable, AVX2 and AVX-512
 (``_ckernels_avx2.pyx``, ``_ckernels_avx512.pyx`` include it) -- and the
 adapter loads the best copy the CPU supports.
@@ -33,7 +34,7 @@ macro, range-checks every row index inside the loops (``bad_row``);
 from cython cimport floating
 from libc.float cimport DBL_MIN, FLT_MIN
 from libc.math cimport exp, expf, fabs, fabsf, isfinite, log, logf, pow, sqrt, sqrtf, tanh, tanhf
-from libc.stdint cimport int64_t, uintptr_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
@@ -45,6 +46,7 @@ include "_dense.pxi"
 include "_tiled.pxi"
 include "_train.pxi"
 include "_tiny.pxi"
+include "_shuffle.pxi"
 
 
 #: Instruction set this copy of the module was compiled for

@@ -22,9 +22,9 @@ and installed backend:
   the Cython backend's AVX-512 copy) can pass 100%;
 * **x numpy**: the epoch rate and the kernel rate over the NumPy backend's,
   which is measured on fewer rows (its per-sample Python loop is ~1000x
-  slower).  The epoch rate includes ``network.py``'s per-epoch
-  ``rng.permutation`` (~15 ms per million rows), which caps a 2-2-1 epoch
-  well below the kernel rate;
+  slower).  The epoch rate includes the shuffle (each chunk's slice of the
+  epoch's row order, ``fastbp._shuffle``) and the random access to the rows
+  it brings; ``benchmarks/epoch_cost.py`` splits an epoch into its parts;
 * the target for the compiled backends, and whether the kernel
   rate meets it.
 

@@ -49,6 +49,12 @@ def loss_and_gradients(
     Y: npt.NDArray[_F],
     grad: npt.NDArray[_F],
 ) -> float: ...
+def shuffle_order(
+    keys: npt.NDArray[np.uint32],
+    n: int,
+    start: int,
+    out: npt.NDArray[np.int64],
+) -> None: ...
 def train_chunk(
     params: npt.NDArray[_F],
     sizes: npt.NDArray[np.int64],

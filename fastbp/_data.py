@@ -2,8 +2,9 @@
 
 A source hands the training loop one chunk at a time as ``(X, Y, order)``:
 the kernels train on rows ``order`` of ``X``/``Y``.  In memory, ``X`` is the
-whole (validated, converted) array and ``order`` a slice of the epoch's
-permutation.  Streamed, ``X`` is one block read from the file and ``order`` a
+whole (validated, converted) array and ``order`` the chunk's slice of the
+epoch's row order, a keyed bijection of the rows computed per chunk
+(``fastbp._shuffle``).  Streamed, ``X`` is one block read from the file and ``order`` a
 permutation of that block: blocks are visited in a fresh random order each
 epoch and shuffled within, so the shuffle stays honest without random access
 to the whole file.  Files are only ever read.
@@ -22,6 +23,7 @@ import mmap
 
 import numpy as np
 
+from . import _shuffle
 from . import _validation as validation
 
 try:  # numpy >= 2
@@ -49,12 +51,28 @@ class ArraySource:
     def chunks(self, rng, shuffle, chunk_rows, start_row=0):
         """Yield ``(X, Y, order)`` for one epoch, skipping the first ``start_row`` rows.
 
-        The epoch's permutation is drawn even when rows are skipped, so the
-        generator ends the epoch in the same state as an uninterrupted one.
+        Without ``shuffle`` the rows go in order.  With it, the epoch first
+        draws four 32-bit round keys from ``rng``
+        (``rng.integers(0, 2**32, size=4, dtype=np.uint32)``), and each
+        chunk's ``order`` is its slice of the permutation those keys define:
+        position ``p`` of the epoch trains row ``walk(p)``, a Feistel network
+        on the smallest power of two at least the row count, cycle-walked
+        into ``[0, n)`` (the formula is in ``fastbp._shuffle``).  Each chunk
+        computes only its own slice, so the epoch never holds or draws a
+        whole-set permutation; the same seed gives the same orders, each
+        epoch a new one.  The keys are drawn even when rows are skipped, so
+        the generator ends the epoch in the same state as an uninterrupted
+        one, and a resumed epoch trains exactly the rows that were left.
         """
-        order = rng.permutation(self.n_rows) if shuffle else np.arange(self.n_rows)
+        if not shuffle:
+            order = np.arange(self.n_rows)
+            for start in range(start_row, self.n_rows, chunk_rows):
+                yield self.X, self.Y, order[start:start + chunk_rows]
+            return
+        keys = _shuffle.draw_keys(rng)
         for start in range(start_row, self.n_rows, chunk_rows):
-            yield self.X, self.Y, order[start:start + chunk_rows]
+            stop = min(start + chunk_rows, self.n_rows)
+            yield self.X, self.Y, _shuffle.order(keys, self.n_rows, start, stop)
 
     def blocks(self, block_rows):
         """Yield consecutive ``(X, Y)`` blocks in file order (evaluation)."""

@@ -575,7 +575,10 @@ class Network:
             first time).  An optimizer equal to the current one continues its
             state; a different one starts fresh state.
         shuffle : bool, default True
-            A fresh seeded permutation each epoch.
+            A fresh seeded permutation each epoch (in memory: computed chunk
+            by chunk from four keys drawn per epoch, see the user guide's
+            "The shuffle"; memory-mapped data: blocks and the rows within
+            them in a random order).
         validation_data : (X_val, y_val), optional
             Rows to compute ``val_loss`` on after each epoch; when given,
             ``validation_split`` is ignored (as in Keras).

@@ -351,6 +351,44 @@ def test_cache_dir_is_used_and_reused(tmp_path):
                                                             cold["out"])
 
 
+_MINIBATCH_SCRIPT = """
+    import json
+    import numpy as np
+    import fastbp
+    from fastbp._backends import numba_
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(256, 20)); y = X[:, 0] - X[:, 1]
+    net = fastbp.Network([20, 64, 64, 1], activations="relu", backend="numba")
+    net.fit(X, y, batch_size=32, epochs=1, verbose=0)
+    module = numba_._module(np.dtype("float64"))
+    fn = numba_.kernel("train_batch", "float64")
+    print(json.dumps({"entries": sorted(name for _, name in numba_._entries),
+                      "hits": sum(fn.stats.cache_hits.values()),
+                      "inner": len(module.batch_rows_gradient.overloads),
+                      "weights": [w.tolist() for w in net.get_weights()]}))
+"""
+
+
+@compiled_only
+@pytest.mark.needs_jit
+def test_first_minibatch_fit_compiles_one_kernel_and_caches_it(tmp_path):
+    """A minibatch fit compiles train_batch alone; a second process loads it from the cache.
+
+    The helper shared by the minibatch kernels is inlined into them, never
+    compiled as a function of its own (that level of optimisation was compile
+    time spent twice).
+    """
+    import json
+
+    env = {"FASTBP_CACHE_DIR": str(tmp_path)}
+    cold = json.loads(_run(_MINIBATCH_SCRIPT, env))
+    warm = json.loads(_run(_MINIBATCH_SCRIPT, env))
+    assert cold["entries"] == warm["entries"] == ["train_batch"]
+    assert (cold["hits"], warm["hits"]) == (0, 1), "the second process compiled instead of loading"
+    assert cold["inner"] == warm["inner"] == 0
+    assert warm["weights"] == cold["weights"]
+
+
 @compiled_only
 def test_no_cache_env_writes_nothing(tmp_path):
     import json

@@ -65,7 +65,12 @@ Performance choices, each measured on the benchmark workloads:
   about twice as much (measured 2x on the minibatch products).
 * Few, flat helpers: every compiled function adds a fixed share to the
   first-use compile time, and every level of nested helpers is optimised
-  again by LLVM, so helpers call no helpers (bar the scalar ones).
+  again by LLVM, so helpers call no helpers (bar the scalar ones).  The one
+  helper that must call others, ``batch_rows_gradient`` (shared by
+  ``train_batch`` and ``batch_part_gradient``), is inlined into its callers
+  in Numba's IR (``_inline_helper``) instead of being compiled on its own:
+  measured, that level of re-optimisation was ~15% of the first minibatch
+  fit's compile time.
 * The minibatch products run in register tiles (``gemm_tile``, LLVM IR
   written through an intrinsic, as ``csrc/_gemm.h`` is the Cython twin's one
   piece of C): 1.4x (float64) and 1.6x (float32) the axpy form on a
@@ -329,6 +334,17 @@ def _helper(fn):
     code) and get no Python wrapper.
     """
     return numba.njit(no_cpython_wrapper=True, **_OPTIONS)(fn)
+
+
+def _inline_helper(fn):
+    """Decorator for a helper that calls helpers: inlined in Numba's IR into each caller.
+
+    Its body is typed as part of the entry point that calls it, so its code
+    (with the helpers it calls) is optimised by LLVM once, in the entry
+    point, instead of once on its own and again in every caller (see the
+    module docstring).  The generated machine code is the same.
+    """
+    return numba.njit(inline="always", no_cpython_wrapper=True, **_OPTIONS)(fn)
 
 
 # --------------------------------------------------------------------- scalar helpers
@@ -1190,7 +1206,7 @@ def train_single(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, opt, hyper, s
     return total, n
 
 
-@_helper
+@_inline_helper
 def batch_rows_gradient(wp, wg, lay, sizes, acts, loss, X, Y, order, lo, hi, n, rows, scale,
                         work, yb, kt):
     """Forward and backward of rows ``order[lo:hi]``; their gradient, times ``scale``, added to ``wg``.

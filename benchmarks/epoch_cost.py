@@ -1,0 +1,100 @@
+"""Where one W1 epoch's time goes: the shuffle, the data checks, the chunks, the kernel.
+
+For every backend and row count, in one process, alternating the
+configurations and taking medians of ``--repeats``:
+
+* ``fit shuffle`` / ``fit no-shuffle``: ``Network.fit(epochs=1)`` with
+  ``shuffle=True`` / ``False`` (after a warm-up fit), samples/s;
+* ``kernel``: the same chunks through the trainer alone (rows in order,
+  no ``fit``), samples/s; ``kernel shuffled``: the same on a pre-drawn
+  permutation (what the random access to the rows costs the kernel);
+* ``order``: drawing one epoch's row order (``ArraySource.chunks``'s orders
+  for every chunk, concatenated; no training), ms;
+* ``source``: ``make_source`` (validation and conversion), ms.
+
+Run from the repository root::
+
+    python benchmarks/epoch_cost.py --rows 1000000 4000000 --backends numba cython
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+
+def _time(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(backend, rows, repeats):
+    import fastbp
+    from fastbp import _bench, _config, _data
+    from fastbp._backends import _codes
+
+    X, y = _bench.workload_data("W1", "float64", rows=rows)
+    net = _bench.workload_network("W1", backend, "float64")
+    net.fit(X[:1000], y[:1000], epochs=1, batch_size=1, verbose=0)
+    source = _data.make_source(X, y, 2, 1, np.dtype(np.float64))
+    chunk = _config.chunk_rows()
+    trainer = net._kernels.open_trainer(net._params, net._state, net._sizes, net._acts,
+                                        net._loss, 1, _codes.SGD, net._hyper)
+    rng = np.random.default_rng(0)
+    whole = np.arange(rows, dtype=np.int64)
+    shuffled = np.random.default_rng(1).permutation(rows)
+
+    def kernel():
+        for start in range(0, rows, chunk):
+            trainer.train(source.X, source.Y, whole[start:start + chunk], 0)
+
+    def kernel_shuffled():
+        for start in range(0, rows, chunk):
+            trainer.train(source.X, source.Y, shuffled[start:start + chunk], 0)
+
+    def order():
+        for _ in source.chunks(rng, True, chunk):
+            pass
+
+    runs = {
+        "fit shuffle": lambda: net.fit(X, y, epochs=1, batch_size=1, shuffle=True, verbose=0),
+        "fit no-shuffle": lambda: net.fit(X, y, epochs=1, batch_size=1, shuffle=False,
+                                          verbose=0),
+        "kernel": kernel,
+        "kernel shuffled": kernel_shuffled,
+        "order": order,
+        "source": lambda: _data.make_source(X, y, 2, 1, np.dtype(np.float64)),
+    }
+    times = {name: [] for name in runs}
+    for name, fn in runs.items():  # warm-up
+        fn()
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            times[name].append(_time(fn))
+    trainer.close()
+    med = {name: statistics.median(t) for name, t in times.items()}
+    rate = {name: rows / med[name] / 1e6
+            for name in ("fit shuffle", "fit no-shuffle", "kernel", "kernel shuffled")}
+    print(f"{backend:7s} {rows:>9,d} rows: fit shuffle {rate['fit shuffle']:.1f} M/s, "
+          f"fit no-shuffle {rate['fit no-shuffle']:.1f} M/s, kernel {rate['kernel']:.1f} M/s, "
+          f"kernel shuffled {rate['kernel shuffled']:.1f} M/s "
+          f"(shuffled epoch {rate['fit shuffle'] / rate['kernel']:.0%} of the kernel rate); "
+          f"order {1e3 * med['order']:.1f} ms, source {1e3 * med['source']:.1f} ms, "
+          f"kernel {1e3 * med['kernel']:.1f} ms", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 4_000_000])
+    parser.add_argument("--backends", nargs="+", default=["numba", "cython"])
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+    for rows in args.rows:
+        for backend in args.backends:
+            measure(backend, rows, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
