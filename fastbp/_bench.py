@@ -461,62 +461,6 @@ def run_workers(backends=None, dtypes=("float64", "float32"), workers=(1, 2), re
     return results
 
 
-def measure_many(k, backend, dtype, workers=(1, 2), repeats=3, rows=20_000):
-    """Aggregate samples/s of ``k`` W2 networks, per-sample SGD, one epoch each.
-
-    Returns ``{"sequential": rate, 1: rate, 2: rate, ...}``: ``k`` networks'
-    own fits one after another, and ``fit_many`` at each worker count, timed
-    in turn within each repeat (medians), after a warm-up that compiles.
-    """
-    from ._many import fit_many
-    X, y = workload_data("W2", dtype, rows=rows)
-
-    def nets():
-        return [workload_network("W2", backend, dtype, seed=s) for s in range(k)]
-
-    fit_many(nets()[:2], X[:1000], y[:1000], batch_size=1, verbose=0)
-    timings = {label: [] for label in ("sequential", *workers)}
-    for _ in range(repeats):
-        for label in timings:
-            networks = nets()
-            optimizers = [workload_optimizer("W2") for _ in networks]
-            start = time.perf_counter()
-            if label == "sequential":
-                for net, opt in zip(networks, optimizers):
-                    net.fit(X, y, batch_size=1, optimizer=opt, shuffle=False, verbose=0)
-            else:
-                fit_many(networks, X, y, batch_size=1, optimizers=optimizers, shuffle=False,
-                         verbose=0, workers=label)
-            timings[label].append(k * rows / (time.perf_counter() - start))
-    return {label: float(np.median(t)) for label, t in timings.items()}
-
-
-def run_many(k, backends=None, dtypes=("float64", "float32"), workers=(1, 2), repeats=3,
-             out=sys.stdout):
-    """Print fit_many's aggregate samples/s beside ``k`` sequential fits."""
-    from . import _parallel
-    from ._backends import available_backends
-
-    backends = [b for b in (backends or available_backends()) if b not in ("numpy", "cuda")]
-    print(f"{platform.processor() or platform.machine()}, {_parallel.usable_cores()} usable "
-          f"cores; {k} networks 20-64-64-1, per-sample SGD, one epoch each, shuffle=False, "
-          f"median of {repeats}", file=out)
-    header = f"{'dtype':<9}{'backend':<9}{'sequential /s':>15}" + "".join(
-        f"{f'w={w} /s':>12}{'x seq':>8}" for w in workers)
-    print(header, file=out)
-    print("-" * len(header), file=out)
-    results = []
-    for dtype in dtypes:
-        for backend in backends:
-            rates = measure_many(k, backend, dtype, workers, repeats)
-            seq = rates["sequential"]
-            print(f"{dtype:<9}{backend:<9}{_si(seq):>15}" + "".join(
-                f"{_si(rates[w]):>12}{rates[w] / seq:>7.2f}x" for w in workers), file=out)
-            out.flush()
-            results.append({"dtype": dtype, "backend": backend, "rates": rates})
-    return results
-
-
 def _positive_int(text):
     import argparse
 
@@ -552,10 +496,6 @@ def add_arguments(parser):
                         help="instead of the W1-W6 table, time fit/predict at these worker "
                         "counts (e.g. 1,2): per-sample W2 and W3, W2 with batch 256, predict "
                         "on 1M rows; speedups over the first count")
-    parser.add_argument("--many", type=_positive_int, default=None, metavar="K",
-                        help="instead of the W1-W6 table, time fit_many of K W2 networks "
-                        "(per-sample SGD) at worker counts 1,2 (or --workers) beside K "
-                        "sequential fits")
     dask = parser.add_argument_group(
         "Dask (needs fastbp[dask])",
         "--dask 1,2 trains the W2 net by per-sample SGD on a generated memory-mapped float32 "
@@ -605,10 +545,7 @@ def main(argv=None, prog="python -m fastbp._bench"):
 
 def dispatch(args):
     """Run what the parsed ``add_arguments`` options ask for."""
-    if getattr(args, "many", None):
-        run_many(args.many, args.backends, tuple(args.dtypes), tuple(args.workers or (1, 2)),
-                 min(args.repeats, 3))
-    elif getattr(args, "dask", None):
+    if getattr(args, "dask", None):
         from . import _bench_dask
 
         _bench_dask.run_dask(args.dask, rows=args.dask_rows, chunks=args.dask_chunks,
