@@ -10,7 +10,6 @@ from ._config import config_context, get_config, set_config
 from ._version import __version__
 from .callbacks import Callback, EarlyStopping, History, ProgbarLogger
 from .network import Network, TrainingDivergedError, load
-from ._many import fit_many, predict_many
 from .optimizers import SGD, Adam, Optimizer, RMSprop
 from ._info import show_config
 from . import datasets, metrics
@@ -18,6 +17,6 @@ from . import datasets, metrics
 __all__ = [
     "Adam", "Callback", "EarlyStopping", "History", "Network", "Optimizer", "ProgbarLogger",
     "RMSprop", "SGD", "TrainingDivergedError", "__version__", "available_backends",
-    "config_context", "datasets", "fit_many", "get_config", "load", "metrics", "predict_many",
-    "set_config", "show_config",
+    "config_context", "datasets", "get_config", "load", "metrics", "set_config",
+    "show_config",
 ]

@@ -641,22 +641,6 @@ class Network:
             the last completed chunk and its training position, so that
             ``fit(..., resume=True)`` (or ``save`` and later ``load``) continues it.
         """
-        settings = self._fit_settings(epochs, batch_size, optimizer, shuffle, validation_split,
-                                      callbacks, verbose, checkpoint, resume, workers,
-                                      average_every)
-        train, val = self._fit_sources(X, y, validation_data, settings["validation_split"])
-        return self._fit_on(train, val, **settings)
-
-    def _fit_member(self, train, val, settings, interrupt):
-        """``fit`` on sources made once for several networks (``fit_many``), guarded as fit."""
-        return self._fit_on(train, val, interrupt=interrupt, **settings)
-
-    _fit_member.__name__ = "fit"  # what the guard's messages say this thread is doing
-    _fit_member = _writes(_fit_member)
-
-    def _fit_settings(self, epochs, batch_size, optimizer, shuffle, validation_split,
-                      callbacks, verbose, checkpoint, resume, workers, average_every):
-        """``fit``'s arguments other than the data, checked: keyword arguments of ``_fit_on``."""
         epochs = validation.check_positive_int(epochs, "epochs")
         batch_size = validation.check_positive_int(batch_size, "batch_size")
         shuffle = validation.check_bool(shuffle, "shuffle")
@@ -664,15 +648,11 @@ class Network:
         validation_split = validation.check_fraction(validation_split, "validation_split")
         if optimizer is not None and not isinstance(optimizer, (SGD, Adam, RMSprop)):
             self._bind_optimizer(optimizer)  # raises the type error
-        return dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, shuffle=shuffle,
-                    validation_split=validation_split, verbose=_check_verbose(verbose),
-                    workers=_parallel.check_workers(workers),
-                    average_every=_parallel.check_average_every(average_every),
-                    checkpoint=_checkpoint.check_path(checkpoint),
-                    callbacks=_check_callbacks(callbacks), resume=resume)
-
-    def _fit_sources(self, X, y, validation_data, validation_split):
-        """The training and validation sources of ``fit``'s data (checked, converted)."""
+        verbose = _check_verbose(verbose)
+        workers = _parallel.check_workers(workers)
+        average_every = _parallel.check_average_every(average_every)
+        checkpoint = _checkpoint.check_path(checkpoint)
+        callbacks = _check_callbacks(callbacks)
         train = self._source(X, y)
         val = None
         if validation_data is not None:  # it overrides validation_split, as in Keras
@@ -686,16 +666,6 @@ class Network:
                                names=("validation_data[0]", "validation_data[1]"))
         elif validation_split:
             train, val = train.split(validation_split)
-        return train, val
-
-    def _fit_on(self, train, val, *, epochs, batch_size, optimizer, shuffle, validation_split,
-                callbacks, verbose, checkpoint, resume, workers, average_every, interrupt=None):
-        """``fit`` on checked sources (the caller holds the network for writing).
-
-        ``interrupt``: a ``threading.Event`` that stops the fit at the next
-        chunk as Ctrl-C would (``fit_many``'s threads); None: Ctrl-C itself.
-        """
-        callbacks = list(callbacks)  # the caller's list stays as it is (a bar may be added)
         for callback in callbacks:
             if isinstance(callback, EarlyStopping) and callback.monitor == "val_loss" \
                     and val is None:
@@ -795,7 +765,7 @@ class Network:
             self._kernels, self._params, self._state, self._sizes, self._acts, self._loss,
             batch_size, self._opt_code, self._hyper)
         try:
-            with _deferred_sigint(interrupt) as interrupted:
+            with _deferred_sigint() as interrupted:
                 while epoch < epochs and not self.stop_training:
                     epoch_rng = self._rng.bit_generator.state
                     for callback in callbacks:
@@ -1037,18 +1007,13 @@ def _check_backend(backend):
 
 
 @contextlib.contextmanager
-def _deferred_sigint(flag=None):
+def _deferred_sigint():
     """Turn the first Ctrl-C into a flag that the loop checks after each chunk.
 
     The kernels run whole chunks without returning to Python; deferring the
     interrupt to a chunk boundary keeps weights, optimizer state and step count
-    consistent.  A second Ctrl-C interrupts at once.  Given a ``flag`` (an
-    Event another thread sets, e.g. ``fit_many``'s), that flag is checked
-    instead and no signal handler is installed.
+    consistent.  A second Ctrl-C interrupts at once.
     """
-    if flag is not None:
-        yield flag.is_set
-        return
     flag = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield flag.is_set

@@ -22,7 +22,7 @@ def test_public_names():
         assert issubclass(getattr(fastbp, name), fastbp.Callback)
     assert issubclass(fastbp.TrainingDivergedError, FloatingPointError)
     for name in ("load", "available_backends", "show_config", "get_config", "set_config",
-                 "config_context", "fit_many", "predict_many"):
+                 "config_context"):
         assert callable(getattr(fastbp, name)), name
     assert isinstance(fastbp.__version__, str) and fastbp.__version__.count(".") >= 1
     assert "numpy" in fastbp.available_backends()
