@@ -188,7 +188,8 @@ class _Job:
         if self.rows == run.train.n_rows:
             self.logs = {"loss": self.loss_sum / self.rows}
             if run.val is not None:
-                self.logs["val_loss"] = network._mean_loss(run.val, 1)
+                # the caller's chunk_rows: a worker thread does not see its config_context
+                self.logs["val_loss"] = network._mean_loss(run.val, 1, run.block_rows)
         return True
 
     def after_step(self):
@@ -206,10 +207,12 @@ class _Job:
 class _Run:
     """What every network of one :func:`fit_many` call shares."""
 
-    def __init__(self, train, val, epochs, batch_size, shuffle, chunk_rows):
+    def __init__(self, train, val, epochs, batch_size, shuffle):
         self.train, self.val = train, val
         self.epochs, self.batch_size, self.shuffle = epochs, batch_size, shuffle
-        self.chunk_rows = chunk_rows
+        # read here, in the calling thread (its config_context applies)
+        self.block_rows = _config.chunk_rows()
+        self.chunk_rows = max(1, self.block_rows // batch_size) * batch_size
 
 
 class _Progress:
@@ -324,8 +327,7 @@ def _fit_many(networks, X, y, epochs, batch_size, optimizers, shuffle, validatio
     for items in lists:
         _check_monitored(items, val)
     batch_size = min(batch_size, train.n_rows)  # as fit: one batch of all rows
-    run = _Run(train, val, epochs, batch_size, shuffle,
-               max(1, _config.chunk_rows() // batch_size) * batch_size)
+    run = _Run(train, val, epochs, batch_size, shuffle)
 
     threads = all(_parallel.releases_gil(net._kernels) for net in networks)
     if workers > 1 and not threads:

@@ -506,11 +506,16 @@ class Network:
         """Outputs of the validated rows ``X`` (network dtype) into ``out`` (predict_many)."""
         self._kernels.predict(self._params, self._sizes, self._acts, X, out)
 
-    def _blocks_in_parts(self, source, workers, work):
-        """``work(X, Y)`` on every block of ``source``, split in parts: results in row order."""
+    def _blocks_in_parts(self, source, workers, work, block_rows=None):
+        """``work(X, Y)`` on every block of ``source``, split in parts: results in row order.
+
+        Blocks of ``block_rows`` rows (default: the ``chunk_rows`` setting of
+        this thread) times ``workers``.
+        """
         runner = self._runner(workers)
         results = []
-        for X, Y in source.blocks(_config.chunk_rows() * workers):
+        block_rows = _config.chunk_rows() if block_rows is None else block_rows
+        for X, Y in source.blocks(block_rows * workers):
             parts = _parallel.split_rows(X.shape[0], workers)
 
             def task(k, X=X, Y=Y, parts=parts):
@@ -520,12 +525,12 @@ class Network:
             results.extend(runner.run(task, len(parts)))
         return results
 
-    def _mean_loss(self, source, workers=1):
+    def _mean_loss(self, source, workers=1, block_rows=None):
         def part_loss(k, X, Y):
             return self._kernels.loss_sum(self._params, self._sizes, self._acts, self._loss, X, Y)
 
         total = 0.0  # added in row order: the same sum for a given number of workers
-        for value in self._blocks_in_parts(source, workers, part_loss):
+        for value in self._blocks_in_parts(source, workers, part_loss, block_rows):
             total += value
         return total / source.n_rows
 
