@@ -106,7 +106,11 @@ _get_ident = threading.get_ident
 
 
 def _enter_writer(guard, what):
-    """Take ``guard`` for writing in this thread (re-entrant), or raise RuntimeError."""
+    """Take ``guard`` for writing in this thread (re-entrant), or raise RuntimeError.
+
+    The writer's side of :class:`_Guard` for :func:`_writing`; :func:`_writes`
+    inlines the same steps.
+    """
     me = _get_ident()
     with guard._mutex:
         writer = guard._writer
@@ -131,17 +135,36 @@ def _leave_writer(guard):
 
 
 def _writes(method):
-    """Run ``method`` holding the network for writing (see :class:`_Guard`)."""
+    """Run ``method`` holding the network for writing (see :class:`_Guard`).
+
+    :func:`_enter_writer` and :func:`_leave_writer`, inlined like the
+    reader's side below (``set_weights`` runs in callbacks' loops).
+    """
     what = method.__name__
 
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
         guard = self._guard
-        _enter_writer(guard, what)
+        me = _get_ident()
+        with guard._mutex:
+            writer = guard._writer
+            if writer is not None and writer != me:
+                guard._refuse(what, guard._writing, True)
+            readers = guard._readers
+            if readers and (len(readers) > 1 or me not in readers):
+                busy = guard.busy_reader(me)
+                if busy is not None:  # else that reader has just left
+                    guard._refuse(what, busy, False)
+            if guard._depth == 0:
+                guard._writer, guard._writing = me, what
+            guard._depth += 1
         try:
             return method(self, *args, **kwargs)
         finally:
-            _leave_writer(guard)
+            with guard._mutex:
+                guard._depth -= 1
+                if guard._depth == 0:
+                    guard._writer = guard._writing = None
     return guarded
 
 
