@@ -382,3 +382,78 @@ def test_public_names():
         assert name in fastbp.__all__
     assert issubclass(fastbp.ManyDivergedError, fastbp.TrainingDivergedError)
     assert "fastbp" in sys.modules
+
+
+# ------------------------------------------------------------------------- fastbp sweep
+def _cli(capsys, *argv):
+    """``(exit status, stdout, stderr)`` of ``fastbp ARGV`` in this process (as test_cli)."""
+    from fastbp import cli
+
+    try:
+        status = cli.main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse: usage errors
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+SWEEP = ["sweep", "--synthetic", 400, "--layers", "5,6,1", "--backend", "numpy", "--epochs", 2,
+         "--batch-size", 4, "--quiet"]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's workers take turns
+def test_sweep_end_to_end(capsys, tmp_path):
+    status, out, err = _cli(capsys, *SWEEP, "--learning-rates", "1e-3,3e-2", "--seeds", "0-1",
+                            "--workers", 2, "--save-best", tmp_path / "best.fbp")
+    assert status == 0, err
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("rank"))
+    rows = [line.split() for line in lines[start + 2:start + 6]]
+    assert [(float(r[1]), int(r[2])) for r in sorted(rows, key=lambda r: (float(r[1]), r[2]))] \
+        == [(1e-3, 0), (1e-3, 1), (3e-2, 0), (3e-2, 1)]
+    val_losses = [float(r[5]) for r in rows]
+    assert val_losses == sorted(val_losses)  # best first
+    # the best row is what `fastbp train` trains alone with its learning rate and seed
+    best = fastbp.load(tmp_path / "best.fbp")
+    lr, seed = float(rows[0][1]), int(rows[0][2])
+    assert best.metadata == {"sweep": {"learning_rate": lr, "seed": seed}}
+    X, y = fastbp.datasets.make_regression(400, 5, 1, noise=0.1, seed=0)
+    twin = fastbp.Network([5, 6, 1], backend="numpy", seed=seed)
+    history = twin.fit(X, y, epochs=2, batch_size=4, optimizer=fastbp.SGD(lr),
+                       validation_split=0.1, verbose=0)
+    assert best.get_weights()[0].tobytes() == twin.get_weights()[0].tobytes()
+    assert f"{history.history['val_loss'][-1]:.4g}" == rows[0][5]
+    held = fastbp.metrics.r2_score(y[360:], twin.predict(X[360:]))
+    assert abs(float(rows[0][6]) - held) < 1e-4
+
+
+def test_sweep_plot(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    status, out, err = _cli(capsys, *SWEEP, "--learning-rates", "1e-2", "--seeds", "0,2",
+                            "--plot", tmp_path / "sweep.png")
+    assert status == 0, err
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_plot_without_matplotlib(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else object())
+    status, out, err = _cli(capsys, *SWEEP, "--learning-rates", "1e-2", "--plot",
+                            tmp_path / "sweep.png")
+    assert status == 1 and "pip install matplotlib" in err
+    assert "rank" not in out  # refused before training
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--learning-rates", "0,1e-3"], "expected comma-separated learning rates > 0"),
+    (["--learning-rates", "1e-3", "--seeds", "3-1"], "expected seeds >= 0"),
+    (["--learning-rates", "1e-3", "--seeds", "0,0"], "each seed once"),
+    (["--learning-rates", "1e-3", "--checkpoint", "c.ckpt"], "unrecognized arguments"),
+    (["--learning-rates", "1e-3", "--rho", "0.5"], "--rho applies to --optimizer rmsprop"),
+])
+def test_sweep_usage_errors(capsys, argv, message):
+    status, _, err = _cli(capsys, *SWEEP, *argv)
+    assert status == 2 and message in err
