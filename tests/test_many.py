@@ -81,6 +81,7 @@ def _quietly(function, *args, **kwargs):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("n_networks,workers", [(1, 1), (1, 2), (3, 1), (3, 2)])
+@pytest.mark.needs_jit(n_networks=1)  # as plain Python, the three-network cases suffice
 def test_each_network_as_its_own_fit(backend, dtype, case, n_networks, workers):
     require_backend(backend)
     batch_size, make_optimizer = CASES[case]
@@ -457,3 +458,19 @@ def test_sweep_plot_without_matplotlib(capsys, tmp_path, monkeypatch):
 def test_sweep_usage_errors(capsys, argv, message):
     status, _, err = _cli(capsys, *SWEEP, *argv)
     assert status == 2 and message in err
+
+
+def test_the_data_is_checked_and_converted_once(monkeypatch):
+    from fastbp import _validation, network
+
+    made, converted = [], []
+    make_source, to_dtype = network.make_source, _validation.to_dtype
+    monkeypatch.setattr(network, "make_source",
+                        lambda *a, **k: made.append(a[-1] if a else None) or make_source(*a, **k))
+    monkeypatch.setattr(_validation, "to_dtype",
+                        lambda *a, **k: converted.append(a[2]) or to_dtype(*a, **k))
+    X, y = _data(dtype="float32")  # converted to float64 for the networks
+    nets = [_network(k, "numpy", "float64") for k in range(4)]
+    fastbp.fit_many(nets, X, y, batch_size=30, validation_data=_data(20, seed=5), verbose=0)
+    assert len(made) == 2  # the training rows and the validation rows, once each
+    assert sorted(converted) == ["X", "validation_data[0]", "validation_data[1]", "y"]
