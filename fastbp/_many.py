@@ -147,7 +147,7 @@ def _check_many_callbacks(callbacks, n):
 class _Job:
     """One network's fit inside :func:`fit_many`: its callbacks, epoch and chunk iterator.
 
-    :meth:`begin_epoch`, :meth:`end_epoch` and the callbacks run in the
+    :meth:`begin_epoch`, :meth:`after_step` and the callbacks run in the
     calling thread; :meth:`step` (one chunk, and the validation loss at the
     end of an epoch) in whichever worker thread takes the network.
     """
