@@ -449,7 +449,7 @@ def measure_many(n_networks, backend, dtype, workers=MANY_WORKERS, repeats=3,
 
 
 def run_many(n_networks, backends=None, dtypes=("float64", "float32"), workers=MANY_WORKERS,
-             repeats=3, out=sys.stdout):
+             repeats=3, out=sys.stdout, rows=MANY_ROWS):
     """Print fit_many's aggregate samples/s and its ratio over K sequential fits."""
     from . import _parallel
     from ._backends import available_backends
@@ -457,7 +457,7 @@ def run_many(n_networks, backends=None, dtypes=("float64", "float32"), workers=M
     backends = [b for b in (backends or available_backends()) if b not in ("numpy", "cuda")]
     print(f"{_cpu_name()}, {_parallel.usable_cores()} usable cores; {n_networks} networks "
           f"{'-'.join(map(str, WORKLOADS[MANY_WORKLOAD][0]))} per-sample SGD, one epoch of "
-          f"{MANY_ROWS:,} rows each; aggregate samples/s, median of {repeats} "
+          f"{rows:,} rows each; aggregate samples/s, median of {repeats} "
           "(configurations in turn)", file=out)
     header = (f"{'dtype':<9}{'backend':<9}{'sequential':>12}"
               + "".join(f"{f'many w={w}':>12}" for w in workers)
@@ -467,7 +467,7 @@ def run_many(n_networks, backends=None, dtypes=("float64", "float32"), workers=M
     results = []
     for dtype in dtypes:
         for backend in backends:
-            rates = measure_many(n_networks, backend, dtype, workers, repeats)
+            rates = measure_many(n_networks, backend, dtype, workers, repeats, rows)
             base = rates["sequential"]
             print(f"{dtype:<9}{backend:<9}{_si(base):>12}"
                   + "".join(f"{_si(rates[w]):>12}" for w in workers)
