@@ -474,3 +474,41 @@ def test_the_data_is_checked_and_converted_once(monkeypatch):
     fastbp.fit_many(nets, X, y, batch_size=30, validation_data=_data(20, seed=5), verbose=0)
     assert len(made) == 2  # the training rows and the validation rows, once each
     assert sorted(converted) == ["X", "validation_data[0]", "validation_data[1]", "y"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to this process")
+def test_ctrl_c_stops_after_the_round():
+    import signal
+
+    class CtrlC(fastbp.Callback):
+        def on_chunk_end(self, epoch, logs=None):
+            if logs["rows"] == 60:  # the first chunk: 60 rows (64 rounded to batches of 10)
+                signal.raise_signal(signal.SIGINT)
+
+    X, y = _data()
+    nets = [_network(k, "numpy", "float64") for k in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        fastbp.fit_many(nets, X, y, epochs=2, batch_size=10, verbose=0,
+                        callbacks=lambda k: [CtrlC()] if k == 0 else [])
+    for k, net in enumerate(nets):
+        # every network finished the round's chunk, and no more
+        twin = _network(k, "numpy", "float64")
+        with pytest.raises(KeyboardInterrupt):
+            twin.fit(X, y, batch_size=10, optimizer=fastbp.SGD(), verbose=0,
+                     callbacks=[_StopAfterRows(60)])
+        assert net._step == 6 and net._params.tobytes() == twin._params.tobytes()
+        assert net._trainer is None and net._guard._writer is None
+        assert net.training_position is None
+
+
+class _StopAfterRows(fastbp.Callback):
+    """Ctrl-C after ``rows`` rows of a plain fit (the oracle of the interrupted round)."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def on_chunk_end(self, epoch, logs=None):
+        import signal
+
+        if logs["rows"] == self.rows:
+            signal.raise_signal(signal.SIGINT)
