@@ -12,11 +12,12 @@ from .callbacks import Callback, EarlyStopping, History, ProgbarLogger
 from .network import Network, TrainingDivergedError, load
 from .optimizers import SGD, Adam, Optimizer, RMSprop
 from ._info import show_config
+from ._many import ManyDivergedError, fit_many, predict_many
 from . import datasets, metrics
 
 __all__ = [
-    "Adam", "Callback", "EarlyStopping", "History", "Network", "Optimizer", "ProgbarLogger",
-    "RMSprop", "SGD", "TrainingDivergedError", "__version__", "available_backends",
-    "config_context", "datasets", "get_config", "load", "metrics", "set_config",
-    "show_config",
+    "Adam", "Callback", "EarlyStopping", "History", "ManyDivergedError", "Network", "Optimizer",
+    "ProgbarLogger", "RMSprop", "SGD", "TrainingDivergedError", "__version__",
+    "available_backends", "config_context", "datasets", "fit_many", "get_config", "load",
+    "metrics", "predict_many", "set_config", "show_config",
 ]

@@ -461,6 +461,81 @@ def run_workers(backends=None, dtypes=("float64", "float32"), workers=(1, 2), re
     return results
 
 
+#: ``--many K``: the workload of each network, its rows per epoch, and the fit_many worker counts
+MANY_WORKLOAD, MANY_ROWS, MANY_WORKERS = "W2", 100_000, (1, 2)
+
+
+def measure_many(n_networks, backend, dtype, workers=MANY_WORKERS, repeats=3,
+                 rows=MANY_ROWS):
+    """Aggregate samples/s of K networks: K sequential fits, and ``fit_many`` at each worker count.
+
+    ``{"sequential": rate, 1: rate, 2: rate, ...}``, medians over ``repeats``;
+    the configurations are timed in turn within each repeat (a noisy moment
+    hits all alike).  Every network is the W2 net (20-64-64-1 relu) trained
+    for one epoch of per-sample SGD from its own seed, after a warm-up fit
+    that compiles; a rate counts the rows of all networks.
+    """
+    from ._many import fit_many
+
+    X, y = workload_data(MANY_WORKLOAD, dtype, rows=rows)
+
+    def nets():
+        return [workload_network(MANY_WORKLOAD, backend, dtype, seed=k)
+                for k in range(n_networks)]
+
+    warm = nets()[:1]
+    warm[0].fit(X[:2_000], y[:2_000], batch_size=1, optimizer=workload_optimizer("W2"),
+                verbose=0)
+    fit_many(warm, X[:2_000], y[:2_000], batch_size=1, verbose=0)
+
+    def sequential():
+        for net in nets():
+            net.fit(X, y, batch_size=1, optimizer=workload_optimizer(MANY_WORKLOAD), verbose=0)
+
+    def many(w):
+        networks = nets()
+        fit_many(networks, X, y, batch_size=1, verbose=0, workers=w,
+                 optimizers=[workload_optimizer(MANY_WORKLOAD) for _ in networks])
+
+    configs = {"sequential": sequential, **{w: (lambda w=w: many(w)) for w in workers}}
+    timings = {name: [] for name in configs}
+    for _ in range(repeats):
+        for name, function in configs.items():
+            start = time.perf_counter()
+            function()
+            timings[name].append(n_networks * rows / (time.perf_counter() - start))
+    return {name: float(np.median(values)) for name, values in timings.items()}
+
+
+def run_many(n_networks, backends=None, dtypes=("float64", "float32"), workers=MANY_WORKERS,
+             repeats=3, out=sys.stdout, rows=MANY_ROWS):
+    """Print fit_many's aggregate samples/s and its ratio over K sequential fits."""
+    from . import _parallel
+    from ._backends import available_backends
+
+    backends = [b for b in (backends or available_backends()) if b not in ("numpy", "cuda")]
+    print(f"{_cpu_name()}, {_parallel.usable_cores()} usable cores; {n_networks} networks "
+          f"{'-'.join(map(str, WORKLOADS[MANY_WORKLOAD][0]))} per-sample SGD, one epoch of "
+          f"{rows:,} rows each; aggregate samples/s, median of {repeats} "
+          "(configurations in turn)", file=out)
+    header = (f"{'dtype':<9}{'backend':<9}{'sequential':>12}"
+              + "".join(f"{f'many w={w}':>12}" for w in workers)
+              + "".join(f"{f'x w={w}':>8}" for w in workers))
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    results = []
+    for dtype in dtypes:
+        for backend in backends:
+            rates = measure_many(n_networks, backend, dtype, workers, repeats, rows)
+            base = rates["sequential"]
+            print(f"{dtype:<9}{backend:<9}{_si(base):>12}"
+                  + "".join(f"{_si(rates[w]):>12}" for w in workers)
+                  + "".join(f"{rates[w] / base:>7.2f}x" for w in workers), file=out)
+            out.flush()
+            results.append({"dtype": dtype, "backend": backend, "rates": rates})
+    return results
+
+
 def _positive_int(text):
     import argparse
 
@@ -496,6 +571,10 @@ def add_arguments(parser):
                         help="instead of the W1-W6 table, time fit/predict at these worker "
                         "counts (e.g. 1,2): per-sample W2 and W3, W2 with batch 256, predict "
                         "on 1M rows; speedups over the first count")
+    parser.add_argument("--many", type=_positive_int, default=None, metavar="K",
+                        help="instead of the W1-W6 table, time fastbp.fit_many of K W2 "
+                        "networks (per-sample SGD) with 1 and 2 workers against K "
+                        "sequential fits: aggregate samples/s and the ratios")
     dask = parser.add_argument_group(
         "Dask (needs fastbp[dask])",
         "--dask 1,2 trains the W2 net by per-sample SGD on a generated memory-mapped float32 "
@@ -545,7 +624,9 @@ def main(argv=None, prog="python -m fastbp._bench"):
 
 def dispatch(args):
     """Run what the parsed ``add_arguments`` options ask for."""
-    if getattr(args, "dask", None):
+    if getattr(args, "many", None):
+        run_many(args.many, args.backends, tuple(args.dtypes), repeats=min(args.repeats, 3))
+    elif getattr(args, "dask", None):
         from . import _bench_dask
 
         _bench_dask.run_dask(args.dask, rows=args.dask_rows, chunks=args.dask_chunks,

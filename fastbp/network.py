@@ -44,6 +44,16 @@ def _check_callbacks(callbacks):
     return list(callbacks)
 
 
+def _check_monitored(callbacks, val):
+    """Refuse an EarlyStopping on ``val_loss`` when there are no validation rows."""
+    for callback in callbacks:
+        if isinstance(callback, EarlyStopping) and callback.monitor == "val_loss" \
+                and val is None:
+            raise ValueError("EarlyStopping(monitor='val_loss'): expected validation rows; "
+                             "found neither validation_data nor validation_split. Pass "
+                             "one of them, or monitor='loss'.")
+
+
 #: The loss names of categorical cross-entropy (one-hot rows, or class labels).
 _CATEGORICAL = tuple(name for name, code in LOSS_NAMES.items()
                      if code == CATEGORICAL_CROSSENTROPY)
@@ -95,10 +105,40 @@ class _Guard:
 _get_ident = threading.get_ident
 
 
+def _enter_writer(guard, what):
+    """Take ``guard`` for writing in this thread (re-entrant), or raise RuntimeError.
+
+    The writer's side of :class:`_Guard` for :func:`_writing`; :func:`_writes`
+    inlines the same steps.
+    """
+    me = _get_ident()
+    with guard._mutex:
+        writer = guard._writer
+        if writer is not None and writer != me:
+            guard._refuse(what, guard._writing, True)
+        readers = guard._readers
+        if readers and (len(readers) > 1 or me not in readers):
+            busy = guard.busy_reader(me)
+            if busy is not None:  # else that reader has just left
+                guard._refuse(what, busy, False)
+        if guard._depth == 0:
+            guard._writer, guard._writing = me, what
+        guard._depth += 1
+
+
+def _leave_writer(guard):
+    """Give back one level of :func:`_enter_writer`."""
+    with guard._mutex:
+        guard._depth -= 1
+        if guard._depth == 0:
+            guard._writer = guard._writing = None
+
+
 def _writes(method):
     """Run ``method`` holding the network for writing (see :class:`_Guard`).
 
-    The writer's side of the guard, inlined like the reader's below.
+    :func:`_enter_writer` and :func:`_leave_writer`, inlined like the
+    reader's side below (``set_weights`` runs in callbacks' loops).
     """
     what = method.__name__
 
@@ -128,6 +168,24 @@ def _writes(method):
     return guarded
 
 
+@contextlib.contextmanager
+def _writing(networks, what):
+    """Hold every network of ``networks`` for writing (:func:`fastbp.fit_many`).
+
+    All or none: when one is busy in another thread, those already taken
+    are given back before the RuntimeError propagates.
+    """
+    held = []
+    try:
+        for network in networks:
+            _enter_writer(network._guard, what)
+            held.append(network)
+        yield
+    finally:
+        for network in reversed(held):
+            _leave_writer(network._guard)
+
+
 def _reads(method):
     """Run ``method`` as a reader: refused while another thread trains the network.
 
@@ -144,7 +202,7 @@ def _reads(method):
         with guard._mutex:
             writer = guard._writer
             if writer is not None and writer != me:
-                guard._refuse(what, guard._writing, guard._writing == "fit")
+                guard._refuse(what, guard._writing, guard._writing in ("fit", "fit_many"))
             entry = readers.get(me)
             if entry is None:
                 readers[me] = [1, what]
@@ -466,11 +524,21 @@ class Network:
             runner.run(task, len(parts))
         return out
 
-    def _blocks_in_parts(self, source, workers, work):
-        """``work(X, Y)`` on every block of ``source``, split in parts: results in row order."""
+    @_reads
+    def _predict_block(self, X, out):
+        """Outputs of the validated rows ``X`` (network dtype) into ``out`` (predict_many)."""
+        self._kernels.predict(self._params, self._sizes, self._acts, X, out)
+
+    def _blocks_in_parts(self, source, workers, work, block_rows=None):
+        """``work(X, Y)`` on every block of ``source``, split in parts: results in row order.
+
+        Blocks of ``block_rows`` rows (default: the ``chunk_rows`` setting of
+        this thread) times ``workers``.
+        """
         runner = self._runner(workers)
         results = []
-        for X, Y in source.blocks(_config.chunk_rows() * workers):
+        block_rows = _config.chunk_rows() if block_rows is None else block_rows
+        for X, Y in source.blocks(block_rows * workers):
             parts = _parallel.split_rows(X.shape[0], workers)
 
             def task(k, X=X, Y=Y, parts=parts):
@@ -480,12 +548,12 @@ class Network:
             results.extend(runner.run(task, len(parts)))
         return results
 
-    def _mean_loss(self, source, workers=1):
+    def _mean_loss(self, source, workers=1, block_rows=None):
         def part_loss(k, X, Y):
             return self._kernels.loss_sum(self._params, self._sizes, self._acts, self._loss, X, Y)
 
         total = 0.0  # added in row order: the same sum for a given number of workers
-        for value in self._blocks_in_parts(source, workers, part_loss):
+        for value in self._blocks_in_parts(source, workers, part_loss, block_rows):
             total += value
         return total / source.n_rows
 
@@ -522,6 +590,28 @@ class Network:
         return [a.copy() for pair in layer_views(total, self._sizes) for a in pair]
 
     # ------------------------------------------------------------------ training
+    def _fit_sources(self, X, y, validation_data, validation_split):
+        """``(train, val)`` sources of a fit: checked and converted once (``val`` may be None).
+
+        ``validation_split`` is already checked; ``validation_data``, when
+        given, overrides it (as in Keras).  :func:`fastbp.fit_many` calls this
+        once, on its first network, for all of them.
+        """
+        train = self._source(X, y)
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                found = (f"{len(validation_data)} items" if isinstance(validation_data,
+                                                                        (tuple, list))
+                         else type(validation_data).__name__)
+                raise ValueError("validation_data: expected a tuple (X_val, y_val); found "
+                                 f"{found}. Pass validation_data=(X_val, y_val).")
+            val = self._source(*validation_data,
+                               names=("validation_data[0]", "validation_data[1]"))
+        elif validation_split:
+            train, val = train.split(validation_split)
+        return train, val
+
     def _bind_optimizer(self, optimizer):
         """Keep the state when the optimizer configuration is unchanged, else start fresh."""
         if optimizer is None:
@@ -653,25 +743,8 @@ class Network:
         average_every = _parallel.check_average_every(average_every)
         checkpoint = _checkpoint.check_path(checkpoint)
         callbacks = _check_callbacks(callbacks)
-        train = self._source(X, y)
-        val = None
-        if validation_data is not None:  # it overrides validation_split, as in Keras
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                found = (f"{len(validation_data)} items" if isinstance(validation_data,
-                                                                        (tuple, list))
-                         else type(validation_data).__name__)
-                raise ValueError("validation_data: expected a tuple (X_val, y_val); found "
-                                 f"{found}. Pass validation_data=(X_val, y_val).")
-            val = self._source(*validation_data,
-                               names=("validation_data[0]", "validation_data[1]"))
-        elif validation_split:
-            train, val = train.split(validation_split)
-        for callback in callbacks:
-            if isinstance(callback, EarlyStopping) and callback.monitor == "val_loss" \
-                    and val is None:
-                raise ValueError("EarlyStopping(monitor='val_loss'): expected validation rows; "
-                                 "found neither validation_data nor validation_split. Pass "
-                                 "one of them, or monitor='loss'.")
+        train, val = self._fit_sources(X, y, validation_data, validation_split)
+        _check_monitored(callbacks, val)
         # A batch larger than the data is one batch of all rows (as in Keras);
         # the kernels only ever see the clamped size, and a position records it
         # (its chunk size is a multiple of it).  A resume with the same
@@ -832,38 +905,52 @@ class Network:
         far the epoch got.
         """
         rows = start_row
-        trainer = self._trainer
         for X, Y, order in source.chunks(self._rng, shuffle, chunk_rows, start_row):
-            try:
-                chunk_loss, done = trainer.train(X, Y, order, self._step)
-            except KeyboardInterrupt:
-                # A second Ctrl-C inside a long chunk (the NumPy backend loops in
-                # Python): the model's buffers still hold the state before the
-                # chunk, so model and position agree; the trainer follows them.
-                trainer.reload()
+            trained = self._train_chunk(X, Y, order, batch_size, epoch, rows)
+            if trained is None:
                 return rows, loss_sum, False
-            finite = trainer.finite()
-            if finite:  # the batches before a non-finite loss count
-                trainer.store()
-                # local SGD: the steps one replica took; else one per batch
-                steps = getattr(trainer, "last_steps", None)
-                self._step += -(-done // batch_size) if steps is None else steps
-            else:  # an update overflowed the weights: back to the state before the chunk
-                trainer.reload()
-            loss_sum += chunk_loss
-            rows += done
-            if done < len(order) or not finite:
-                raise TrainingDivergedError(
-                    f"training diverged in epoch {epoch + 1} after {rows} rows: the loss or the "
-                    "weights became NaN or infinite. The model keeps its last finite weights. "
-                    "Lower the learning rate, scale the inputs and targets, or use a bounded "
-                    "loss such as 'huber'.")
+            loss_sum += trained[0]
+            rows += trained[1]
             logs = {"rows": rows, "loss": loss_sum / rows}
             for callback in callbacks:
                 callback.on_chunk_end(epoch, logs)
             if interrupted():
                 return rows, loss_sum, False
         return rows, loss_sum, True
+
+    def _train_chunk(self, X, Y, order, batch_size, epoch, rows):
+        """Train rows ``order`` of one chunk with the open trainer: ``(loss_sum, rows_done)``.
+
+        After a finite chunk the model's buffers hold its result and the step
+        count has advanced; otherwise they keep the state before it and
+        TrainingDivergedError is raised (``rows`` is the rows of the epoch
+        before this chunk, for the message).  Returns None when a second
+        Ctrl-C interrupted the chunk: the model then holds the state before it.
+        """
+        trainer = self._trainer
+        try:
+            chunk_loss, done = trainer.train(X, Y, order, self._step)
+        except KeyboardInterrupt:
+            # A second Ctrl-C inside a long chunk (the NumPy backend loops in
+            # Python): the model's buffers still hold the state before the
+            # chunk, so model and position agree; the trainer follows them.
+            trainer.reload()
+            return None
+        finite = trainer.finite()
+        if finite:  # the batches before a non-finite loss count
+            trainer.store()
+            # local SGD: the steps one replica took; else one per batch
+            steps = getattr(trainer, "last_steps", None)
+            self._step += -(-done // batch_size) if steps is None else steps
+        else:  # an update overflowed the weights: back to the state before the chunk
+            trainer.reload()
+        if done < len(order) or not finite:
+            raise TrainingDivergedError(
+                f"training diverged in epoch {epoch + 1} after {rows + done} rows: the loss or "
+                "the weights became NaN or infinite. The model keeps its last finite weights. "
+                "Lower the learning rate, scale the inputs and targets, or use a bounded "
+                "loss such as 'huber'.")
+        return chunk_loss, done
 
     # ------------------------------------------------------------------ reporting, files
     def summary(self, print_fn=print):

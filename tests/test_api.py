@@ -21,8 +21,9 @@ def test_public_names():
     for name in ("EarlyStopping", "History", "ProgbarLogger"):
         assert issubclass(getattr(fastbp, name), fastbp.Callback)
     assert issubclass(fastbp.TrainingDivergedError, FloatingPointError)
+    assert issubclass(fastbp.ManyDivergedError, fastbp.TrainingDivergedError)
     for name in ("load", "available_backends", "show_config", "get_config", "set_config",
-                 "config_context"):
+                 "config_context", "fit_many", "predict_many"):
         assert callable(getattr(fastbp, name)), name
     assert isinstance(fastbp.__version__, str) and fastbp.__version__.count(".") >= 1
     assert "numpy" in fastbp.available_backends()

@@ -185,3 +185,36 @@ def test_runner_prints_a_row_per_backend(monkeypatch):
     assert sorted(r["backend"] for r in rows) == sorted(["numpy", *backends])
     printed = [line.split()[5] for line in out.getvalue().splitlines() if line.startswith("W2 ")]
     assert sorted(printed) == sorted(["numpy", *backends])
+
+
+def test_many_runner_prints_a_row_per_backend():
+    import io
+
+    from fastbp import _bench
+
+    backends = [b for b in ("numba", "cython") if b in _backends.available_backends()]
+    if not backends:
+        pytest.skip("no compiled CPU backend here")
+    out = io.StringIO()
+    rows = _bench.run_many(2, backends=backends, dtypes=("float64",), repeats=1, out=out,
+                           rows=300)
+    assert [r["backend"] for r in rows] == backends
+    for row in rows:
+        assert set(row["rates"]) == {"sequential", 1, 2}
+        assert all(rate > 0 for rate in row["rates"].values())
+    printed = [line.split() for line in out.getvalue().splitlines()
+               if line.startswith("float64 ")]
+    assert [line[1] for line in printed] == backends
+    assert all(line[-1].endswith("x") and line[-2].endswith("x") for line in printed)
+
+
+def test_fit_many_benchmark_follows_the_registry():
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        bench_many = importlib.import_module("benchmarks.bench_many")
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+    backends, dtypes, workers = bench_many.FitMany.params
+    assert set(backends) <= {"numba", "cython"} and dtypes == ["float64", "float32"]
+    assert workers == [1, 2]
+    assert bench_many.FitMany.track_speedup_many.unit == "x"

@@ -32,7 +32,7 @@ def run(capsys, *argv):
 FAST = ["--backend", "numpy", "--hidden", "8", "--quiet"]
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["make-data"], ["demo"], ["info"],
+@pytest.mark.parametrize("command", [[], ["train"], ["sweep"], ["make-data"], ["demo"], ["info"],
                                      ["bench"]])
 def test_help(capsys, command):
     status, out, _ = run(capsys, *command, "--help")

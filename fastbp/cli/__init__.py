@@ -1,6 +1,6 @@
-"""The ``fastbp`` command line: ``train``, ``make-data``, ``demo``, ``info``, ``bench``.
+"""The ``fastbp`` command line: ``train``, ``sweep``, ``make-data``, ``demo``, ``info``, ``bench``.
 
-One module per command (``train``, ``make_data``, ``demo``, ``info``,
+One module per command (``train``, ``sweep``, ``make_data``, ``demo``, ``info``,
 ``bench``), each with ``add_parser(commands)`` and ``run(args)``; ``common``
 holds what they share (errors, option types, option names, output).
 
@@ -19,13 +19,14 @@ import argparse
 import sys
 
 from .._version import __version__
-from . import bench, demo, info, make_data, train
+from . import bench, demo, info, make_data, sweep, train
 from .common import CommandError, UsageError, one_line
 
 __all__ = ["CommandError", "UsageError", "build_parser", "main"]
 
 # command name -> its module
-COMMANDS = {"train": train, "make-data": make_data, "demo": demo, "info": info, "bench": bench}
+COMMANDS = {"train": train, "sweep": sweep, "make-data": make_data, "demo": demo, "info": info,
+            "bench": bench}
 
 
 def build_parser():

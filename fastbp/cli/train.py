@@ -63,7 +63,6 @@ def add_parser(commands):
     The parser's ``option_actions`` maps each option's destination to its
     argparse action (what a stored option is checked with on --resume).
     """
-    d = TRAIN_DEFAULTS
     train = commands.add_parser(
         "train", help="train a network on .npy, CSV or synthetic data",
         description="Train a network and report held-out R² and RMSE next to a linear\n"
@@ -79,13 +78,33 @@ def add_parser(commands):
         "  fastbp train --csv houses.csv --targets 1 --optimizer adam --patience 3 "
         "--plot loss.png\n"
         "  fastbp train --synthetic 200000 --layers 20,32,1 --backend numpy")
+    train.option_actions = add_options(train)
+    train.set_defaults(run=run)
+    return train
+
+
+def add_options(parser, exclude=(), help_overrides=None):
+    """Add ``fastbp train``'s options to ``parser``; returns ``{destination: action}``.
+
+    ``fastbp sweep`` shares them: it leaves out those in ``exclude``
+    (destinations, e.g. ``"seed"``) and rewords those in ``help_overrides``.
+    Every default is ``argparse.SUPPRESS`` (see :data:`TRAIN_DEFAULTS`).
+    """
+    d = TRAIN_DEFAULTS
     S = argparse.SUPPRESS
     actions = {}
+    help_overrides = help_overrides or {}
 
     def option(group, *flags, **kwargs):
+        dest = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
+        if dest in exclude:
+            return
+        if dest in help_overrides:
+            kwargs["help"] = help_overrides[dest]
         action = group.add_argument(*flags, **kwargs)
         actions[action.dest] = action
 
+    train = parser
     data = train.add_argument_group("data (one of --x/--y, --csv, --synthetic)")
     option(data, "--x", metavar="X.npy", default=S,
                  help="inputs, a 2-D .npy file (memory-mapped, never written)")
@@ -202,9 +221,7 @@ def add_parser(commands):
                 "fingerprint: its shape and the values of the first and last 64 rows "
                 "and of 1,025 evenly spaced rows (all rows of small data); a change in "
                 "any other row is not detected")
-    train.set_defaults(run=run)
-    train.option_actions = actions
-    return train
+    return actions
 
 
 
