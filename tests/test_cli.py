@@ -281,3 +281,11 @@ def test_output_path_that_is_a_link_fails_before_training(capsys, tmp_path, opti
     assert "loss per epoch" not in out and len(err.strip().splitlines()) == 1
     assert victim.read_bytes() == b"precious" and link.is_symlink()
 
+
+
+def test_dask_round_timeout_needs_a_cluster(capsys):
+    status, _, err = run(capsys, "train", "--synthetic", 300, "--dask-round-timeout", 5)
+    assert status == 2 and "--dask-round-timeout applies to --dask-scheduler" in err
+    status, _, err = run(capsys, "train", "--synthetic", 300, "--dask-round-timeout", 0,
+                         "--dask-local-workers", 1)
+    assert status == 2 and "dask-round-timeout" in err

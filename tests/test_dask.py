@@ -487,8 +487,8 @@ def test_cli_trains_on_a_local_cluster(tmp_path):
         [os.path.dirname(os.path.dirname(fastbp.__file__)), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run(
         [sys.executable, "-m", "fastbp", "train", "--synthetic", "400", "--layers", "20,8,1",
-         "--epochs", "2", "--dask-local-workers", "2", "--quiet", "--backend", "numpy",
-         "--save", str(tmp_path / "m.fbp")],
+         "--epochs", "2", "--dask-local-workers", "2", "--dask-round-timeout", "120",
+         "--quiet", "--backend", "numpy", "--save", str(tmp_path / "m.fbp")],
         env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "dask: 2 worker(s)" in out.stdout + out.stderr

@@ -25,7 +25,7 @@ from .common import CATEGORICAL, SPARSE_LOSSES, CommandError, positive_float, sa
 
 #: ``fastbp train`` options that ``sweep`` does not take (one network's, or one run's).
 EXCLUDED = ("seed", "learning_rate", "checkpoint", "resume", "save", "dask_scheduler",
-            "dask_local_workers", "average_every")
+            "dask_local_workers", "dask_round_timeout", "average_every")
 #: The seed of ``--synthetic`` data (``--seeds`` seed the networks).
 DATA_SEED = 0
 

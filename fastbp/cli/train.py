@@ -196,6 +196,9 @@ def add_options(parser, exclude=(), help_overrides=None):
            "the same paths on every worker)")
     option(cluster, "--dask-local-workers", type=positive_int, metavar="N", default=S,
            help="start a local Dask cluster of N single-threaded worker processes")
+    option(cluster, "--dask-round-timeout", type=positive_float, metavar="SECONDS", default=S,
+           help="stop with an error (the model at the last average) when one averaging "
+           "round takes longer than this while its workers stay connected (default: wait)")
     option(cluster, "--average-every", type=positive_int, metavar="ROWS", default=S,
            help="with --workers N or --dask-*: rows each worker trains between two "
            "averages (default: about 75 ms of kernel time)")
@@ -845,6 +848,9 @@ def _start_dask(opts):
     """``(client, local cluster or None, fastbp.dask)`` for the --dask-* options, else None."""
     address, local = opts.get("dask_scheduler"), opts.get("dask_local_workers")
     if address is None and local is None:
+        if opts.get("dask_round_timeout") is not None:
+            raise UsageError("--dask-round-timeout applies to --dask-scheduler or "
+                             "--dask-local-workers only.")
         if opts.get("average_every") is not None and opts.get("workers", 1) == 1:
             raise UsageError("--average-every applies to --workers N (N > 1), "
                              "--dask-scheduler or --dask-local-workers only.")
@@ -900,7 +906,8 @@ def _fit_on_dask(dask_run, network, X, Y, opts, n_train, n_val, callbacks, optim
         batch_size=opts["batch_size"], optimizer=optimizer, shuffle=opts["shuffle"],
         average_every=opts.get("average_every"), validation_data=validation_data,
         callbacks=callbacks, verbose=0 if opts["quiet"] else 1,
-        checkpoint=opts["checkpoint"], resume=resume)
+        checkpoint=opts["checkpoint"], resume=resume,
+        round_timeout=opts.get("dask_round_timeout"))
 
 
 def _stop_dask(dask_run):
