@@ -59,3 +59,40 @@ def test_decayed_state_is_zero_not_subnormal_and_weights_match_numpy(backend, op
     state = np.abs(results[backend]._state)
     assert not ((state > 0) & (state < tiny)).any(), "subnormal optimizer state was stored"
     assert_close(results[backend].get_weights(), results["numpy"].get_weights(), dtype)
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+def test_adam_moments_below_their_floors_are_zero_and_weights_match_numpy(backend, dtype):
+    # Adam stores v as zero below tiny / (1 - beta_2) and m below
+    # tiny / min(1 - beta_1, alpha): the next step multiplies them by those
+    # factors, and the products would be subnormal.  beta_2 = 1 - 1/16 makes v's
+    # band (tiny, 16 tiny) ~43 steps wide, beta_1 = 0.5 makes m's ten halvings
+    # wide; checking every 8 steps sees the reference inside each band.
+    require_backend(backend)
+    lr, beta_1, beta_2 = 0.001, 0.5, 0.9375
+    tiny = np.finfo(dtype).tiny
+    # alpha -> lr once beta ** t is negligible; 1% margin for alpha's rounding
+    floors = (0.99 * tiny / min(1 - beta_1, lr), 0.99 * tiny / (1 - beta_2))
+    nets, optimizers = {}, {}
+    for name in ("numpy", backend):
+        nets[name] = fastbp.Network([3, 4, 1], activations="tanh", dtype=dtype, backend=name,
+                                    seed=2)
+        optimizers[name] = fastbp.Adam(lr, beta_1=beta_1, beta_2=beta_2)
+        nets[name].fit(*_data(40, False, 0), epochs=1, batch_size=1,
+                       optimizer=optimizers[name], shuffle=False, verbose=0)
+    # ~11,000 steps take float64's v from ~1e-6 to 16 tiny (0.9375 ** 11000 ~ 1e-308)
+    X, y = _data(12000, True, 1)
+    reference_in_band = [False, False]
+    for start in range(0, len(X), 8):
+        for name in nets:
+            nets[name].fit(X[start:start + 8], y[start:start + 8], epochs=1, batch_size=1,
+                           optimizer=optimizers[name], shuffle=False, verbose=0)
+        for slot, floor in enumerate(floors):
+            reference = np.abs(nets["numpy"]._state[slot])
+            reference_in_band[slot] |= bool(((reference > tiny) & (reference < floor)).any())
+            state = np.abs(nets[backend]._state[slot])
+            assert not ((state > 0) & (state < floor)).any(), \
+                f"slot {slot}: a moment below its floor {floor:.3g} was stored"
+    assert reference_in_band == [True, True], \
+        "the reference run should pass through both floors' bands, or the test checks nothing"
+    assert_close(nets[backend].get_weights(), nets["numpy"].get_weights(), dtype)

@@ -125,6 +125,22 @@ F64_MAX = np.finfo(np.float64).max
 #: NaN state still propagates.
 TINY = DT(np.finfo(np.dtype(DTYPE)).tiny)
 
+#: Adam's moments need higher floors than ``TINY``: a moment ``s`` that the
+#: next step multiplies by a factor ``c < 1`` makes that product subnormal
+#: while ``TINY <= |s| < TINY / c``.  The update computes ``(g - v) * (1 -
+#: beta_2)`` (with Keras's 0.999 an idle weight's v spends ~6,900 steps in
+#: that band) and ``alpha * m`` (the step size, ~1e-3).  Those products cost
+#: float32 per-sample Adam 1.8x on a 100-256-256-1 net and 1.8x on
+#: 20-64-64-1 (measured with the CPU's flush-to-zero mode as the reference).
+#: So ``v`` is stored as zero below ``TINY / (1 - beta_2)`` and ``m`` below
+#: ``TINY / min(1 - beta_1, alpha)`` (:func:`state_floor`), the factor taken
+#: no smaller than FLOOR_MIN_FACTOR: a floor is at most ``2**20 TINY``
+#: (~1.2e-32 in float32, ~2.3e-302 in float64).  Dropping such a ``v``
+#: changes ``sqrt(v) + epsilon`` by ~1e-16, below the rounding of Keras's
+#: epsilon (1e-7) in either dtype; dropping such an ``m`` changes the update
+#: by at most ``TINY / epsilon`` (~1e-31 in float32).
+FLOOR_MIN_FACTOR = 2.0 ** -20
+
 #: Output widths below this use the dot form of the forward pass.
 AXPY_MIN_WIDTH = 8
 
@@ -579,6 +595,12 @@ def output_delta(x, z0, d0, ld, Y, y0, m, n, loss, scale):
 
 
 @_helper
+def state_floor(c):
+    """Magnitude below which a moment multiplied by ``c`` in the next step is stored as zero."""
+    return DT(np.float64(TINY) / max(c, FLOOR_MIN_FACTOR))
+
+
+@_helper
 def adam_alpha(hyper, step):
     """Adam's bias-corrected step size at the 1-based step ``step``.
 
@@ -590,6 +612,71 @@ def adam_alpha(hyper, step):
 
 
 @_helper
+def momentum_step(wk, gk, vk, lr, mu):
+    """SGD with momentum on one parameter: ``(w, v)`` after the step (state flushed, see TINY)."""
+    v = vk * mu - lr * gk
+    w = wk + v
+    if abs(v) < TINY:
+        v = DT(0)
+    return w, v
+
+
+@_helper
+def nesterov_step(wk, gk, vk, lr, mu):
+    """Nesterov momentum on one parameter: ``(w, v)`` after the step."""
+    v = vk * mu - lr * gk
+    w = wk + (mu * v - lr * gk)
+    if abs(v) < TINY:
+        v = DT(0)
+    return w, v
+
+
+@_helper
+def adam_step(wk, gk, mk, vk, alpha, c1, c2, eps, m_floor, v_floor):
+    """Adam on one parameter: ``(w, m, v)`` after the step.
+
+    ``alpha`` is this step's bias-corrected step size (:func:`adam_alpha`),
+    ``c1 = 1 - beta_1``, ``c2 = 1 - beta_2``; epsilon outside the root (Keras).
+    The moments are stored as zero below their floors (``state_floor(c1)``,
+    ``state_floor(c2)``; see FLOOR_MIN_FACTOR).
+    """
+    m = mk + (gk - mk) * c1
+    v = vk + (gk * gk - vk) * c2
+    w = wk - alpha * m / (math.sqrt(v) + eps)
+    if abs(m) < m_floor:
+        m = DT(0)
+    if abs(v) < v_floor:
+        v = DT(0)
+    return w, m, v
+
+
+@_helper
+def rmsprop_step(wk, gk, vk, lr, rho, c, eps):
+    """RMSprop on one parameter, epsilon inside the root (Keras): ``(w, v)`` after the step.
+
+    ``c = 1 - rho``.
+    """
+    v = vk * rho + c * (gk * gk)
+    w = wk - lr * gk / math.sqrt(v + eps)
+    if abs(v) < TINY:
+        v = DT(0)
+    return w, v
+
+
+@_helper
+def rmsprop_momentum_step(wk, gk, vk, bk, lr, rho, c, eps, mom):
+    """RMSprop with momentum on one parameter: ``(w, v, b)``, ``b`` the momentum buffer."""
+    v = vk * rho + c * (gk * gk)
+    b = bk * mom + lr * gk / math.sqrt(v + eps)
+    w = wk - b
+    if abs(v) < TINY:
+        v = DT(0)
+    if abs(b) < TINY:
+        b = DT(0)
+    return w, v, b
+
+
+@_helper
 def apply_update(w, g, s, opt, hyper, alpha, start, stop):
     """One optimizer step on parameters ``start:stop`` (Keras 3 formulas, see _codes).
 
@@ -598,7 +685,8 @@ def apply_update(w, g, s, opt, hyper, alpha, start, stop):
     optimizers).  Scalars are cast to ``DT`` first, as NumPy does with Python
     floats.  Element-wise, so a range may cover any part of the layout (its
     zero padding included).  State values below ``TINY`` are stored as zero
-    (see there).
+    (see there).  The per-parameter formulas are the ``*_step`` helpers,
+    shared with the fused per-sample pass (:func:`backward_flat_fused`).
     """
     lr = DT(hyper[0])
     if opt == C.SGD:
@@ -609,37 +697,22 @@ def apply_update(w, g, s, opt, hyper, alpha, start, stop):
         mu = DT(hyper[1])
         for q in range(start, stop):
             k = uidx(q)
-            v = s[0, k] * mu - lr * g[k]
-            w[k] += v
-            if abs(v) < TINY:
-                v = DT(0)
-            s[0, k] = v
+            w[k], s[0, k] = momentum_step(w[k], g[k], s[0, k], lr, mu)
     elif opt == C.SGD_NESTEROV:
         mu = DT(hyper[1])
         for q in range(start, stop):
             k = uidx(q)
-            gk = g[k]
-            v = s[0, k] * mu - lr * gk
-            w[k] += mu * v - lr * gk
-            if abs(v) < TINY:
-                v = DT(0)
-            s[0, k] = v
+            w[k], s[0, k] = nesterov_step(w[k], g[k], s[0, k], lr, mu)
     elif opt == C.ADAM:
         c1 = DT(1.0 - hyper[1])
         c2 = DT(1.0 - hyper[2])
         eps = DT(hyper[3])
+        m_floor = state_floor(min(1.0 - hyper[1], np.float64(alpha)))
+        v_floor = state_floor(1.0 - hyper[2])
         for q in range(start, stop):
             k = uidx(q)
-            gk = g[k]
-            mk = s[0, k] + (gk - s[0, k]) * c1
-            vk = s[1, k] + (gk * gk - s[1, k]) * c2
-            w[k] -= alpha * mk / (math.sqrt(vk) + eps)  # eps outside the root (Keras)
-            if abs(mk) < TINY:
-                mk = DT(0)
-            if abs(vk) < TINY:
-                vk = DT(0)
-            s[0, k] = mk
-            s[1, k] = vk
+            w[k], s[0, k], s[1, k] = adam_step(w[k], g[k], s[0, k], s[1, k], alpha, c1, c2, eps,
+                                               m_floor, v_floor)
     else:  # RMSprop (Keras): eps inside the root
         rho = DT(hyper[1])
         c = DT(1.0 - hyper[1])
@@ -648,25 +721,12 @@ def apply_update(w, g, s, opt, hyper, alpha, start, stop):
             mom = DT(hyper[2])
             for q in range(start, stop):
                 k = uidx(q)
-                gk = g[k]
-                vk = s[0, k] * rho + c * (gk * gk)
-                bk = s[1, k] * mom + lr * gk / math.sqrt(vk + eps)
-                w[k] -= bk
-                if abs(vk) < TINY:
-                    vk = DT(0)
-                if abs(bk) < TINY:
-                    bk = DT(0)
-                s[0, k] = vk
-                s[1, k] = bk
+                w[k], s[0, k], s[1, k] = rmsprop_momentum_step(w[k], g[k], s[0, k], s[1, k], lr,
+                                                               rho, c, eps, mom)
         else:
             for q in range(start, stop):
                 k = uidx(q)
-                gk = g[k]
-                vk = s[0, k] * rho + c * (gk * gk)
-                w[k] -= lr * gk / math.sqrt(vk + eps)
-                if abs(vk) < TINY:
-                    vk = DT(0)
-                s[0, k] = vk
+                w[k], s[0, k] = rmsprop_step(w[k], g[k], s[0, k], lr, rho, c, eps)
 
 
 # --------------------------------------------------------------------- dense layers
@@ -755,46 +815,122 @@ def backward_flat_sgd(x, a0, dx, d0, p0, w, k0, ld, b0, n_in, n_out, lr, propaga
 
 
 @_helper
-def backward_flat_update(x, a0, dx, d0, p0, w, g, s, k0, ld, b0, n_in, n_out, propagate, opt,
-                         hyper, alpha):
-    """Backward pass of one layer for one row, then a stateful optimizer's update of that layer.
+def backward_flat_fused(x, a0, dx, d0, p0, w, s, k0, ld, b0, n_in, n_out, propagate, opt,
+                        hyper, alpha):
+    """Backward pass of one layer for one row fused with a stateful optimizer's update.
 
-    The layer's gradient goes into ``g`` (the delta of the layer below from
-    the OLD weights, with ``propagate``), then ONE :func:`apply_update` over
-    the layer's kernel block (its zero padding included: its gradient stays
-    zero) and one over its bias, while the layer's gradient is still in
-    cache.  numpy_'s numbers: every delta is formed from weights not yet
-    updated, and each parameter gets the same update.  Measured: one update
-    per kernel row (64-256 elements) cost 2-3x on a 20-64-64-1 net (call
-    and branch overhead per row), one per layer is level with a single pass
-    over the whole buffer.
+    As :func:`backward_flat_sgd` does for plain SGD: in one sweep over the
+    kernel, each element's gradient ``a_i d_j`` is formed in a register and
+    the element and its state updated at once, while the delta of the layer
+    below (with ``propagate``) is summed from the OLD weights.  numpy_'s
+    numbers (every delta from weights not yet updated, each parameter the
+    same ``*_step`` formula), but the weights and state are streamed once per
+    sample and no gradient buffer is written and read back: the pass is
+    bound by the square root and division of Adam and RMSprop or by cache
+    bandwidth (the 100-256-256-1 net's weights and moments outgrow L2).
+    One loop nest per optimizer keeps the branch on ``opt`` outside the
+    loops.  Runs over ``n_out`` columns of each kernel row (the zero padding
+    to ``ld`` is left alone: it stays zero).
     """
-    if n_out == 1:  # a contiguous column: run along i
-        e = dx[uidx(d0)]
-        if propagate:
-            for i in range(n_in):
-                dx[uidx(p0 + i)] = w[uidx(k0 + i)] * e
-        for i in range(n_in):
-            g[uidx(k0 + i)] = x[uidx(a0 + i)] * e
-        apply_update(w, g, s, opt, hyper, alpha, k0, k0 + n_in)
-    else:
+    lr = DT(hyper[0])
+    if opt == C.ADAM:
+        c1 = DT(1.0 - hyper[1])
+        c2 = DT(1.0 - hyper[2])
+        eps = DT(hyper[3])
+        m_floor = state_floor(min(1.0 - hyper[1], np.float64(alpha)))
+        v_floor = state_floor(1.0 - hyper[2])
         for i in range(n_in):
             ai = x[uidx(a0 + i)]
             r = k0 + i * ld
+            acc = DT(0)
+            for j in range(n_out):
+                k = uidx(r + j)
+                kij = w[k]
+                dj = dx[uidx(d0 + j)]
+                acc += kij * dj
+                w[k], s[0, k], s[1, k] = adam_step(kij, ai * dj, s[0, k], s[1, k], alpha, c1,
+                                                   c2, eps, m_floor, v_floor)
             if propagate:
-                acc = DT(0)
-                for j in range(n_out):
-                    dj = dx[uidx(d0 + j)]
-                    acc += w[uidx(r + j)] * dj
-                    g[uidx(r + j)] = ai * dj
                 dx[uidx(p0 + i)] = acc
-            else:
-                for j in range(n_out):
-                    g[uidx(r + j)] = ai * dx[uidx(d0 + j)]
-        apply_update(w, g, s, opt, hyper, alpha, k0, k0 + n_in * ld)
-    for j in range(n_out):
-        g[uidx(b0 + j)] = dx[uidx(d0 + j)]
-    apply_update(w, g, s, opt, hyper, alpha, b0, b0 + n_out)
+        for j in range(n_out):
+            k = uidx(b0 + j)
+            w[k], s[0, k], s[1, k] = adam_step(w[k], dx[uidx(d0 + j)], s[0, k], s[1, k], alpha,
+                                               c1, c2, eps, m_floor, v_floor)
+    elif opt == C.RMSPROP:
+        rho = DT(hyper[1])
+        c = DT(1.0 - hyper[1])
+        eps = DT(hyper[3])
+        for i in range(n_in):
+            ai = x[uidx(a0 + i)]
+            r = k0 + i * ld
+            acc = DT(0)
+            for j in range(n_out):
+                k = uidx(r + j)
+                kij = w[k]
+                dj = dx[uidx(d0 + j)]
+                acc += kij * dj
+                w[k], s[0, k] = rmsprop_step(kij, ai * dj, s[0, k], lr, rho, c, eps)
+            if propagate:
+                dx[uidx(p0 + i)] = acc
+        for j in range(n_out):
+            k = uidx(b0 + j)
+            w[k], s[0, k] = rmsprop_step(w[k], dx[uidx(d0 + j)], s[0, k], lr, rho, c, eps)
+    elif opt == C.RMSPROP_MOMENTUM:
+        rho = DT(hyper[1])
+        c = DT(1.0 - hyper[1])
+        mom = DT(hyper[2])
+        eps = DT(hyper[3])
+        for i in range(n_in):
+            ai = x[uidx(a0 + i)]
+            r = k0 + i * ld
+            acc = DT(0)
+            for j in range(n_out):
+                k = uidx(r + j)
+                kij = w[k]
+                dj = dx[uidx(d0 + j)]
+                acc += kij * dj
+                w[k], s[0, k], s[1, k] = rmsprop_momentum_step(kij, ai * dj, s[0, k], s[1, k],
+                                                               lr, rho, c, eps, mom)
+            if propagate:
+                dx[uidx(p0 + i)] = acc
+        for j in range(n_out):
+            k = uidx(b0 + j)
+            w[k], s[0, k], s[1, k] = rmsprop_momentum_step(w[k], dx[uidx(d0 + j)], s[0, k],
+                                                           s[1, k], lr, rho, c, eps, mom)
+    elif opt == C.SGD_NESTEROV:
+        mu = DT(hyper[1])
+        for i in range(n_in):
+            ai = x[uidx(a0 + i)]
+            r = k0 + i * ld
+            acc = DT(0)
+            for j in range(n_out):
+                k = uidx(r + j)
+                kij = w[k]
+                dj = dx[uidx(d0 + j)]
+                acc += kij * dj
+                w[k], s[0, k] = nesterov_step(kij, ai * dj, s[0, k], lr, mu)
+            if propagate:
+                dx[uidx(p0 + i)] = acc
+        for j in range(n_out):
+            k = uidx(b0 + j)
+            w[k], s[0, k] = nesterov_step(w[k], dx[uidx(d0 + j)], s[0, k], lr, mu)
+    else:  # SGD with momentum
+        mu = DT(hyper[1])
+        for i in range(n_in):
+            ai = x[uidx(a0 + i)]
+            r = k0 + i * ld
+            acc = DT(0)
+            for j in range(n_out):
+                k = uidx(r + j)
+                kij = w[k]
+                dj = dx[uidx(d0 + j)]
+                acc += kij * dj
+                w[k], s[0, k] = momentum_step(kij, ai * dj, s[0, k], lr, mu)
+            if propagate:
+                dx[uidx(p0 + i)] = acc
+        for j in range(n_out):
+            k = uidx(b0 + j)
+            w[k], s[0, k] = momentum_step(w[k], dx[uidx(d0 + j)], s[0, k], lr, mu)
 
 
 @_helper
@@ -1159,8 +1295,9 @@ def train_single(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, opt, hyper, s
     """Batch size 1 with momentum, Nesterov, Adam or RMSprop, any widths.
 
     Per sample: forward pass, loss, then per layer the backward pass fused
-    with the update (``backward_flat_update``: each kernel row updated while
-    its gradient is in L1).  Returns ``(loss_sum, rows_done)``.
+    with the update (:func:`backward_flat_fused`: each parameter updated
+    while its gradient is in a register; ``wg`` is not used).  Returns
+    ``(loss_sum, rows_done)``.
     """
     n_layers = sizes.shape[0] - 1
     half = work.shape[0] // 2
@@ -1199,10 +1336,10 @@ def train_single(wp, wg, wst, lay, sizes, acts, loss, X, Y, order, opt, hyper, s
             if acts[li] != C.LINEAR:  # d loss / d z of this layer
                 derivative_rows(work, half + lay[LAY_ACT, li + 1], lay[LAY_ACT, li + 1], 0, 1,
                                 sizes[li + 1], acts[li])
-            backward_flat_update(work, lay[LAY_ACT, li], work, half + lay[LAY_ACT, li + 1],
-                                 half + lay[LAY_ACT, li], wp, wg, wst, lay[LAY_KERNEL, li],
-                                 lay[LAY_KERNEL_LD, li], lay[LAY_BIAS, li], sizes[li],
-                                 sizes[li + 1], li > 0, opt, hyper, alpha)
+            backward_flat_fused(work, lay[LAY_ACT, li], work, half + lay[LAY_ACT, li + 1],
+                                half + lay[LAY_ACT, li], wp, wst, lay[LAY_KERNEL, li],
+                                lay[LAY_KERNEL_LD, li], lay[LAY_BIAS, li], sizes[li],
+                                sizes[li + 1], li > 0, opt, hyper, alpha)
     return total, n
 
 
