@@ -459,3 +459,64 @@ def test_disable_jit_matches_numpy(tmp_path):
         print("plain-python" if not hasattr(fn, "compile") else "compiled")
     """, env={"NUMBA_DISABLE_JIT": "1", "FASTBP_CACHE_DIR": str(tmp_path)})
     assert out.strip() == "plain-python"
+
+
+def test_seeded_reciprocal_square_root_is_within_a_few_ulp():
+    """Float64 RMSprop's ``u / sqrt(x)``: a float32 seed and one third-order step.
+
+    The seed's relative error e is below 3e-7 (float32 rounding of x, the
+    root and the quotient, or the CPU's refined estimate); the step leaves
+    ~(5/16)(2e)^3 < 1e-19, so what remains is the float64 rounding of the
+    step's four operations: a few units in the last place.
+    """
+    from fastbp._backends import _numba_kernels as K
+
+    @numba.njit
+    def both(u, x, out):
+        for k in range(x.shape[0]):
+            out[0, k] = K.scaled_rsqrt(u[k], x[k], True)
+            out[1, k] = K.scaled_rsqrt(u[k], x[k], False)
+
+    rng = np.random.default_rng(0)
+    n = 20_000 if numba.config.DISABLE_JIT else 1_000_000
+    x = np.exp(rng.uniform(np.log(K.SEED_MIN), np.log(2 * K.SEED_LIMIT), n))
+    x[:3] = K.SEED_MIN, 1.0, 2 * K.SEED_LIMIT
+    u = rng.normal(size=n)
+    out = np.empty((2, n))
+    both(u, x, out)
+    np.testing.assert_array_equal(out[1], u / np.sqrt(x))  # the exact form: sqrt, then divide
+    ulp = np.spacing(np.abs(out[1]))
+    assert np.max(np.abs(out[0] - out[1]) / ulp) <= 4
+
+
+@pytest.mark.parametrize("case", ["huge gradients", "tiny epsilon"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_rmsprop_outside_the_seeds_range_runs_the_exact_form(case, momentum):
+    """Where ``v + eps`` may leave float32's range, float64 RMSprop divides exactly.
+
+    Targets of 1e25 make the squared gradients ~1e50, beyond float32 (the
+    seed would be 0 and the update vanish); with an epsilon of 1e-60 the
+    ``v + eps`` of a weight whose gradient stays zero falls below float32's
+    range (the seed would be infinite, the update 0 * inf).  Either way the
+    weights must equal the NumPy reference's.
+    """
+    import fastbp
+
+    rng = np.random.default_rng(3)
+    X = rng.uniform(-1, 1, size=(300, 3))
+    y = np.tanh(X[:, :1] - X[:, 1:2])
+    epsilon = 1e-7
+    if case == "huge gradients":
+        y = y * 1e25
+    else:
+        epsilon = 1e-60
+        X[:, 2] = 0.0  # a dead input: its weights' v decays to 0
+    nets = {}
+    for backend in ("numpy", "numba"):
+        net = fastbp.Network([3, 5, 1], activations="tanh", backend=backend, seed=4)
+        net.fit(X, y, epochs=3, batch_size=1, shuffle=False, verbose=0,
+                optimizer=fastbp.RMSprop(0.001, rho=0.5, momentum=momentum, epsilon=epsilon))
+        nets[backend] = net
+    tol = TOLERANCES[np.dtype("float64")]
+    for got, want in zip(nets["numba"].get_weights(), nets["numpy"].get_weights()):
+        np.testing.assert_allclose(got, want, rtol=tol["rtol"], atol=tol["atol"])
