@@ -32,6 +32,10 @@ cdef struct Update:
     # times these (see adam_floor_scale): v's is fixed, m's follows alpha
     double m_floor_scale
     double v_floor_scale
+    # per-sample float64 RMSprop: u / sqrt(x) through the refined float32 seed
+    # (scaled_rsqrt); set by train_single for one call while the state and
+    # every gradient keep x within the seed's range
+    bint seeded
 
 
 cdef inline double adam_floor_scale(double c) noexcept nogil:
@@ -64,6 +68,7 @@ cdef int update_init(Update* rule, int kind, const double[::1] hyper) except -1:
     rule.alpha = 0
     rule.m_floor_scale = 1
     rule.v_floor_scale = 1
+    rule.seeded = 0
     if kind == SGD_MOMENTUM or kind == SGD_NESTEROV:
         rule.momentum = hyper[1]
     elif kind == ADAM:
@@ -88,6 +93,103 @@ cdef inline void update_step(Update* rule, int64_t step) noexcept nogil:
         rule.alpha = rule.lr * sqrt(1 - pow(rule.beta_2, t)) / (1 - pow(rule.beta_1, t))
         rule.m_floor_scale = adam_floor_scale(min(rule.decay, rule.alpha))
 
+
+
+# The range of x = v + eps that the seeded u / sqrt(x) accepts: eps at least
+# SEED_MIN; eps, every v and every squared gradient at most SEED_LIMIT (v is
+# a convex combination of its old value and g^2), so x stays well inside
+# float32's normal range.  The Numba twin's values.
+cdef extern from *:
+    """
+    #define FASTBP_SEED_MIN 0x1p-100
+    #define FASTBP_SEED_LIMIT 0x1p98
+    """
+    const double SEED_MIN "FASTBP_SEED_MIN"
+    const double SEED_LIMIT "FASTBP_SEED_LIMIT"
+
+
+cdef inline floating scaled_rsqrt(floating u, floating x, bint seeded) noexcept nogil:
+    """``u / sqrt(x)``; with ``seeded`` (double only), from a float32 seed refined in double.
+
+    The float32 ``1 / sqrt(x)`` (relative error below 3e-7) and one
+    third-order step ``y (1 + r/2 + 3r^2/8)``, ``r = 1 - x y^2``, give the
+    quotient within a few ulp of the exact one for a fraction of the cost
+    of a double square root and division (the Numba twin's ``RSQRT_SEEDED``
+    has the figures).  The caller keeps ``x`` within ``[SEED_MIN, 2 SEED_LIMIT]``.
+    """
+    cdef double y, r, uy
+    if floating is double:
+        if seeded:
+            y = (<float> 1) / sqrtf(<float> x)  # float32 root and quotient
+            r = 1.0 - (x * y) * y
+            uy = u * y
+            return uy + uy * (r * (0.5 + 0.375 * r))
+        return u / sqrt(x)
+    else:
+        return u / sqrtf(x)
+
+
+cdef inline bint seeded_rsqrt_valid(const floating* v, Py_ssize_t n,
+                                    const Update* rule) noexcept nogil:
+    """May per-sample RMSprop start with the seeded ``u / sqrt(x)``? (double only)
+
+    ``eps`` within ``[SEED_MIN, SEED_LIMIT]`` and every ``v`` within ``[0,
+    SEED_LIMIT]`` (NaN fails).
+    """
+    cdef Py_ssize_t j
+    if floating is float:
+        return 0
+    if rule.kind != RMSPROP and rule.kind != RMSPROP_MOMENTUM:
+        return 0
+    if not (SEED_MIN <= rule.epsilon <= SEED_LIMIT):
+        return 0
+    for j in range(n):
+        if not (0 <= v[j] <= SEED_LIMIT):
+            return 0
+    return 1
+
+
+cdef inline bint gradients_in_seed_range(const floating* a, const floating* d, Py_ssize_t n_in,
+                                         Py_ssize_t n_out) noexcept nogil:
+    """Are one layer's gradients ``a_i d_j`` (and the bias's ``d_j``) squared at most SEED_LIMIT?
+
+    From ``max(1, max |a_i|) * max |d_j|``; an infinite value fails (NaN
+    gradients give NaN in either form of :c:func:`scaled_rsqrt`).
+    """
+    cdef double a_max = 1, d_max = 0, bound
+    cdef Py_ssize_t i
+    for i in range(n_in):
+        a_max = max(a_max, fabs(a[i]))
+    for i in range(n_out):
+        d_max = max(d_max, fabs(d[i]))
+    bound = a_max * d_max
+    return bound * bound <= SEED_LIMIT
+
+
+cdef inline void rmsprop_update(floating* w, const floating* g, floating* s0, floating* s1,
+                                Py_ssize_t n, const Update* rule, bint momentum,
+                                bint seeded) noexcept nogil:
+    """RMSprop (Keras: epsilon inside the square root) on ``n`` parameters.
+
+    Called with literal ``momentum`` and ``seeded``, so that each call site
+    compiles to its own vectorised loop: a branch on them inside the loop
+    (gcc's unswitching gives up on a body this size) kept it scalar.
+    """
+    cdef Py_ssize_t j
+    cdef floating lr = <floating> rule.lr
+    cdef floating rho = <floating> rule.decay
+    cdef floating c = <floating> rule.decay2
+    cdef floating eps = <floating> rule.epsilon
+    cdef floating mu = <floating> rule.momentum
+    cdef floating v, inc
+    for j in range(n):
+        v = s0[j] * rho + c * (g[j] * g[j])
+        inc = scaled_rsqrt(lr * g[j], v + eps, seeded)
+        s0[j] = flush_subnormal(v)
+        if momentum:
+            inc = s1[j] * mu + inc
+            s1[j] = flush_subnormal(inc)
+        w[j] -= inc
 
 
 cdef inline floating flush_subnormal(floating x) noexcept nogil:
@@ -157,20 +259,12 @@ cdef inline void apply_update(floating* w, const floating* g, floating* s0, floa
                 w[j] -= alpha * m / (sqrt(v) + eps)
                 s0[j] = 0 if fabs(m) < m_floor else m
                 s1[j] = 0 if fabs(v) < v_floor else v
+    elif rule.kind == RMSPROP_MOMENTUM:
+        if rule.seeded:
+            rmsprop_update(w, g, s0, s1, n, rule, 1, 1)
+        else:
+            rmsprop_update(w, g, s0, s1, n, rule, 1, 0)
+    elif rule.seeded:
+        rmsprop_update(w, g, s0, s1, n, rule, 0, 1)
     else:
-        # RMSprop (Keras): epsilon inside the square root
-        c1 = <floating> rule.decay
-        c2 = <floating> rule.decay2
-        eps = <floating> rule.epsilon
-        mu = <floating> rule.momentum
-        for j in range(n):
-            v = s0[j] * c1 + c2 * (g[j] * g[j])
-            if floating is float:
-                inc = lr * g[j] / sqrtf(v + eps)
-            else:
-                inc = lr * g[j] / sqrt(v + eps)
-            s0[j] = flush_subnormal(v)
-            if rule.kind == RMSPROP_MOMENTUM:
-                inc = s1[j] * mu + inc
-                s1[j] = flush_subnormal(inc)
-            w[j] -= inc
+        rmsprop_update(w, g, s0, s1, n, rule, 0, 0)

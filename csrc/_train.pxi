@@ -79,6 +79,7 @@ cdef int train_single(floating* wp, const Net* net, const floating* X,
     cdef Py_ssize_t n_mean = per_row(loss, n_y)
     cdef floating scale = <floating> (1.0 / n_mean)
     cdef double total = 0, value
+    rule.seeded = seeded_rsqrt_valid(ws0, net.n_work, rule)
     k = 0
     while k < n_order:
         if k + ahead < n_order:
@@ -111,6 +112,8 @@ cdef int train_single(floating* wp, const Net* net, const floating* X,
                 for j in range(n_out):
                     b[j] -= lr * delta[j]
             else:
+                if rule.seeded:
+                    rule.seeded = gradients_in_seed_range(a, delta, n_in, n_out)
                 backward_row_update(K, net.ldk[l], b, ws0 + net.wk_off[l], ws1 + net.wk_off[l],
                                     ws0 + net.wb_off[l], ws1 + net.wb_off[l], a, delta,
                                     delta_prev, g, n_in, n_out, l > 0, rule)
@@ -119,6 +122,7 @@ cdef int train_single(floating* wp, const Net* net, const floating* X,
             delta_prev = tmp
         step += 1
         k += 1
+    rule.seeded = 0  # the minibatch path divides exactly
     loss_out[0] = total
     done_out[0] = k
     return 0

@@ -96,3 +96,38 @@ def test_adam_moments_below_their_floors_are_zero_and_weights_match_numpy(backen
     assert reference_in_band == [True, True], \
         "the reference run should pass through both floors' bands, or the test checks nothing"
     assert_close(nets[backend].get_weights(), nets["numpy"].get_weights(), dtype)
+
+
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+@pytest.mark.parametrize("case", ["huge gradients", "tiny epsilon"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_rmsprop_outside_the_seeds_range_runs_the_exact_form(backend, case, momentum):
+    """Where ``v + eps`` may leave float32's range, float64 RMSprop divides exactly.
+
+    Per sample, the compiled backends compute RMSprop's ``lr g / sqrt(v +
+    eps)`` from a float32 reciprocal square root refined in float64 while
+    the state and gradients keep ``v + eps`` inside float32's range.
+
+    Targets of 1e25 make the squared gradients ~1e50, beyond float32 (the
+    seed would be 0 and the update vanish); with an epsilon of 1e-60 the
+    ``v + eps`` of a weight whose gradient stays zero falls below float32's
+    range (the seed would be infinite, the update 0 * inf).  Either way the
+    weights must equal the NumPy reference's.
+    """
+    require_backend(backend)
+    rng = np.random.default_rng(3)
+    X = rng.uniform(-1, 1, size=(300, 3))
+    y = np.tanh(X[:, :1] - X[:, 1:2])
+    epsilon = 1e-7
+    if case == "huge gradients":
+        y = y * 1e25
+    else:
+        epsilon = 1e-60
+        X[:, 2] = 0.0  # a dead input: its weights' v decays to 0
+    nets = {}
+    for name in ("numpy", backend):
+        net = fastbp.Network([3, 5, 1], activations="tanh", backend=name, seed=4)
+        net.fit(X, y, epochs=3, batch_size=1, shuffle=False, verbose=0,
+                optimizer=fastbp.RMSprop(0.001, rho=0.5, momentum=momentum, epsilon=epsilon))
+        nets[name] = net
+    assert_close(nets[backend].get_weights(), nets["numpy"].get_weights(), "float64")

@@ -148,8 +148,9 @@ FLOOR_MIN_FACTOR = 2.0 ** -20
 #: and refined in float64 by one third-order step, ``y (1 + r/2 + 3r^2/8)``
 #: with ``r = 1 - x y^2``: the result is within ~2 ulp of the correctly
 #: rounded one (measured: 4e-16 relative over x in [1e-30, 1e30]), the
-#: division's numbers within the parity bounds, at 1.2x (20-64-64-1) to 1.4x
-#: (100-256-256-1) the rate of the exact form.  It is used while every ``x =
+#: division's numbers within the parity bounds, at 1.5x the rate of the
+#: exact form on 20-64-64-1 and 100-256-256-1 nets (with the RMSprop loops of
+#: :func:`backward_flat_fused`).  It is used while every ``x =
 #: v + eps`` is within ``[SEED_MIN, 2 SEED_LIMIT]``, inside float32's normal
 #: range: ``eps`` at least SEED_MIN, and ``eps``, every ``v`` and every
 #: gradient's square at most SEED_LIMIT (``v`` is a convex combination of
@@ -896,7 +897,10 @@ def backward_flat_fused(x, a0, dx, d0, p0, w, s, k0, ld, b0, n_in, n_out, propag
     bound by the square root and division of Adam and RMSprop or by cache
     bandwidth (the 100-256-256-1 net's weights and moments outgrow L2).
     One loop nest per optimizer keeps the branch on ``opt`` outside the
-    loops.  Runs over ``n_out`` columns of each kernel row (the zero padding
+    loops.  RMSprop's sums the delta below in a loop of its own before
+    updating the row (float64 1.1-1.2x the one-loop form, where the seeded
+    root's float32 conversions left the loop at half the vector width's
+    rate; Adam's and momentum's one loop measured as fast or faster).  Runs over ``n_out`` columns of each kernel row (the zero padding
     to ``ld`` is left alone: it stays zero).  ``seeded``: may RMSprop use
     the seeded ``u / sqrt(x)`` (see RSQRT_SEEDED)?  Returns whether it still
     may after this row's gradients (:func:`gradient_bound`).
@@ -935,15 +939,15 @@ def backward_flat_fused(x, a0, dx, d0, p0, w, s, k0, ld, b0, n_in, n_out, propag
         for i in range(n_in):
             ai = x[uidx(a0 + i)]
             r = k0 + i * ld
-            acc = DT(0)
+            if propagate:
+                acc = DT(0)
+                for j in range(n_out):
+                    acc += w[uidx(r + j)] * dx[uidx(d0 + j)]
+                dx[uidx(p0 + i)] = acc
             for j in range(n_out):
                 k = uidx(r + j)
-                kij = w[k]
-                dj = dx[uidx(d0 + j)]
-                acc += kij * dj
-                w[k], s[0, k] = rmsprop_step(kij, ai * dj, s[0, k], lr, rho, c, eps, seeded)
-            if propagate:
-                dx[uidx(p0 + i)] = acc
+                w[k], s[0, k] = rmsprop_step(w[k], ai * dx[uidx(d0 + j)], s[0, k], lr, rho, c,
+                                             eps, seeded)
         for j in range(n_out):
             k = uidx(b0 + j)
             w[k], s[0, k] = rmsprop_step(w[k], dx[uidx(d0 + j)], s[0, k], lr, rho, c, eps,
@@ -956,16 +960,16 @@ def backward_flat_fused(x, a0, dx, d0, p0, w, s, k0, ld, b0, n_in, n_out, propag
         for i in range(n_in):
             ai = x[uidx(a0 + i)]
             r = k0 + i * ld
-            acc = DT(0)
+            if propagate:
+                acc = DT(0)
+                for j in range(n_out):
+                    acc += w[uidx(r + j)] * dx[uidx(d0 + j)]
+                dx[uidx(p0 + i)] = acc
             for j in range(n_out):
                 k = uidx(r + j)
-                kij = w[k]
-                dj = dx[uidx(d0 + j)]
-                acc += kij * dj
-                w[k], s[0, k], s[1, k] = rmsprop_momentum_step(kij, ai * dj, s[0, k], s[1, k],
-                                                               lr, rho, c, eps, mom, seeded)
-            if propagate:
-                dx[uidx(p0 + i)] = acc
+                w[k], s[0, k], s[1, k] = rmsprop_momentum_step(w[k], ai * dx[uidx(d0 + j)],
+                                                               s[0, k], s[1, k], lr, rho, c,
+                                                               eps, mom, seeded)
         for j in range(n_out):
             k = uidx(b0 + j)
             w[k], s[0, k], s[1, k] = rmsprop_momentum_step(w[k], dx[uidx(d0 + j)], s[0, k],
