@@ -3,14 +3,15 @@
     python benchmarks/adam_bound.py
 
 Per parameter and sample, Adam's update does one square root, one division
-and ~8 other flops, and streams four parameter-sized arrays (weights, the two
-moments, the gradient).  This script measures, on one thread, in one process:
+and ~8 other flops, and streams three parameter-sized arrays (weights and
+the two moments; the per-sample pass forms each gradient in a register).  This script measures, on one thread, in one process:
 
 1. ``sqrt+div``: nanoseconds per element of a loop doing only
    ``a / (sqrt(b) + eps)`` on arrays that stay in L1 -- the throughput of
    the divider and square-root unit at the vector width Numba compiles for;
-2. ``update``: nanoseconds per parameter of the whole Adam update (the same
-   code as the Numba backend's, state flushed below the smallest normal) on
+2. ``update``: nanoseconds per parameter of the whole Adam update (the Numba
+   backend's formulas, from a gradient array, state flushed below the
+   smallest normal) on
    arrays the size of the W5 (5,569 parameters) and W6 (92,417) nets;
 3. ``sgd`` and ``adam``: the per-sample training rates of ``fit(batch_size=1)``
    with plain SGD and with Adam on W5 and W6,
