@@ -633,20 +633,16 @@ def adam_alpha(hyper, step):
 
 
 @_helper
-def momentum_step(wk, gk, vk, lr, mu):
-    """SGD with momentum on one parameter: ``(w, v)`` after the step (state flushed, see TINY)."""
-    v = vk * mu - lr * gk
-    w = wk + v
-    if abs(v) < TINY:
-        v = DT(0)
-    return w, v
+def momentum_step(wk, gk, vk, lr, mu, nesterov):
+    """SGD with momentum (or Nesterov's) on one parameter: ``(w, v)`` after the step.
 
-
-@_helper
-def nesterov_step(wk, gk, vk, lr, mu):
-    """Nesterov momentum on one parameter: ``(w, v)`` after the step."""
+    The velocity is flushed below TINY (see there).
+    """
     v = vk * mu - lr * gk
-    w = wk + (mu * v - lr * gk)
+    if nesterov:
+        w = wk + (mu * v - lr * gk)
+    else:
+        w = wk + v
     if abs(v) < TINY:
         v = DT(0)
     return w, v
@@ -728,16 +724,12 @@ def apply_update(w, g, s, opt, hyper, alpha, start, stop):
         for q in range(start, stop):
             k = uidx(q)
             w[k] -= lr * g[k]
-    elif opt == C.SGD_MOMENTUM:
+    elif opt == C.SGD_MOMENTUM or opt == C.SGD_NESTEROV:
         mu = DT(hyper[1])
+        nesterov = opt == C.SGD_NESTEROV
         for q in range(start, stop):
             k = uidx(q)
-            w[k], s[0, k] = momentum_step(w[k], g[k], s[0, k], lr, mu)
-    elif opt == C.SGD_NESTEROV:
-        mu = DT(hyper[1])
-        for q in range(start, stop):
-            k = uidx(q)
-            w[k], s[0, k] = nesterov_step(w[k], g[k], s[0, k], lr, mu)
+            w[k], s[0, k] = momentum_step(w[k], g[k], s[0, k], lr, mu, nesterov)
     elif opt == C.ADAM:
         c1 = DT(1.0 - hyper[1])
         c2 = DT(1.0 - hyper[2])
@@ -974,8 +966,9 @@ def backward_flat_fused(x, a0, dx, d0, p0, w, s, k0, ld, b0, n_in, n_out, propag
             k = uidx(b0 + j)
             w[k], s[0, k], s[1, k] = rmsprop_momentum_step(w[k], dx[uidx(d0 + j)], s[0, k],
                                                            s[1, k], lr, rho, c, eps, mom, seeded)
-    elif opt == C.SGD_NESTEROV:
+    else:  # SGD with momentum, or Nesterov's
         mu = DT(hyper[1])
+        nesterov = opt == C.SGD_NESTEROV
         for i in range(n_in):
             ai = x[uidx(a0 + i)]
             r = k0 + i * ld
@@ -985,29 +978,12 @@ def backward_flat_fused(x, a0, dx, d0, p0, w, s, k0, ld, b0, n_in, n_out, propag
                 kij = w[k]
                 dj = dx[uidx(d0 + j)]
                 acc += kij * dj
-                w[k], s[0, k] = nesterov_step(kij, ai * dj, s[0, k], lr, mu)
+                w[k], s[0, k] = momentum_step(kij, ai * dj, s[0, k], lr, mu, nesterov)
             if propagate:
                 dx[uidx(p0 + i)] = acc
         for j in range(n_out):
             k = uidx(b0 + j)
-            w[k], s[0, k] = nesterov_step(w[k], dx[uidx(d0 + j)], s[0, k], lr, mu)
-    else:  # SGD with momentum
-        mu = DT(hyper[1])
-        for i in range(n_in):
-            ai = x[uidx(a0 + i)]
-            r = k0 + i * ld
-            acc = DT(0)
-            for j in range(n_out):
-                k = uidx(r + j)
-                kij = w[k]
-                dj = dx[uidx(d0 + j)]
-                acc += kij * dj
-                w[k], s[0, k] = momentum_step(kij, ai * dj, s[0, k], lr, mu)
-            if propagate:
-                dx[uidx(p0 + i)] = acc
-        for j in range(n_out):
-            k = uidx(b0 + j)
-            w[k], s[0, k] = momentum_step(w[k], dx[uidx(d0 + j)], s[0, k], lr, mu)
+            w[k], s[0, k] = momentum_step(w[k], dx[uidx(d0 + j)], s[0, k], lr, mu, nesterov)
     return seeded
 
 
