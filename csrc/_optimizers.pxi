@@ -94,7 +94,6 @@ cdef inline void update_step(Update* rule, int64_t step) noexcept nogil:
         rule.m_floor_scale = adam_floor_scale(min(rule.decay, rule.alpha))
 
 
-
 # The range of x = v + eps that the seeded u / sqrt(x) accepts: eps at least
 # SEED_MIN; eps, every v and every squared gradient at most SEED_LIMIT (v is
 # a convex combination of its old value and g^2), so x stays well inside
@@ -220,7 +219,7 @@ cdef inline void apply_update(floating* w, const floating* g, floating* s0, floa
     """
     cdef Py_ssize_t j
     cdef floating lr = <floating> rule.lr
-    cdef floating mu, c1, c2, eps, alpha, v, m, inc, m_floor, v_floor
+    cdef floating mu, c1, c2, eps, alpha, v, m, m_floor, v_floor
     if rule.kind == SGD:
         for j in range(n):
             w[j] -= lr * g[j]

@@ -892,10 +892,11 @@ def backward_flat_fused(x, a0, dx, d0, p0, w, s, k0, ld, b0, n_in, n_out, propag
     loops.  RMSprop's sums the delta below in a loop of its own before
     updating the row (float64 1.1-1.2x the one-loop form, where the seeded
     root's float32 conversions left the loop at half the vector width's
-    rate; Adam's and momentum's one loop measured as fast or faster).  Runs over ``n_out`` columns of each kernel row (the zero padding
-    to ``ld`` is left alone: it stays zero).  ``seeded``: may RMSprop use
-    the seeded ``u / sqrt(x)`` (see RSQRT_SEEDED)?  Returns whether it still
-    may after this row's gradients (:func:`gradient_bound`).
+    rate; Adam's and momentum's one loop measured as fast or faster).  Runs
+    over ``n_out`` columns of each kernel row (the zero padding to ``ld`` is
+    left alone: it stays zero).  ``seeded``: may RMSprop use the seeded
+    ``u / sqrt(x)`` (see RSQRT_SEEDED)?  Returns whether it still may after
+    this row's gradients (:func:`gradient_bound`).
     """
     lr = DT(hyper[0])
     if seeded and (opt == C.RMSPROP or opt == C.RMSPROP_MOMENTUM):
