@@ -13,6 +13,14 @@ early (EarlyStopping) frees its thread for the others.  Between rounds the
 calling thread, and only it, runs the callbacks and the progress bar: a
 callback never runs concurrently with another one, nor with the training of
 its own network.
+
+A backend that trains many networks in one launch (``open_many_trainer``:
+the CUDA backend, a thread block per network) gets them all in one trainer:
+a round then draws every network's chunk and trains those that share rows
+(all of them, for data in memory) in one kernel launch, from the calling
+thread; each network still sees the :class:`Trainer` contract through its
+:class:`_Member`, so the bookkeeping (step count, divergence, callbacks) is
+the same code as for the CPU backends.
 """
 
 __all__ = ["ManyDivergedError", "fit_many", "predict_many"]
@@ -175,10 +183,17 @@ class _Job:
             callback.on_epoch_begin(self.epoch, {"rows": 0})
         return True
 
-    def step(self):
-        """Train the next chunk; at the epoch's end compute its logs.  False: Ctrl-C."""
+    def next_chunk(self):
+        """The ``(X, Y, order)`` of this network's next chunk."""
+        return next(self._chunks)
+
+    def step(self, chunk=None):
+        """Train ``chunk`` (default: the next); at the epoch's end compute its logs.
+
+        Returns True, or False when a second Ctrl-C interrupted the chunk.
+        """
         run, network = self.run, self.network
-        X, Y, order = next(self._chunks)
+        X, Y, order = self.next_chunk() if chunk is None else chunk
         trained = network._train_chunk(X, Y, order, run.batch_size, self.epoch, self.rows)
         if trained is None:
             return False
@@ -202,6 +217,87 @@ class _Job:
                 callback.on_epoch_end(self.epoch, self.logs)
             self.epoch += 1
             self.begin_epoch()
+
+
+class _Member:
+    """Network ``k``'s view of a many-network trainer: the :class:`Trainer` contract.
+
+    Its chunk was already trained by the round's one launch
+    (:func:`_group_round`), which left the result here; :meth:`train` hands
+    it over, and the rest acts on network ``k`` alone.
+    """
+
+    def __init__(self, group, k):
+        self.group, self.k = group, k
+        self.result = None
+
+    def train(self, X, Y, order, step):
+        result, self.result = self.result, None
+        return result
+
+    def finite(self):
+        return bool(self.group.finite_many()[self.k])
+
+    def store(self):
+        self.group.store([self.k])
+
+    def reload(self):
+        self.group.reload([self.k])
+
+    def close(self):
+        pass  # the group trainer is closed once, by fit_many
+
+
+def _trains_many(networks):
+    """The networks' one backend when it trains many networks in one launch, else None."""
+    kernels = networks[0]._kernels
+    if not hasattr(kernels, "open_many_trainer") or any(net._kernels is not kernels
+                                                         for net in networks):
+        return None
+    return kernels
+
+
+def _group_trainer(networks, batch_size):
+    """One trainer for every network when their backend trains many at once, else None."""
+    kernels = _trains_many(networks)
+    if kernels is None:
+        return None
+    return kernels.open_many_trainer(
+        [net._params for net in networks], [net._state for net in networks],
+        networks[0]._sizes, networks[0]._acts, networks[0]._loss, batch_size,
+        [net._opt_code for net in networks], [net._hyper for net in networks])
+
+
+def _group_round(group, active):
+    """Train one chunk of every job in ``active`` with the many-network trainer.
+
+    The chunks are drawn in network order; the networks whose chunks share
+    their rows (all of them, for data in memory; a streamed file gives each
+    network its own block) train in one launch.  Results as :func:`_round`'s.
+    """
+    chunks = [job.next_chunk() for job in active]
+    by_rows = {}
+    for i, (X, Y, _) in enumerate(chunks):
+        by_rows.setdefault((id(X), id(Y)), []).append(i)
+    try:
+        for members in by_rows.values():
+            X, Y, _ = chunks[members[0]]
+            totals, done = group.train_many(
+                X, Y, [chunks[i][2] for i in members],
+                [active[i].network._step for i in members],
+                networks=[active[i].index for i in members])
+            for i, total, rows in zip(members, totals, done):
+                active[i].network._trainer.result = (float(total), int(rows))
+    except KeyboardInterrupt:  # a second Ctrl-C: every network back to its last chunk
+        group.reload()
+        return [False] * len(active)
+    results = []
+    for job, chunk in zip(active, chunks):
+        try:
+            results.append(job.step(chunk))
+        except BaseException as exc:  # kept in network order, raised by the caller
+            results.append(exc)
+    return results
 
 
 class _Run:
@@ -276,7 +372,9 @@ def fit_many(networks, X, y, *, epochs=1, batch_size=32, optimizers=None, shuffl
         1 draws one progress bar for the whole job (rows over all networks).
     workers : int, default 1
         Threads to spread the networks over (-1: every usable core).  Each
-        network trains serially, so the results do not depend on it.
+        network trains serially, so the results do not depend on it.  Not
+        used when every network is on the ``"cuda"`` backend: one kernel
+        launch per round trains them all, a thread block each.
 
     Returns
     -------
@@ -301,9 +399,11 @@ def fit_many(networks, X, y, *, epochs=1, batch_size=32, optimizers=None, shuffl
     -----
     On the CPU backends each network's weights, optimizer state, step count
     and history equal bit for bit those of its own ``fit`` with the same
-    arguments and ``workers=1``.  Callbacks and the progress bar run in the
-    calling thread, between rounds (one chunk of every network still
-    training); a bad argument or bad data (in memory) changes no network.
+    arguments and ``workers=1``; on the ``"cuda"`` backend they run the same
+    kernel as that ``fit``, a block per network, in one launch.  Callbacks
+    and the progress bar run in the calling thread, between rounds (one
+    chunk of every network still training); a bad argument or bad data (in
+    memory) changes no network.
     """
     networks = _check_networks(networks, "fit_many")
     with _writing(networks, "fit_many"):
@@ -330,7 +430,8 @@ def _fit_many(networks, X, y, epochs, batch_size, optimizers, shuffle, validatio
     run = _Run(train, val, epochs, batch_size, shuffle)
 
     threads = all(_parallel.releases_gil(net._kernels) for net in networks)
-    if workers > 1 and not threads:
+    # one launch trains them all on a many-network backend: no turns to warn of
+    if workers > 1 and not threads and _trains_many(networks) is None:
         slow = next(net for net in networks if not _parallel.releases_gil(net._kernels))
         _parallel.warn_in_turn(slow._kernels, workers, stacklevel=4)
     workers = min(workers, len(networks))
@@ -347,7 +448,7 @@ def _fit_many(networks, X, y, epochs, batch_size, optimizers, shuffle, validatio
                 callback.set_params(epochs, train.n_rows)
         jobs.append(_Job(k, net, items, run))
     streamed = train.streamed or (val is not None and val.streamed)
-    runner = None
+    runner = group = None
     progress = None
     rollback = False
     try:
@@ -357,11 +458,13 @@ def _fit_many(networks, X, y, epochs, batch_size, optimizers, shuffle, validatio
             job.network.stop_training = False
             for callback in job.callbacks:
                 callback.on_train_begin()
+        group = _group_trainer(networks, batch_size)
         for job in jobs:
             net = job.network
-            net._trainer = net._kernels.open_trainer(
-                net._params, net._state, net._sizes, net._acts, net._loss, batch_size,
-                net._opt_code, net._hyper)
+            net._trainer = (_Member(group, job.index) if group is not None else
+                            net._kernels.open_trainer(net._params, net._state, net._sizes,
+                                                      net._acts, net._loss, batch_size,
+                                                      net._opt_code, net._hyper))
         runner = _parallel.TaskRunner(workers, threads)
         if verbose:
             progress = _Progress(jobs)
@@ -372,7 +475,8 @@ def _fit_many(networks, X, y, epochs, batch_size, optimizers, shuffle, validatio
                 active = [job for job in jobs if job.active]
                 if not active:
                     break
-                results = _round(runner, active, workers)
+                results = (_group_round(group, active) if group is not None else
+                           _round(runner, active, workers))
                 stop = False
                 for job, result in zip(active, results):  # network order: deterministic
                     if isinstance(result, TrainingDivergedError):
@@ -411,6 +515,8 @@ def _fit_many(networks, X, y, epochs, batch_size, optimizers, shuffle, validatio
             trainer, job.network._trainer = job.network._trainer, None
             if trainer is not None:
                 trainer.close()
+        if group is not None:
+            group.close()
         if runner is not None:
             runner.close()
     histories = [job.history for job in jobs]

@@ -147,6 +147,107 @@ def test_many_networks_refuse_mismatched_buffers(cuda_):
                                 np.array([C.TANH, C.LINEAR]), C.MSE, 1, [code], [hyper])
 
 
+def _many_case(dtype, stream, tmp_path, n=13):
+    """Rows (in memory or memory-mapped) and three networks' optimizers for fit_many."""
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(n, 3)).astype(dtype)
+    y = np.tanh(X[:, :2] * 0.8).astype(dtype)
+    if stream:
+        np.save(tmp_path / "X.npy", X)
+        X = np.load(tmp_path / "X.npy", mmap_mode="r")
+    return X, y
+
+
+def _many_optimizers():
+    return [fastbp.SGD(0.05, momentum=0.9, nesterov=True), fastbp.Adam(0.02),
+            fastbp.RMSprop(0.01, momentum=0.5)]
+
+
+def _stoppers(k):
+    """Network 0 never counts as improving: it stops after two epochs, the others go on."""
+    return [fastbp.EarlyStopping(monitor="val_loss", patience=0,
+                                 min_delta=1e9 if k == 0 else 0.0)]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_fit_many_trains_the_networks_in_one_launch_per_round(cuda_, dtype, stream,
+                                                              monkeypatch, tmp_path):
+    """fit_many on cuda: every network as its own fit, one launch per round for rows in memory.
+
+    Three networks (their own seeds, optimizer kinds and hyper-parameters),
+    several rounds per epoch (chunks of 4 rows), one network stopped early so
+    that later launches leave it out.  Oracles: each network's twin trained
+    alone by ``fit`` on the cuda backend (the same kernel: bit for bit) and on
+    the NumPy reference.  A memory-mapped file gives each network its own
+    blocks: then each network's chunk is a launch of its own.
+    """
+    X, y = _many_case(dtype, stream, tmp_path)
+    launches = []
+    run = cuda_._run
+
+    def counting(mode, *args, **kwargs):
+        if mode == cuda_._TRAIN:
+            launches.append(1)
+        return run(mode, *args, **kwargs)
+
+    def nets(backend):
+        return [fastbp.Network([3, 4, 2], activations="tanh", backend=backend, dtype=dtype,
+                               seed=k) for k in range(3)]
+
+    settings = dict(epochs=3, batch_size=3, validation_split=0.25, verbose=0)
+    with fastbp.config_context(chunk_rows=4):
+        many = nets("cuda")
+        monkeypatch.setattr(cuda_, "_run", counting)
+        histories = fastbp.fit_many(many, X, y, optimizers=_many_optimizers(),
+                                    callbacks=_stoppers, **settings)
+        monkeypatch.setattr(cuda_, "_run", run)
+        # 10 training rows (Keras's split keeps ceil(0.75 * 13)) in chunks of 3 (whole
+        # batches): 4 rounds an epoch; network 0 trains 2 epochs, the others 3
+        rounds = 3 * 4
+        assert len(launches) == ((2 + 3 + 3) * 4 if stream else rounds)
+        for backend in ("cuda", "numpy"):
+            for k, (net, twin) in enumerate(zip(many, nets(backend))):
+                want = twin.fit(X, y, optimizer=_many_optimizers()[k], callbacks=_stoppers(k),
+                                **settings)
+                if backend == "cuda":
+                    assert histories[k].history == want.history
+                    assert net._params.tobytes() == twin._params.tobytes()
+                    assert net._state.tobytes() == twin._state.tobytes()
+                    assert net._step == twin._step
+                else:
+                    assert_close(histories[k].history["loss"], want.history["loss"], dtype)
+                    assert_close(net.get_weights(), twin.get_weights(), dtype)
+    assert [len(h.history["loss"]) for h in histories] == [2, 3, 3]
+
+
+def test_fit_many_one_network_diverges_the_others_finish(cuda_):
+    """A diverged network keeps its last finite weights; the launches go on without it."""
+    X, y = _many_case("float32", False, None)
+    optimizers = [fastbp.SGD(0.05), fastbp.SGD(1e30), fastbp.Adam(0.02)]
+
+    def nets():
+        return [fastbp.Network([3, 4, 2], activations="tanh", backend="cuda",
+                               dtype="float32", seed=k) for k in range(3)]
+
+    many = nets()
+    with fastbp.config_context(chunk_rows=4):
+        with pytest.raises(fastbp.ManyDivergedError) as caught:
+            fastbp.fit_many(many, X, y, epochs=2, batch_size=1, optimizers=optimizers,
+                            verbose=0)
+        assert caught.value.diverged == [1]
+        for k, (net, twin) in enumerate(zip(many, nets())):
+            if k == 1:
+                with pytest.raises(fastbp.TrainingDivergedError):
+                    twin.fit(X, y, epochs=2, batch_size=1, optimizer=optimizers[k], verbose=0)
+            else:
+                want = twin.fit(X, y, epochs=2, batch_size=1, optimizer=optimizers[k],
+                                verbose=0)
+                assert caught.value.histories[k].history == want.history
+            assert np.isfinite(net._params).all()
+            assert net._params.tobytes() == twin._params.tobytes()
+            assert net._step == twin._step
+
+
 def test_gpu_benchmark_script_runs(cuda_):
     """benchmarks/gpu_many.py (the GPU figures' script) runs end to end, tiny."""
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_many.py")

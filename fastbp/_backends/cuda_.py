@@ -7,7 +7,8 @@ the network description and the training rows on the GPU, so that a chunk
 copies over only each network's row order.  :func:`open_many_trainer` trains
 many networks of one shape at once (sweeps, ensembles), each in its own
 block with its own parameters, optimizer, state and row order, all reading
-the same rows: the single-network trainer is its one-network case.  Inside a
+the same rows (``fastbp.fit_many`` uses it for networks on this backend): the
+single-network trainer is its one-network case.  Inside a
 block the rows are processed one after another -- per-sample SGD is
 sequential by nature -- and the block's threads share the work within a row:
 each thread owns some units of a layer (forward, deltas), some weights
@@ -219,7 +220,7 @@ def _update(i, params, grad, optimizer, consts, alpha, state):
 
 @cuda.jit
 def _kernel(mode, all_params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, orders,
-            batch_size, optimizers, all_consts, all_alphas, all_state, all_units, all_deltas,
+            counts, batch_size, optimizers, all_consts, all_alphas, all_state, all_units, all_deltas,
             all_losses, all_grad, all_out, stops, results):
     """Run ``mode`` for network ``blockIdx.x``: one thread block per network.
 
@@ -227,8 +228,9 @@ def _kernel(mode, all_params, sizes, param_offsets, unit_offsets, acts, loss, X,
     ``k`` has its own parameters ``all_params[k]``, optimizer
     ``optimizers[k]`` with constants ``all_consts[k]`` (Adam's step sizes
     ``all_alphas[k]``), state ``all_state[k]`` and row order ``orders[k]``:
-    it visits rows ``X[orders[k, 0]], X[orders[k, 1]], ...`` in batches of
-    ``batch_size``, so the data is on the device once for all networks.
+    it visits rows ``X[orders[k, 0]], ..., X[orders[k, counts[k] - 1]]`` in
+    batches of ``batch_size``, so the data is on the device once for all
+    networks (a network with ``counts[k] == 0`` does nothing).
     ``all_units``/``all_deltas`` hold each network's activations/deltas of
     one row (layer ``l`` at ``unit_offsets[l]``), ``all_losses`` its output
     row's loss terms; ``stops[k]`` is its "batch loss not finite" flag;
@@ -256,7 +258,7 @@ def _kernel(mode, all_params, sizes, param_offsets, unit_offsets, acts, loss, X,
     order = orders[k]
     optimizer = optimizers[k]
     n_layers = acts.shape[0]
-    n_rows = order.shape[0]
+    n_rows = counts[k]
     n_par = params.shape[0]
     n_out = sizes[n_layers]
     # what a row's element losses are divided by: the outputs (a mean), or 1 (a sum)
@@ -499,20 +501,23 @@ class _DeviceNet:
         self.no_out = cuda.device_array((k, 1, 1), dtype=dtype)
 
 
-def _run(mode, net, d_params, loss, d_X, d_Y, d_orders, batch_size, *, optimizers, consts,
-         alphas=None, d_state=None, d_grad=None, d_out=None):
+def _run(mode, net, d_params, loss, d_X, d_Y, orders, counts, batch_size, *, optimizers,
+         consts, alphas=None, d_state=None, d_grad=None, d_out=None):
     """Launch the kernel once, a block per network; returns ``(loss sums, rows done)`` per network.
 
-    ``optimizers`` (codes), ``consts`` and ``alphas`` (one row per network)
-    are copied to the device; the ``d_`` arrays are device arrays that the
-    kernel reads and writes where the mode says.
+    Network ``k`` visits rows ``orders[k, :counts[k]]``.  ``orders``,
+    ``counts``, ``optimizers`` (codes), ``consts`` and ``alphas`` (one row per
+    network) are copied to the device; the ``d_`` arrays are device arrays
+    that the kernel reads and writes where the mode says.
     """
     if alphas is None:
         alphas = np.zeros((net.n_networks, 1), dtype=net.dtype)
     d_results = cuda.device_array((net.n_networks, 2), dtype=np.float64)
     args = (mode, d_params, net.sizes, net.param_offsets, net.unit_offsets, net.acts,
-            int(loss), d_X, d_Y if d_Y is not None else net.no_targets, d_orders,
-            int(batch_size), cuda.to_device(np.asarray(optimizers, dtype=np.int64)),
+            int(loss), d_X, d_Y if d_Y is not None else net.no_targets,
+            cuda.to_device(np.ascontiguousarray(orders, dtype=np.int64)),
+            cuda.to_device(np.asarray(counts, dtype=np.int64)), int(batch_size),
+            cuda.to_device(np.asarray(optimizers, dtype=np.int64)),
             cuda.to_device(consts), cuda.to_device(alphas),
             d_state if d_state is not None else net.no_state, net.activations, net.deltas,
             net.output_sums, d_grad if d_grad is not None else net.no_grad,
@@ -530,7 +535,7 @@ def _launch(mode, params, sizes, acts, loss, X, Y, batch_size, *, consts, grad=N
     d_out = cuda.to_device(out[None]) if out is not None else None
     orders = np.arange(X.shape[0], dtype=np.int64)[None]
     totals, done = _run(mode, net, cuda.to_device(params[None]), loss, cuda.to_device(X),
-                        cuda.to_device(Y) if Y is not None else None, cuda.to_device(orders),
+                        cuda.to_device(Y) if Y is not None else None, orders, [X.shape[0]],
                         batch_size, optimizers=[C.SGD], consts=consts[None], d_grad=d_grad,
                         d_out=d_out)
     if mode == _GRADIENTS:
@@ -554,8 +559,9 @@ class _Trainer:
     and dtype.  The training rows go to the device once: a chunk hands over
     the same ``X``/``Y`` again (held by a weak reference, so a streamed
     block is not kept alive) and only the networks' row orders travel.
-    Parameters come back to the host when stored (and when checked for
-    finiteness, into the host mirror ``store`` then copies from).
+    Parameters and state come back to the host once per launch, when first
+    checked for finiteness or stored, into host mirrors that :meth:`store`
+    copies from, for every network or for some.
     """
 
     def __init__(self, params, states, dtype, sizes, acts, loss, batch_size, optimizers, hypers):
@@ -567,7 +573,8 @@ class _Trainer:
         self._d_params = cuda.to_device(np.stack(self._params))
         self._d_state = cuda.to_device(np.stack(self._states))
         self._d_grad = cuda.device_array(self._d_params.shape, dtype=dtype)
-        self._host = np.stack(self._params)  # the device parameters as last copied back
+        # the device parameters and state as last copied back
+        self._host, self._host_state = np.stack(self._params), np.stack(self._states)
         self._host_current = True
         self._rows = None  # (weak X, weak Y, device X, device Y) of the resident data
 
@@ -587,35 +594,52 @@ class _Trainer:
     def train(self, X, Y, order, step):
         """One network's chunk (the contract's ``Trainer.train``)."""
         check_chunk(self._dtype, self._sizes, X, Y, order)
-        totals, done = self.train_many(X, Y, order[None], [step])
+        totals, done = self.train_many(X, Y, [order], [step], networks=[0])
         return float(totals[0]), int(done[0])
 
-    def train_many(self, X, Y, orders, steps):
-        """Train network ``k`` on rows ``orders[k]`` of ``X``/``Y`` from step ``steps[k]``.
+    def train_many(self, X, Y, orders, steps, networks=None):
+        """Train networks on rows of ``X``/``Y``, all in one launch.
 
-        Returns the loss sums (float64) and rows done, one per network.
+        Network ``networks[i]`` (default: every network, ``i = k``) trains on
+        rows ``orders[i]`` from step ``steps[i]``; the other networks train
+        nothing.  The orders may differ in length.  Returns the loss sums
+        (float64) and rows done, one per entry of ``networks``.
         """
-        n = orders.shape[1]
-        k = len(self._params)
-        if n == 0:
-            return np.zeros(k), np.zeros(k, dtype=np.int64)
-        d_X, d_Y, orders = self._device_rows(X, Y, orders)
-        n_batches = -(-n // self._batch_size)
+        if networks is None:
+            networks = range(len(self._params))
+        networks = [int(k) for k in networks]
+        counts = np.zeros(len(self._params), dtype=np.int64)
+        for k, order in zip(networks, orders):
+            counts[k] = len(order)
+        longest = int(counts.max())
+        if longest == 0:
+            return np.zeros(len(networks)), np.zeros(len(networks), dtype=np.int64)
+        # one row per network, padded with row 0 past its count (never visited)
+        padded = np.zeros((len(self._params), longest), dtype=np.int64)
+        for k, order in zip(networks, orders):
+            padded[k, :len(order)] = order
+        d_X, d_Y, padded = self._device_rows(X, Y, padded)
+        n_batches = -(-longest // self._batch_size)
         per_row = _per_row(self._loss, self._sizes)
-        consts = np.stack([_consts(self._dtype, per_row, n, self._batch_size, hyper)
-                           for hyper in self._hypers])
-        alphas = np.stack([_adam_alphas(self._dtype, hyper, int(step), n_batches)
+        consts = np.stack([_consts(self._dtype, per_row, int(n), self._batch_size, hyper)
+                           for n, hyper in zip(counts, self._hypers)])
+        first = dict(zip(networks, (int(step) for step in steps)))
+        alphas = np.stack([_adam_alphas(self._dtype, hyper, first.get(k, 0), n_batches)
                            if code == C.ADAM else np.zeros(n_batches, dtype=self._dtype)
-                           for code, hyper, step in zip(self._optimizers, self._hypers, steps)])
+                           for k, (code, hyper) in enumerate(zip(self._optimizers,
+                                                                 self._hypers))])
         self._host_current = False
-        return _run(_TRAIN, self._net, self._d_params, self._loss, d_X, d_Y,
-                    cuda.to_device(np.ascontiguousarray(orders, dtype=np.int64)),
-                    self._batch_size, optimizers=self._optimizers, consts=consts,
-                    alphas=alphas, d_state=self._d_state, d_grad=self._d_grad)
+        totals, done = _run(_TRAIN, self._net, self._d_params, self._loss, d_X, d_Y, padded,
+                            counts, self._batch_size, optimizers=self._optimizers,
+                            consts=consts, alphas=alphas, d_state=self._d_state,
+                            d_grad=self._d_grad)
+        return totals[networks], done[networks]
 
     def _fetch(self):
+        """Bring the device parameters and state into the host mirrors (once per launch)."""
         if not self._host_current:
             self._d_params.copy_to_host(self._host)
+            self._d_state.copy_to_host(self._host_state)
             self._host_current = True
 
     def finite(self):
@@ -627,18 +651,25 @@ class _Trainer:
         self._fetch()
         return np.isfinite(self._host).all(axis=1)
 
-    def store(self):
+    def store(self, networks=None):
+        """Write the parameters and state of ``networks`` (default all) into their host buffers."""
         self._fetch()
-        states = self._d_state.copy_to_host()
-        for k, (params, state) in enumerate(zip(self._params, self._states)):
-            params[...] = self._host[k]
-            state[...] = states[k]
+        for k in range(len(self._params)) if networks is None else networks:
+            self._params[k][...] = self._host[k]
+            self._states[k][...] = self._host_state[k]
 
-    def reload(self):
-        self._d_params.copy_to_device(np.stack(self._params))
-        self._d_state.copy_to_device(np.stack(self._states))
-        self._host[...] = np.stack(self._params)
-        self._host_current = True
+    def reload(self, networks=None):
+        """Put the host buffers of ``networks`` (default all) back on the device.
+
+        The other networks keep their device state: the mirrors are brought
+        up to date first and the whole stack goes over in one copy.
+        """
+        self._fetch()
+        for k in range(len(self._params)) if networks is None else networks:
+            self._host[k] = self._params[k]
+            self._host_state[k] = self._states[k]
+        self._d_params.copy_to_device(self._host)
+        self._d_state.copy_to_device(self._host_state)
 
     def close(self):
         self._net = self._d_params = self._d_state = self._d_grad = self._rows = None
@@ -733,8 +764,8 @@ def open_many_trainer(params, states, sizes, acts, loss, batch_size, optimizers,
     :func:`open_trainer`'s), ``optimizers[k]``/``hypers[k]`` its optimizer;
     the networks share ``sizes``, ``acts``, ``loss``, ``batch_size`` and the
     dtype.  ``train_many(X, Y, orders, steps)`` trains network ``k`` on rows
-    ``orders[k]``; ``store``, ``reload``, ``finite_many`` and ``close`` act on
-    all of them.
+    ``orders[k]`` (``networks=`` picks some of them); ``finite_many`` and
+    ``close`` act on all of them, ``store`` and ``reload`` on all or some.
     """
     if len(params) == 0 or not (len(params) == len(states) == len(optimizers) == len(hypers)):
         raise ValueError(f"open_many_trainer: expected as many states, optimizers and hypers "
