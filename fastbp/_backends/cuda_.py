@@ -220,8 +220,8 @@ def _update(i, params, grad, optimizer, consts, alpha, state):
 
 @cuda.jit
 def _kernel(mode, all_params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, orders,
-            counts, batch_size, optimizers, all_consts, all_alphas, all_state, all_units, all_deltas,
-            all_losses, all_grad, all_out, stops, results):
+            counts, batch_size, optimizers, all_consts, all_alphas, all_state, all_units,
+            all_deltas, all_losses, all_grad, all_out, stops, results):
     """Run ``mode`` for network ``blockIdx.x``: one thread block per network.
 
     Every network has the same layer widths, activations and loss; network
