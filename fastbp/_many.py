@@ -257,6 +257,28 @@ def _trains_many(networks):
     return kernels
 
 
+def _check_device_memory(networks, train, run):
+    """Refuse more networks than one launch of a many-network backend can hold."""
+    kernels = _trains_many(networks)
+    if kernels is None:
+        return
+    resident = 0 if train.streamed else train.X.nbytes + train.Y.nbytes
+    if resident > kernels.RESIDENT_BYTES:
+        resident = 0  # then only each chunk's rows travel
+    free = kernels.free_bytes()
+    chunk = min(run.chunk_rows, train.n_rows)  # the longest row order one launch takes
+    shape = (networks[0]._sizes, networks[0]._dtype, chunk, run.batch_size)
+    fit = kernels.max_networks(*shape, resident, free)
+    if len(networks) > fit:
+        need = kernels.network_bytes(*shape)
+        raise ValueError(
+            f"fit_many: expected at most {fit} networks of this shape on the GPU (each needs "
+            f"{need / 2**20:.2f} MiB of device memory with chunks of {chunk} rows, "
+            f"the rows {resident / 2**20:.1f} MiB, and {free / 2**20:.0f} MiB "
+            f"are free); found {len(networks)}. Train them in groups of at most {fit} "
+            f"(one fit_many call each), or lower chunk_rows with fastbp.config_context.")
+
+
 def _group_trainer(networks, batch_size):
     """One trainer for every network when their backend trains many at once, else None."""
     kernels = _trains_many(networks)
@@ -428,6 +450,7 @@ def _fit_many(networks, X, y, epochs, batch_size, optimizers, shuffle, validatio
         _check_monitored(items, val)
     batch_size = min(batch_size, train.n_rows)  # as fit: one batch of all rows
     run = _Run(train, val, epochs, batch_size, shuffle)
+    _check_device_memory(networks, train, run)
 
     threads = all(_parallel.releases_gil(net._kernels) for net in networks)
     # one launch trains them all on a many-network backend: no turns to warn of

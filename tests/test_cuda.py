@@ -248,6 +248,27 @@ def test_fit_many_one_network_diverges_the_others_finish(cuda_):
             assert net._step == twin._step
 
 
+def test_fit_many_refuses_more_networks_than_the_gpu_holds(cuda_, monkeypatch):
+    """Say how many fit, and change no network."""
+    # [3, 4, 2] in float64: 26 parameters, each with 2 state slots and a gradient (8 bytes
+    # each: 832), 9 units' activations and deltas (144), 2 float64 output sums (16), 64
+    # bytes of flags and results; per launch a chunk of 3 int64 positions and 1 step size
+    assert cuda_.network_bytes([3, 4, 2], "float64", 3, 3) == 832 + 144 + 16 + 64 + 24 + 8
+    X, y = _many_case("float64", False, None, n=12)
+    rows = X.nbytes + y.nbytes
+    need = cuda_.network_bytes([3, 4, 2], "float64", 12, 12)  # chunk = batch = all 12 rows
+    monkeypatch.setattr(cuda_, "free_bytes", lambda: (2.5 * need + rows) / 0.9)
+    nets = [fastbp.Network([3, 4, 2], activations="tanh", backend="cuda", seed=k)
+            for k in range(3)]
+    before = [net.get_weights() for net in nets]
+    with pytest.raises(ValueError, match="at most 2 networks .* found 3. Train them in groups"):
+        fastbp.fit_many(nets, X, y, batch_size=12, optimizers=[fastbp.Adam()] * 3, verbose=0)
+    for net, weights in zip(nets, before):
+        assert all((a == b).all() for a, b in zip(net.get_weights(), weights))
+        assert net.optimizer is None and net._step == 0
+    fastbp.fit_many(nets[:2], X, y, batch_size=12, verbose=0)  # two fit
+
+
 def test_gpu_benchmark_script_runs(cuda_):
     """benchmarks/gpu_many.py (the GPU figures' script) runs end to end, tiny."""
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_many.py")

@@ -464,6 +464,39 @@ def _adam_alphas(dtype, hyper, step, n_batches):
     return alphas
 
 
+def network_bytes(sizes, dtype, chunk_rows, batch_size):
+    """Device memory one network of a many-network trainer takes, in bytes.
+
+    Its parameters, optimizer state (``N_STATE_SLOTS`` rows) and gradient,
+    one row's activations and deltas, and what each launch uploads for it: a
+    chunk's row order (int64) and Adam step sizes (one per batch).
+    """
+    sizes = [int(s) for s in sizes]
+    n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    itemsize = np.dtype(dtype).itemsize
+    per_launch = 8 * chunk_rows + itemsize * -(-chunk_rows // batch_size)
+    return (itemsize * (n_params * (C.N_STATE_SLOTS + 2) + 2 * sum(sizes))
+            + 8 * sizes[-1] + 64 + per_launch)
+
+
+def free_bytes():
+    """The GPU's free memory in bytes (infinite on the simulator)."""
+    return cuda.current_context().get_memory_info().free
+
+
+def max_networks(sizes, dtype, chunk_rows, batch_size, rows_bytes, free=None):
+    """How many networks of this shape one launch can train in ``free`` bytes (default: now).
+
+    ``rows_bytes`` is the training rows kept on the device; a tenth of the
+    free memory is left for the runtime and the kernel's own needs.
+    """
+    free = free_bytes() if free is None else free
+    if not math.isfinite(free):
+        return sys.maxsize
+    usable = 0.9 * free - rows_bytes
+    return max(0, int(usable // network_bytes(sizes, dtype, chunk_rows, batch_size)))
+
+
 class _DeviceNet:
     """The layer description and per-row scratch of ``n_networks`` networks, on the device.
 
