@@ -269,6 +269,31 @@ def test_fit_many_refuses_more_networks_than_the_gpu_holds(cuda_, monkeypatch):
     fastbp.fit_many(nets[:2], X, y, batch_size=12, verbose=0)  # two fit
 
 
+@pytest.mark.parametrize("workers,batch_size", [(2, 1), (3, 4), (2, 64)])
+def test_workers_equal_the_reference_with_the_same_workers(cuda_, dtype, workers, batch_size):
+    """fit(workers=N) on cuda: local SGD (batch 1 and 4) and a split minibatch (64 rows).
+
+    The backend holds the GIL, so the replicas (or the batch's parts) take
+    turns, with a warning that says so; the numbers are the algorithm's,
+    equal to the NumPy reference's with the same ``workers``.
+    """
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(70, 3))
+    y = np.tanh(X @ np.array([0.5, -0.3, 0.8]))
+    fits = {}
+    for backend in ("numpy", "cuda"):
+        net = fastbp.Network([3, 4, 1], activations="tanh", backend=backend, dtype=dtype,
+                             seed=1)
+        with pytest.warns(RuntimeWarning, match="take turns|one after another"):
+            history = net.fit(X, y, epochs=2, batch_size=batch_size, workers=workers,
+                              average_every=12, optimizer=fastbp.Adam(0.01), verbose=0)
+        fits[backend] = (net, history)
+    (ref, ref_history), (net, history) = fits["numpy"], fits["cuda"]
+    assert_close(net.get_weights(), ref.get_weights(), dtype)
+    assert_close(history.history["loss"], ref_history.history["loss"], dtype)
+    assert net._step == ref._step
+
+
 def test_gpu_benchmark_script_runs(cuda_):
     """benchmarks/gpu_many.py (the GPU figures' script) runs end to end, tiny."""
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_many.py")
