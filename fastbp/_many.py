@@ -416,6 +416,10 @@ def fit_many(networks, X, y, *, epochs=1, batch_size=32, optimizers=None, shuffl
         no training position: it cannot be resumed).
     RuntimeError
         Another thread is using one of the networks.
+    ValueError
+        Bad arguments or data (nothing changed); on the ``"cuda"`` backend,
+        more networks than the GPU's free memory holds (the message says how
+        many fit).
 
     Notes
     -----
