@@ -171,17 +171,26 @@ class TaskRunner:
         if threads and workers > 1:
             self._threads = [_Worker(k) for k in range(1, workers)]
 
-    def run(self, task, n_tasks=None):
-        """``[task(0), ..., task(n_tasks - 1)]`` (``n_tasks`` defaults to ``workers``)."""
+    def run(self, task, n_tasks=None, on_error=None):
+        """``[task(0), ..., task(n_tasks - 1)]`` (``n_tasks`` defaults to ``workers``).
+
+        ``on_error`` (tasks that wait for each other, threads only) is called
+        when task 0 in the calling thread raises, or a Ctrl-C lands before it
+        started, before waiting for the others: it must release them.
+        """
         n_tasks = self.workers if n_tasks is None else n_tasks
         if not self._threads or n_tasks == 1:
             return [task(k) for k in range(n_tasks)]
         with self._lock:
             helpers = self._threads[:n_tasks - 1]
-            for worker in helpers:
-                worker.start_task(task)
             try:
+                for worker in helpers:
+                    worker.start_task(task)
                 first = task(0)
+            except BaseException:
+                if on_error is not None:
+                    on_error()
+                raise
             finally:
                 # a Ctrl-C or an error in task 0: let the others finish before unwinding
                 results, errors = [], []
@@ -193,6 +202,11 @@ class TaskRunner:
             if errors:
                 raise errors[0]
             return [first] + results
+
+    @property
+    def threaded(self):
+        """Whether the tasks run on threads at once (else one after another)."""
+        return bool(self._threads)
 
     def close(self):
         for worker in self._threads:
@@ -397,6 +411,9 @@ class SplitBatchTrainer:
     def train(self, X, Y, order, step):
         _contract.check_chunk(*self._check, X, Y, order)
         splitter, workers = self._splitter, self._workers
+        if getattr(splitter, "trains_chunks", False) and self._runner.threaded:
+            # the backend meets its threads inside compiled code: one call each per chunk
+            return splitter.train_chunk(X, Y, order, step, self._runner)
         loss_sum = 0.0
         for start in range(0, len(order), self._batch_size):
             rows = order[start:start + self._batch_size]

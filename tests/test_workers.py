@@ -170,6 +170,57 @@ def test_split_minibatches_keep_keras_semantics(compiled_backend, opt):
     assert one._step == two._step
 
 
+def test_split_minibatches_diverge_as_the_reference():
+    """A non-finite batch loss stops every thread of a split batch, at the reference's row."""
+    require_backend("numba")
+    X, y = _problem("mse", n=640, seed=5)
+    y = y * 1e3
+    found = {}
+    for backend in ("numpy", "numba"):
+        net = fastbp.Network([3, 8, 1], backend=backend, seed=0)
+        with pytest.raises(fastbp.TrainingDivergedError) as caught:
+            _quiet_fit(net, X, y, epochs=20, batch_size=64, optimizer=fastbp.SGD(0.9),
+                       verbose=0, workers=2, shuffle=False)
+        assert all(np.isfinite(w).all() for w in net.get_weights())
+        found[backend] = (str(caught.value), net.get_weights(), net._step)
+    assert found["numba"][0] == found["numpy"][0]  # the same epoch and row in the message
+    assert_close(found["numba"][1], found["numpy"][1], "float64")
+    assert found["numba"][2] == found["numpy"][2]
+
+
+def test_split_chunk_releases_its_threads_when_the_caller_fails():
+    """The calling thread's part never starts (a Ctrl-C): the other part leaves its barrier."""
+    require_backend("numba")
+    import threading
+
+    from fastbp._backends import _codes as C
+    from fastbp._backends import numba_
+
+    net = fastbp.Network([3, 4, 1], seed=0)
+    code, hyper = fastbp.SGD(0.01)._pack()
+    state = np.zeros((C.N_STATE_SLOTS, net._params.size))
+    splitter = numba_.open_splitter(net._params, state, net._sizes, net._acts, net._loss, 64,
+                                    code, hyper, 2)
+    if not splitter.trains_chunks:
+        pytest.skip("plain Python (NUMBA_DISABLE_JIT=1) splits batches in Python")
+    X, y = _problem("mse", n=128)
+    returned = []
+
+    class FailingCaller:
+        """Runs part 1 on a thread, then fails in the caller before part 0 starts."""
+
+        def run(self, task, on_error=None):
+            worker = threading.Thread(target=lambda: returned.append(task(1)))
+            worker.start()
+            on_error()
+            worker.join(timeout=60)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        splitter.train_chunk(X, y, np.arange(128), 0, FailingCaller())
+    assert returned == [(0.0, -1)]  # it saw the abort word and left without a step
+
+
 def test_one_worker_is_the_serial_run_bitwise(backend):
     X, y = _problem("mse", n=120)
     nets = []

@@ -802,7 +802,45 @@ class _Splitter(_WorkingCopy):
         self._works = [_aligned_zeros(2 * half, dtype) for _ in range(parts)]
         self._gradient = kernel("batch_part_gradient", dtype)
         self._update = kernel("sum_and_update", dtype)
+        self._parts, self._batch_size = parts, batch_size
+        # the whole chunk in one call per thread, synchronised in compiled code (not
+        # without the JIT: plain Python has no atomics to build the barrier from)
+        self._split = None if numba.config.DISABLE_JIT else kernel("train_split", dtype)
+        self._sync = np.zeros(_kernels.SYNC_WORDS, dtype=np.int64)
+        self._losses = np.zeros(parts, dtype=np.float64)
         self.reload()
+
+    @property
+    def trains_chunks(self):
+        """Whether :meth:`train_chunk` is available (compiled kernels)."""
+        return self._split is not None
+
+    def train_chunk(self, X, Y, order, step, runner):
+        """Train rows ``order`` in split batches, every part's thread in one compiled call.
+
+        ``runner`` runs the ``parts`` calls at once (``fastbp._parallel.TaskRunner``);
+        they meet at barriers inside ``train_split``.  If a call cannot start or
+        fails (a second Ctrl-C in the calling thread), the abort word releases
+        the others.  Returns ``(loss_sum, rows_done)``.
+        """
+        sync, split = self._sync, self._split
+        sync[:] = 0
+
+        def abort():
+            sync[_kernels.SYNC_ABORT] = 1
+
+        def task(k):
+            try:
+                return split(self._wp, self._grads, self._wst, self._lay, self._sizes,
+                             self._acts, self._loss, X, Y, order, self._batch_size,
+                             self._rows, self._optimizer, self._hyper, int(step),
+                             self._works[k], k, self._parts, sync, self._losses)
+            except BaseException:  # e.g. no memory for its scratch: release the others
+                abort()
+                raise
+
+        results = runner.run(task, on_error=abort)
+        return float(results[0][0]), int(results[0][1])
 
     def gradient(self, part, X, Y, rows, size):
         """Part ``part``'s loss sum; its share of the batch-mean gradient kept for :meth:`step`."""
