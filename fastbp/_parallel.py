@@ -23,7 +23,10 @@ over ``workers`` replicas or threads; ``fit`` picks one per call:
     Each batch's rows are split into ``workers`` contiguous parts; every part's
     loss and gradient sums are computed in parallel at the same weights, added
     in part order, and one optimizer step (the reference's formulas) is taken:
-    Keras's semantics, up to the order of the summation.
+    Keras's semantics, up to the order of the summation.  A splitter that
+    ``trains_chunks`` (Numba) runs one compiled call per thread for a whole
+    chunk, the threads meeting at barriers in compiled code; the others get
+    one task per part per batch.
 """
 
 import math
