@@ -313,6 +313,10 @@ cdef class Trainer:
     cdef void* scratch_raw          # the training path's scratch
     cdef char* work                 # working parameters, then the state slots
     cdef char* scratch
+    cdef void* split_raw            # split minibatches: every part's scratch
+    cdef char* split_scratch
+    cdef Py_ssize_t split_parts     # ... laid out for this many parts
+    cdef Py_ssize_t split_rows      # ... of up to this many rows each
 
     def __cinit__(self):
         self.net.kernel_off = NULL
@@ -321,6 +325,9 @@ cdef class Trainer:
         self.scratch_raw = NULL
         self.work = NULL
         self.scratch = NULL
+        self.split_raw = NULL
+        self.split_scratch = NULL
+        self.split_parts = self.split_rows = 0
 
     def __init__(self, params, state, const int64_t[::1] sizes, const int64_t[::1] acts,
                  int loss, Py_ssize_t batch_size, int optimizer, const double[::1] hyper):
@@ -341,6 +348,35 @@ cdef class Trainer:
         of optimizer steps before this chunk.  As ``train_chunk``.
         """
         return _trainer_train(self, X, Y, order, step)
+
+    def split_reserve(self, Py_ssize_t parts, Py_ssize_t part_rows):
+        """Scratch for :meth:`train_split`: ``parts`` parts of up to ``part_rows`` rows each.
+
+        Called before the threads start (it may reallocate); zeroed when it grows.
+        """
+        self._check_open()
+        if parts < 1 or part_rows < 1 or self.tiny:
+            raise ValueError(f"split_reserve: expected parts and rows >= 1 on a working "
+                             f"layout; found {parts}, {part_rows} (tiny={self.tiny}).")
+        if parts == self.split_parts and part_rows <= self.split_rows:
+            return
+        free(self.split_raw)
+        self.split_raw = NULL
+        self.split_scratch = NULL
+        self.split_scratch = <char*> trainer_alloc_lines(
+            parts * split_part_size(&self.net, part_rows, self.itemsize) * self.itemsize,
+            &self.split_raw)
+        self.split_parts, self.split_rows = parts, part_rows
+
+    def train_split(self, X, Y, order, int64_t step, Py_ssize_t part, Py_ssize_t parts,
+                    int64_t[::1] sync, double[::1] losses):
+        """Part ``part``'s thread of a chunk of split minibatches: ``(loss_sum, rows_done)``.
+
+        All ``parts`` threads call it at once, ``sync`` (``SYNC_WORDS`` zeroed
+        int64) and ``losses`` (``parts`` float64) shared; :meth:`split_reserve`
+        first.  Part 0's loss sum is the chunk's; rows done -1: aborted.
+        """
+        return _trainer_train_split(self, X, Y, order, step, part, parts, sync, losses)
 
     def finite(self):
         """Whether every working parameter is finite (the layout's padding is zero)."""
@@ -364,13 +400,16 @@ cdef class Trainer:
     def close(self):
         """Release the working buffers; the trainer is not used after."""
         free(self.scratch_raw)
+        free(self.split_raw)
         free(self.raw)
         free(self.codes)
         net_free(&self.net)
-        self.scratch_raw = self.raw = self.codes = NULL
-        self.work = self.scratch = NULL
+        self.scratch_raw = self.split_raw = self.raw = self.codes = NULL
+        self.work = self.scratch = self.split_scratch = NULL
+        self.split_parts = self.split_rows = 0
 
     def __dealloc__(self):
+        free(self.split_raw)
         free(self.scratch_raw)
         free(self.raw)
         free(self.codes)
@@ -505,6 +544,36 @@ def _trainer_train(Trainer trainer, const floating[:, ::1] X, const floating[:, 
                    &Y[0, 0], X.shape[0], &order[0], n_order, trainer.batch_size, trainer.loss,
                    &trainer.rule, step, <floating*> trainer.scratch, trainer.batch_rows,
                    &total, &done)
+    return total, done
+
+
+def _trainer_train_split(Trainer trainer, const floating[:, ::1] X, const floating[:, ::1] Y,
+                         const int64_t[::1] order, int64_t step, Py_ssize_t part,
+                         Py_ssize_t parts, int64_t[::1] sync, double[::1] losses):
+    """:meth:`Trainer.train_split` for the parameter dtype ``floating``."""
+    cdef Net* net = &trainer.net
+    cdef floating* wp
+    cdef double total = 0
+    cdef Py_ssize_t done = 0
+    trainer._check_dtype(sizeof(floating))
+    check_shapes(net, net.n_params, X.shape[0], X.shape[1], Y.shape[0], Y.shape[1])
+    if (parts != trainer.split_parts or not 0 <= part < parts or sync.shape[0] < SYNC_WORDS
+            or losses.shape[0] < parts
+            or (min(trainer.batch_size, order.shape[0]) + parts - 1) // parts
+            > trainer.split_rows):
+        raise ValueError(f"train_split: expected part in [0, {trainer.split_parts}) of a "
+                         f"split_reserve'd trainer, {SYNC_WORDS} sync words and a loss per "
+                         f"part; found part {part} of {parts}, {sync.shape[0]} words, "
+                         f"{losses.shape[0]} losses.")
+    if order.shape[0] == 0:
+        return 0.0, 0
+    wp = <floating*> trainer.work
+    with nogil:
+        train_split_part(wp, net, &X[0, 0], &Y[0, 0], X.shape[0], &order[0], order.shape[0],
+                         trainer.batch_size, trainer.loss, &trainer.rule,
+                         wp + trainer.n_values, wp + 2 * trainer.n_values, step,
+                         <floating*> trainer.split_scratch, trainer.split_rows, part, parts,
+                         &sync[0], &losses[0], &total, &done)
     return total, done
 
 

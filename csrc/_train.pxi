@@ -218,3 +218,172 @@ cdef inline int train_rows(floating* wp, floating* ws0, floating* ws1, const Net
                             work, loss_out, done_out)
     return train_batch(wp, net, X, Y, n_rows, order, n_order, batch_size, loss, rule, ws0, ws1,
                        step, work, batch_rows, loss_out, done_out)
+
+
+# ---------------------------------------------------------------- split minibatches
+# ``train_split_part``: ``parts`` threads train one chunk of minibatches together,
+# each computing the gradient of its share of every batch's rows at the same
+# weights, meeting at barriers (the Numba backend's ``train_split`` twin).
+
+cdef extern from *:
+    """
+    /* The barrier's atomics and waits: GCC/clang builtins, sched_yield (POSIX). */
+    #include <sched.h>
+    #include <stdint.h>
+    static inline int64_t fastbp_atomic_add(int64_t* p, int64_t v) {
+        return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+    }
+    static inline int64_t fastbp_atomic_load(const int64_t* p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    static inline void fastbp_atomic_store(int64_t* p, int64_t v) {
+        __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    }
+    static inline void fastbp_spin_pause(void) {
+    #if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+    #elif defined(__aarch64__)
+        __asm__ __volatile__("yield");
+    #endif
+    }
+    static inline void fastbp_yield_core(void) { sched_yield(); }
+    """
+    int64_t fastbp_atomic_add(int64_t* p, int64_t v) nogil
+    int64_t fastbp_atomic_load(const int64_t* p) nogil
+    void fastbp_atomic_store(int64_t* p, int64_t v) nogil
+    void fastbp_spin_pause() nogil
+    void fastbp_yield_core() nogil
+
+cdef enum:
+    # slots of the barrier array (int64), a cache line apart; as in _numba_kernels
+    SYNC_COUNT = 0
+    SYNC_GENERATION = 8
+    SYNC_STOP = 16
+    SYNC_ABORT = 24
+    SYNC_WORDS = 32
+    # spins (with the pause hint) before a waiting thread starts yielding its core
+    SPIN_LIMIT = 20000
+
+
+cdef inline bint split_barrier(int64_t* sync, Py_ssize_t parts,
+                               int64_t generation) noexcept nogil:
+    """Wait until all ``parts`` threads arrive (the ``generation``-th barrier); False: aborted.
+
+    The last to arrive resets the count and opens the next generation; the
+    others spin on the generation word, then yield the core (more threads than
+    cores still progress).  The sequentially consistent arrival and the
+    acquire load order every write before the barrier before every read after.
+    """
+    cdef int64_t spins = 0
+    if fastbp_atomic_add(&sync[SYNC_COUNT], 1) == parts - 1:
+        fastbp_atomic_store(&sync[SYNC_COUNT], 0)
+        fastbp_atomic_store(&sync[SYNC_GENERATION], generation + 1)
+        return True
+    while fastbp_atomic_load(&sync[SYNC_GENERATION]) == generation:
+        if fastbp_atomic_load(&sync[SYNC_ABORT]) != 0:
+            return False
+        if spins < SPIN_LIMIT:
+            spins += 1
+            fastbp_spin_pause()
+        else:
+            fastbp_yield_core()
+    return True
+
+
+cdef inline Py_ssize_t split_part_size(const Net* net, Py_ssize_t part_rows,
+                                       Py_ssize_t itemsize) noexcept nogil:
+    """Values of one part's scratch (:c:func:`train_batch`'s layout for ``part_rows`` rows)."""
+    return (part_rows * (line_up(net.sizes[0], itemsize) + net.total_width + 2 * net.ldd)
+            + line_up(net.max_width * net.ldd, itemsize) + net.n_work)
+
+
+cdef int train_split_part(floating* wp, const Net* net, const floating* X, const floating* Y,
+                          Py_ssize_t n_rows, const int64_t* order, Py_ssize_t n_order,
+                          Py_ssize_t batch_size, int loss, Update* rule, floating* ws0,
+                          floating* ws1, int64_t step, floating* scratch,
+                          Py_ssize_t part_rows, Py_ssize_t part, Py_ssize_t parts,
+                          int64_t* sync, double* losses, double* loss_out,
+                          Py_ssize_t* done_out) except -1 nogil:
+    """Part ``part`` of ``parts`` threads training a chunk of split minibatches together.
+
+    ``scratch`` holds every part's :c:func:`split_part_size` values for
+    ``part_rows`` rows, part after part.  Per batch this part's share of the
+    rows (``fastbp._parallel.batch_shares``: whole shares of ``ceil(rows /
+    parts)``) is gathered and its gradient of the batch mean written to its
+    scratch's gradient, its loss to ``losses[part]``; after a barrier part 0
+    adds the losses and, if finite, the gradients in part order and takes
+    the step; after a second barrier every part goes on, or stops.  Part 0's
+    ``loss_out`` is the chunk's loss sum; ``done_out`` the rows done (-1:
+    another thread raised the abort word).
+    """
+    cdef Py_ssize_t n_x = net.sizes[0], n_y = net.sizes[net.n_layers], ldd = net.ldd
+    cdef Py_ssize_t ld = net.total_width, ld0 = line_up(n_x, sizeof(floating))
+    cdef Py_ssize_t size = split_part_size(net, part_rows, sizeof(floating))
+    cdef Py_ssize_t wg_at = size - net.n_work
+    cdef Py_ssize_t start = 0, n_batch, share, n_shares, lo, hi, m, r, row, k, i
+    cdef floating* X0 = scratch + part * size
+    cdef floating* act = X0 + part_rows * ld0
+    cdef floating* delta = act + part_rows * ld
+    cdef floating* delta_prev = delta + part_rows * ldd
+    cdef floating* KT = delta_prev + part_rows * ldd
+    cdef floating* wg = X0 + wg_at
+    cdef floating* other
+    cdef floating* out = act + net.act_off[net.n_layers]
+    cdef floating scale
+    cdef double total = 0, value, batch
+    cdef int64_t generation = 0
+    while start < n_order:
+        n_batch = n_order - start
+        if n_batch > batch_size:
+            n_batch = batch_size
+        share = (n_batch + parts - 1) // parts
+        n_shares = (n_batch + share - 1) // share
+        lo = min(part * n_shares // parts * share, n_batch)
+        hi = min((part + 1) * n_shares // parts * share, n_batch)
+        m = hi - lo
+        value = 0
+        if m > 0:
+            for r in range(m):
+                row = order[start + lo + r]
+                if FASTBP_DEBUG and (row < 0 or row >= n_rows):
+                    bad_row(row, n_rows)
+                memcpy(X0 + r * ld0, X + row * n_x, n_x * sizeof(floating))
+            forward_rows(wp, net, m, X0, ld0, act, ld)
+            scale = <floating> ((1.0 / n_batch) / per_row(loss, n_y))
+            for r in range(m):
+                value += output_delta(out + r * ld, Y + order[start + lo + r] * n_y,
+                                      delta + r * ldd, n_y, loss, scale)
+            value /= per_row(loss, n_y)
+            backward_rows(wp, wg, net, m, X0, ld0, act, ld, delta, delta_prev, KT, False)
+        else:
+            memset(wg, 0, net.n_work * sizeof(floating))
+        losses[part] = value
+        if not split_barrier(sync, parts, generation):
+            done_out[0] = -1
+            return 0
+        generation += 1
+        if part == 0:
+            batch = 0
+            for k in range(parts):
+                batch += losses[k]
+            if isfinite(batch):
+                total += batch
+                for k in range(1, parts):
+                    other = scratch + k * size + wg_at
+                    for i in range(net.n_work):
+                        wg[i] += other[i]
+                update_step(rule, step)
+                apply_update(wp, wg, ws0, ws1, net.n_work, rule)
+                step += 1
+            else:
+                fastbp_atomic_store(&sync[SYNC_STOP], 1)
+        if not split_barrier(sync, parts, generation):
+            done_out[0] = -1
+            return 0
+        generation += 1
+        if fastbp_atomic_load(&sync[SYNC_STOP]) != 0:
+            break
+        start += n_batch
+    loss_out[0] = total
+    done_out[0] = start
+    return 0

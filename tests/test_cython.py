@@ -23,16 +23,18 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
 
 import fastbp
-from fastbp import _backends
+from fastbp import _backends, _parallel
 from fastbp._backends import _codes as C
 from fastbp._backends import numpy_
 
 from . import test_backend_contract as contract
+from .conftest import assert_close
 
 pytestmark = pytest.mark.skipif(_backends.import_error("cython") is not None,
                                 reason=f"cython backend unavailable: "
@@ -145,6 +147,37 @@ def test_every_other_copy_passes_the_conformance_cases(isa, dtype, monkeypatch):
     acts = contract.acts_for(sizes, C.TANH, C.HUBER)
     contract.compare(contract.evaluate(cython_, sizes, acts, C.HUBER, params, X, Y),
                      contract.evaluate(numpy_, sizes, acts, C.HUBER, params, X, Y), dtype)
+
+
+@pytest.mark.parametrize("isa", sorted(COPIES))
+@pytest.mark.parametrize("workers", [2, 3])
+def test_every_copy_splits_minibatches_as_the_reference(isa, dtype, workers, monkeypatch):
+    """fit(workers=N) on batches of 64+ rows: each copy's threads meet at its barriers.
+
+    Three epochs of split batches (a short last batch; three parts on this
+    two-core machine wait for each other by yielding) equal the NumPy
+    reference's split with the same workers.
+    """
+    cores = max(3, _parallel.usable_cores())  # workers=3 is not capped on two cores
+    monkeypatch.setattr(_parallel, "usable_cores", lambda: cores)
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(300, 5)).astype(dtype)
+    y = np.tanh(X @ rng.normal(size=(5, 2))).astype(dtype)
+    fits = []
+    for backend in ("numpy", "cython"):
+        if backend == "cython":
+            monkeypatch.setattr(cython_, "_kernels", COPIES[isa])
+        net = fastbp.Network([5, 9, 2], activations="tanh", dtype=dtype, backend=backend,
+                             seed=3)
+        with warnings.catch_warnings():  # the NumPy backend says its workers take turns
+            warnings.simplefilter("ignore", RuntimeWarning)
+            history = net.fit(X, y, epochs=3, batch_size=70, workers=workers,
+                              optimizer=fastbp.Adam(0.01), verbose=0)
+        fits.append((net.get_weights(), history.history["loss"], net._step))
+    (want, want_loss, want_step), (got, got_loss, got_step) = fits
+    assert_close(got, want, dtype)
+    assert_close(got_loss, want_loss, dtype)
+    assert got_step == want_step == 3 * 5
 
 
 # ----------------------------------------------------------------------------- past the adapter

@@ -170,36 +170,41 @@ def test_split_minibatches_keep_keras_semantics(compiled_backend, opt):
     assert one._step == two._step
 
 
-def test_split_minibatches_diverge_as_the_reference():
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+def test_split_minibatches_diverge_as_the_reference(backend):
     """A non-finite batch loss stops every thread of a split batch, at the reference's row."""
-    require_backend("numba")
+    require_backend(backend)
     X, y = _problem("mse", n=640, seed=5)
     y = y * 1e3
     found = {}
-    for backend in ("numpy", "numba"):
+    compiled = backend
+    for backend in ("numpy", compiled):
         net = fastbp.Network([3, 8, 1], backend=backend, seed=0)
         with pytest.raises(fastbp.TrainingDivergedError) as caught:
             _quiet_fit(net, X, y, epochs=20, batch_size=64, optimizer=fastbp.SGD(0.9),
                        verbose=0, workers=2, shuffle=False)
         assert all(np.isfinite(w).all() for w in net.get_weights())
         found[backend] = (str(caught.value), net.get_weights(), net._step)
-    assert found["numba"][0] == found["numpy"][0]  # the same epoch and row in the message
-    assert_close(found["numba"][1], found["numpy"][1], "float64")
-    assert found["numba"][2] == found["numpy"][2]
+    assert found[compiled][0] == found["numpy"][0]  # the same epoch and row in the message
+    assert_close(found[compiled][1], found["numpy"][1], "float64")
+    assert found[compiled][2] == found["numpy"][2]
 
 
-def test_split_chunk_releases_its_threads_when_the_caller_fails():
+@pytest.mark.parametrize("backend", ["numba", "cython"])
+def test_split_chunk_releases_its_threads_when_the_caller_fails(backend):
     """The calling thread's part never starts (a Ctrl-C): the other part leaves its barrier."""
-    require_backend("numba")
+    require_backend(backend)
     import threading
 
+    import importlib
+
     from fastbp._backends import _codes as C
-    from fastbp._backends import numba_
 
     net = fastbp.Network([3, 4, 1], seed=0)
     code, hyper = fastbp.SGD(0.01)._pack()
     state = np.zeros((C.N_STATE_SLOTS, net._params.size))
-    splitter = numba_.open_splitter(net._params, state, net._sizes, net._acts, net._loss, 64,
+    module = importlib.import_module(f"fastbp._backends.{backend}_")
+    splitter = module.open_splitter(net._params, state, net._sizes, net._acts, net._loss, 64,
                                     code, hyper, 2)
     if not splitter.trains_chunks:
         pytest.skip("plain Python (NUMBA_DISABLE_JIT=1) splits batches in Python")

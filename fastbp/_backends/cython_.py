@@ -26,6 +26,8 @@ built; the registry turns that into "how to build it".
 
 import importlib
 
+import numpy as np
+
 try:
     from .. import _ckernels as _baseline
 except ImportError as exc:  # not built: let the registry say how to build it
@@ -139,6 +141,59 @@ def open_trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper)
     dtype, loss, batch_size, optimizer = check_trainer_call(params, state, sizes, acts, loss,
                                                             batch_size, optimizer, hyper)
     return _Trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper, dtype)
+
+
+#: The barrier words of a split (``csrc/_train.pxi``: SYNC_WORDS), and its abort word.
+_SYNC_WORDS, _SYNC_ABORT = 32, 24
+
+
+class _Splitter(_Trainer):
+    """Split minibatches (``fastbp._parallel.SplitBatchTrainer``) on the extension's trainer.
+
+    The ``parts`` threads each train the whole chunk in one call
+    (``Trainer.train_split``), meeting at barriers inside the extension:
+    per batch, their shares' gradients at the same weights, then part 0's
+    sum in part order and one step.  It trains chunks only (``trains_chunks``).
+    """
+
+    trains_chunks = True
+
+    def __init__(self, params, state, sizes, acts, loss, batch_size, optimizer, hyper, dtype,
+                 parts):
+        super().__init__(params, state, sizes, acts, loss, batch_size, optimizer, hyper, dtype)
+        self._batch_size, self._parts = batch_size, parts
+        self._sync = np.zeros(_SYNC_WORDS, dtype=np.int64)
+        self._losses = np.zeros(parts, dtype=np.float64)
+
+    def train_chunk(self, X, Y, order, step, runner):
+        """Train rows ``order``, the parts' calls run at once by ``runner``: ``(loss_sum, rows)``."""
+        check_chunk(self._dtype, self._sizes, X, Y, order)
+        if len(order) == 0:
+            return 0.0, 0
+        parts, work, sync = self._parts, self._work, self._sync
+        work.split_reserve(parts, -(-min(self._batch_size, len(order)) // parts))
+        sync[:] = 0
+
+        def abort():
+            sync[_SYNC_ABORT] = 1
+
+        def task(k):
+            try:
+                return work.train_split(X, Y, order, int(step), k, parts, sync, self._losses)
+            except BaseException:  # release the others
+                abort()
+                raise
+
+        results = runner.run(task, on_error=abort)
+        return float(results[0][0]), int(results[0][1])
+
+
+def open_splitter(params, state, sizes, acts, loss, batch_size, optimizer, hyper, parts):
+    """Split minibatches over ``parts`` threads (see ``fastbp._parallel``), trained by chunk."""
+    dtype, loss, batch_size, optimizer = check_trainer_call(params, state, sizes, acts, loss,
+                                                            batch_size, optimizer, hyper)
+    return _Splitter(params, state, sizes, acts, loss, batch_size, optimizer, hyper, dtype,
+                     int(parts))
 
 
 #: One chunk without a Network (tests, benchmarks): ``_contract.train_chunk`` on this module.
