@@ -297,7 +297,7 @@ def _check_training(value, version, layer_shapes):
         value.setdefault("stopped", False)
         value.setdefault("epochs", value.get("epoch", 0) + 1
                          if type(value.get("epoch")) is int else 1)
-    value = _dict(value, "training", _TRAINING_KEYS)
+    value = _dict(value, "training", _TRAINING_KEYS, ("dask",))
     s = _dict(value["settings"], "training.settings", _SETTINGS_KEYS,
               ("workers", "average_every"))
     settings = {
@@ -337,6 +337,8 @@ def _check_training(value, version, layer_shapes):
         "chunk_rows": chunk_rows,
         "settings": settings,
     }
+    if "dask" in value:
+        training["dask"] = _check_dask_position(value["dask"], settings)
     declared = {}
     if version == 1:
         history = _dict(value["history"], "training.history",
@@ -386,6 +388,26 @@ def _check_training(value, version, layer_shapes):
         callbacks.append({"class": cls, "state": state, "arrays": list(names)})
     training["callbacks"] = callbacks
     return training, declared
+
+
+def _check_dask_position(value, settings):
+    """Where a ``fastbp.dask.fit`` stopped inside an epoch: its rounds and chunk assignment."""
+    if settings["source"] != "dask":
+        raise _bad("training.dask", "absent (the position is not a cluster fit's)", value)
+    value = _dict(value, "training.dask", ("rounds", "assignment"))
+    assignment = _list(value["assignment"], "training.dask.assignment")
+    if not 1 <= len(assignment) <= 1 << 16:
+        raise _bad("training.dask.assignment", "1 to 65536 workers' chunk lists",
+                   len(assignment))
+    chunks = [[_int(c, f"training.dask.assignment[{k}]", 0, settings["n_rows"] - 1)
+               for c in _list(cs, f"training.dask.assignment[{k}]")]
+              for k, cs in enumerate(assignment)]
+    flat = [c for cs in chunks for c in cs]
+    if len(set(flat)) != len(flat) or any(not cs for cs in chunks):
+        raise _bad("training.dask.assignment", "non-empty lists of distinct chunk indices",
+                   chunks)
+    return {"rounds": _int(value["rounds"], "training.dask.rounds", 1, settings["n_rows"]),
+            "assignment": chunks}
 
 
 def _check_header(header, version):

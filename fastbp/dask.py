@@ -464,7 +464,7 @@ class _Fit:
     """The state of one ``fastbp.dask.fit`` on the driver (see :func:`fit`)."""
 
     def __init__(self, net, client, pairs, lengths, offsets, batch_size, average_every, shuffle,
-                 spec, round_timeout=None):
+                 spec, placement, round_timeout=None):
         self.net, self.client, self.pairs = net, client, pairs
         self.round_timeout = round_timeout
         self.lengths, self.offsets = lengths, offsets
@@ -473,24 +473,25 @@ class _Fit:
         self.slots = spec["slots"]
         self.fit_id = uuid.uuid4().hex
         self.rounds_redone = 0
-        holders = client.who_has(pairs)
-        self.workers = sorted(_current_workers(client))
-        # each chunk trains on the first worker (by address) that holds it
-        assignment = {addr: [] for addr in self.workers}
-        for i, future in enumerate(pairs):
-            held = sorted(a for a in holders.get(future.key, ()) if a in assignment)
-            if not held:  # lost since it was read: the scheduler re-reads it on demand
-                held = [min(self.workers, key=lambda a: (len(assignment[a]), a))]
-            assignment[held[0]].append(i)
-        # workers holding no chunk have nothing to train on (see the user guide)
-        self.slots_addr = [a for a in self.workers if assignment[a]]
-        self.assignment = [assignment[a] for a in self.slots_addr]
+        self.slots_addr, self.assignment = placement
+        # may this epoch be resumed from its rounds done? (not once a worker has left in it)
+        self.replayable = True
 
-    def epoch(self, rng, callbacks, epoch, interrupted):
-        """One epoch of rounds; ``(rows, loss_sum, finished)`` (False: Ctrl-C at a round's end)."""
+    def epoch(self, rng, callbacks, epoch, interrupted, start=(0, 0, 0.0), on_round=None):
+        """One epoch of rounds; ``(rows, loss_sum, finished)`` (False: Ctrl-C at a round's end).
+
+        ``start = (rounds, rows, loss_sum)`` continues an epoch after its first
+        ``rounds`` rounds (``rng`` in its state at the epoch's start): their
+        rows are drawn again, in the same order, and not trained.
+        ``on_round(rounds, rows, loss_sum)`` runs after each round.
+        """
         net = self.net
+        self.replayable = True
         queues = [_Queue(chunks, self.lengths, rng, self.shuffle) for chunks in self.assignment]
-        rows, loss_sum = 0, 0.0
+        rounds, rows, loss_sum = start
+        for _ in range(rounds):
+            for q in queues:
+                q.take(self.average_every)
         while True:
             pieces = [q.take(self.average_every) for q in queues]
             if not any(pieces):
@@ -515,9 +516,12 @@ class _Fit:
             net._step += max(-(-n // self.batch_size) for n in wanted)
             loss_sum += math.fsum(r[2] for r in results)
             rows += sum(wanted)
+            rounds += 1
             logs = {"rows": rows, "loss": loss_sum / rows}
             for callback in callbacks:
                 callback.on_chunk_end(epoch, logs)
+            if on_round is not None:
+                on_round(rounds, rows, loss_sum)
             if interrupted():
                 return rows, loss_sum, False
 
@@ -587,6 +591,7 @@ class _Fit:
                 self.assignment[j] = sorted(self.assignment[j] + [chunk])
             moved.append((addr, self.assignment[k]))
         self.rounds_redone += 1
+        self.replayable = False
         what = "; ".join(f"{addr} (chunks {', '.join(map(str, chunks))})"
                          for addr, chunks in moved)
         warnings.warn(
@@ -604,6 +609,24 @@ class _Fit:
             self.client.run(_drop_replica, self.fit_id, on_error="ignore")
         except Exception:  # a closing cluster: the workers' replicas go with it
             pass
+
+
+def _placement(client, pairs):
+    """``(worker addresses, chunk indices of each)``: each chunk on the first worker holding it.
+
+    Workers (sorted by address) that hold no chunk have nothing to train on
+    and are left out (see the user guide).
+    """
+    holders = client.who_has(pairs)
+    workers = sorted(_current_workers(client))
+    assignment = {addr: [] for addr in workers}
+    for i, future in enumerate(pairs):
+        held = sorted(a for a in holders.get(future.key, ()) if a in assignment)
+        if not held:  # lost since it was read: the scheduler re-reads it on demand
+            held = [min(workers, key=lambda a: (len(assignment[a]), a))]
+        assignment[held[0]].append(i)
+    addresses = [a for a in workers if assignment[a]]
+    return addresses, [assignment[a] for a in addresses]
 
 
 def _spec(net, backend, batch_size):
@@ -663,14 +686,15 @@ def fit(net, X, y, *, client=None, epochs=1, batch_size=32, optimizer=None, shuf
     validation_data : (X_val, y_val), optional
         Dask arrays; ``val_loss`` is computed on the cluster after each epoch.
     checkpoint : str or path-like, optional
-        Write the model and its training position after every epoch
-        (atomically).  Ctrl-C does not write it: the file keeps the last
-        epoch boundary.
+        Write the model and its training position after every round and
+        every epoch (atomically).
     resume : bool, default False
-        Continue from an epoch boundary written by ``checkpoint`` (load it
-        with :func:`fastbp.load` first), with the same data, batch size,
-        shuffle and ``average_every``.  Positions inside an epoch are not
-        kept on a cluster.
+        Continue the position of an interrupted fit (Ctrl-C keeps it on
+        ``net``; or :func:`fastbp.load` a checkpoint first), with the same
+        data, batch size, shuffle and ``average_every``.  From an epoch
+        boundary any cluster may continue; inside an epoch the same chunks
+        must be on the same workers (the epoch's rounds are replayed), else
+        a ValueError names both assignments.
     round_timeout : float, optional
         Seconds a round may take while its workers stay connected (a worker
         that leaves is handled by redoing the round, and the clock starts
@@ -782,12 +806,12 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
             settings()
         _checkpoint.check_resume(net._position, resume_settings, optimizer, net.optimizer)
         position = net._position
-        if position["rows"]:
+        if position["rows"] and "dask" not in position:
             raise ValueError(
-                f"fastbp.dask.fit(resume=True): expected a position at an epoch boundary (what "
-                f"fit(checkpoint=...) on a cluster writes); found one {position['rows']:,} rows "
-                f"into epoch {position['epoch'] + 1}. Resume it with Network.fit(resume=True) "
-                "on the data it was started with.")
+                f"fastbp.dask.fit(resume=True): expected a position of a cluster fit (at an "
+                f"epoch boundary, or after a round); found Network.fit's, "
+                f"{position['rows']:,} rows into epoch {position['epoch'] + 1}. Resume it with "
+                "Network.fit(resume=True) on the data it was started with.")
 
     # Read every chunk once, where Dask puts it: converted and checked before the model
     # changes, so bad data leaves the model as it was.  pure=False: the prepared chunks are
@@ -804,6 +828,18 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
         for future in pairs:
             if future.status == "error":
                 future.result()  # raises the chunk's error (ValueError names the row)
+        placement = _placement(client, pairs)
+        inside = position is not None and position["rows"] > 0
+        if inside and position["dask"]["assignment"] != placement[1]:
+            raise ValueError(
+                f"fastbp.dask.fit(resume=True): the fit stopped {position['rows']:,} rows into "
+                f"epoch {position['epoch'] + 1} with its chunks on "
+                f"{len(position['dask']['assignment'])} workers as "
+                f"{position['dask']['assignment']}; this cluster holds them as "
+                f"{placement[1]}, so that epoch cannot continue row for row. Resume on a "
+                "cluster of the same workers holding the same chunks (the assignment is by "
+                "where each chunk lives; see the user guide), or fit from the current weights "
+                "without resume=True.")
     except BaseException:
         client.cancel(pairs)
         raise
@@ -836,16 +872,55 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
     net.stop_training = stopped
 
     run = _Fit(net, client, pairs, lengths, offsets, batch_size, average_every, shuffle,
-               _spec(net, backend, batch_size), round_timeout)
+               _spec(net, backend, batch_size), placement, round_timeout)
     history.workers = list(run.slots_addr)
     history.assignment = [list(a) for a in run.assignment]
+    start = (0, 0, 0.0)
+    if position is not None and position["rows"]:
+        start = (position["dask"]["rounds"], position["rows"], position["loss_sum"])
+    # Where the model stands after the last round, (epoch, rounds, rows, loss_sum, the
+    # generator at the epoch's start), or None once a worker has left in this epoch (its
+    # rounds can no longer be replayed): Ctrl-C keeps it as the position, checkpoints
+    # write it.
+    last = None
+
+    def position_now():
+        epoch_, rounds, rows, loss_sum, epoch_rng = last
+        found = _checkpoint.capture(
+            epoch=epoch_, rows=rows, loss_sum=loss_sum, epoch_rng=epoch_rng,
+            stopped=net.stop_training, epochs=epochs, chunk_rows=average_every,
+            resume_settings=settings(), history=history.history, callbacks=callbacks)
+        if rows:  # inside an epoch: which rounds are done, with which chunks where
+            found["dask"] = {"rounds": int(rounds),
+                             "assignment": [list(a) for a in run.assignment]}
+        return found
+
+    def keep(rounds, rows, loss_sum, epoch_rng):
+        nonlocal last
+        last = (epoch, rounds, rows, loss_sum, epoch_rng)
+        if checkpoint is not None:
+            net._position = position_now()
+            net.save(checkpoint)
+            net._position = None
+
     try:
         with _deferred_sigint() as interrupted:
             while epoch < epochs and not net.stop_training:
+                epoch_rng = net._rng.bit_generator.state
+                last = (epoch, *start, epoch_rng)
                 for callback in callbacks:
-                    callback.on_epoch_begin(epoch, {"rows": 0})
+                    callback.on_epoch_begin(epoch, {"rows": start[1]})
+
+                def after_round(rounds, rows, loss_sum):
+                    nonlocal last
+                    if run.replayable:
+                        keep(rounds, rows, loss_sum, epoch_rng)
+                    else:  # the file keeps the epoch's start; Ctrl-C leaves no position
+                        last = None
+
                 try:
-                    rows, loss_sum, finished = run.epoch(net._rng, callbacks, epoch, interrupted)
+                    rows, loss_sum, finished = run.epoch(net._rng, callbacks, epoch,
+                                                         interrupted, start, after_round)
                 except ValueError:
                     # bad data re-read from a changed source: as before this fit
                     net._restore(before)
@@ -859,20 +934,16 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
                 for callback in callbacks:
                     callback.on_epoch_end(epoch, logs)
                 epoch += 1
-                if checkpoint is not None:
-                    net._position = _checkpoint.capture(
-                        epoch=epoch, rows=0, loss_sum=0.0,
-                        epoch_rng=net._rng.bit_generator.state, stopped=net.stop_training,
-                        epochs=epochs, chunk_rows=average_every, resume_settings=settings(),
-                        history=history.history, callbacks=callbacks)
-                    net.save(checkpoint)
-                    net._position = None
+                start = (0, 0, 0.0)
+                keep(0, 0, 0.0, net._rng.bit_generator.state)
                 if interrupted():
                     raise KeyboardInterrupt
-    except BaseException:
+    except BaseException as exc:
         for callback in callbacks:  # don't leave a half-drawn bar behind
             if isinstance(callback, ProgbarLogger):
                 callback.on_train_end()
+        if isinstance(exc, KeyboardInterrupt) and last is not None:
+            net._position = position_now()  # fit(resume=True) continues after the last round
         raise
     finally:
         run.close()

@@ -216,7 +216,8 @@ def test_ctrl_c_stops_at_an_averaging_point(client):
                   callbacks=[Interrupt()], verbose=0)
     assert net._step == 2 * 2  # two rounds of two batches per replica
     assert all(np.isfinite(w).all() for w in net.get_weights())
-    assert net.training_position is None
+    position = net.training_position  # after the second round: fit(resume=True) goes on
+    assert (position["epoch"], position["rows"]) == (0, 2 * 2 * 4)
 
 
 def test_checkpoint_and_resume_at_an_epoch_boundary(client, tmp_path):
@@ -249,6 +250,59 @@ def test_checkpoint_and_resume_at_an_epoch_boundary(client, tmp_path):
     assert resumed._step == whole._step
     with pytest.raises(ValueError, match="resume=True"):
         fdask.fit(_net(), Xd, yd, resume=True, **settings)
+
+
+def test_resume_inside_an_epoch_equals_the_uninterrupted_fit(client, tmp_path):
+    """Ctrl-C after a round, in memory and through the checkpoint file, then resume=True.
+
+    The resumed epoch draws the rounds already done again (the same rows, in
+    the same order) and trains the rest; with the same chunks on the same
+    workers the result is the uninterrupted fit's.
+    """
+    X, y = _problem()
+    a, b = _workers(client)
+    Xd, yd = _pinned(client, X, y, 24, [a, b, b, a])
+    settings = dict(client=client, epochs=2, batch_size=2, optimizer=fastbp.Adam(0.01),
+                    average_every=6, verbose=0)
+    whole = _net()
+    whole_history = fdask.fit(whole, Xd, yd, **settings)
+
+    class InterruptAfterRound3(fastbp.Callback):
+        rounds = 0
+
+        def on_chunk_end(self, epoch, logs=None):
+            self.rounds += 1
+            if self.rounds == 3:  # epoch 0 has 4 rounds of 2 x 6 rows
+                os.kill(os.getpid(), signal.SIGINT)
+
+    ckpt = tmp_path / "run.ckpt"
+    net = _net()
+    with pytest.raises(KeyboardInterrupt):
+        fdask.fit(net, Xd, yd, checkpoint=ckpt, callbacks=[InterruptAfterRound3()],
+                  **settings)
+    assert net.training_position["rows"] == 3 * 2 * 6
+    assert net.training_position["dask"]["rounds"] == 3
+    loaded = fastbp.load(ckpt)
+    assert loaded.training_position["dask"] == net.training_position["dask"]
+    settings["optimizer"] = None
+    for resumed in (net, loaded):
+        history = fdask.fit(resumed, Xd, yd, resume=True, **settings)
+        assert resumed._step == whole._step
+        # the file's weights are a rounding away from the model's (as for Network.fit)
+        for got, want in zip(resumed.get_weights(), whole.get_weights()):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(history.history["loss"], whole_history.history["loss"],
+                                   rtol=1e-12)
+    assert net.get_weights()[0].tobytes() == whole.get_weights()[0].tobytes()
+    # the chunks held elsewhere: that epoch cannot continue row for row
+    moved, moved_y = _pinned(client, X, y, 24, [b, a, a, b])
+    stopped = _net()
+    with pytest.raises(KeyboardInterrupt):
+        fdask.fit(stopped, Xd, yd, callbacks=[InterruptAfterRound3()], **settings)
+    before = stopped.get_weights()
+    with pytest.raises(ValueError, match="cannot continue row for row"):
+        fdask.fit(stopped, moved, moved_y, resume=True, **settings)
+    assert all((p == q).all() for p, q in zip(stopped.get_weights(), before))
 
 
 def _kill_in_round(victim, marker, when):

@@ -462,6 +462,35 @@ def test_wrong_training_field_is_a_value_error(tmp_path, field, value):
         fastbp.load(path)
 
 
+@pytest.mark.parametrize("source, dask", [
+    ("memory", {"rounds": 1, "assignment": [[0]]}),  # only a cluster fit's position has it
+    ("dask", None), ("dask", {"rounds": 1}), ("dask", {"rounds": 0, "assignment": [[0]]}),
+    ("dask", {"rounds": "1", "assignment": [[0]]}), ("dask", {"rounds": 1, "assignment": []}),
+    ("dask", {"rounds": 1, "assignment": [[0], []]}),
+    ("dask", {"rounds": 1, "assignment": [[0, 1], [1]]}),
+    ("dask", {"rounds": 1, "assignment": [[-1]]}), ("dask", {"rounds": 1, "assignment": [0]}),
+    ("dask", {"rounds": 1, "assignment": [[0]], "more": 1}),
+])
+def test_wrong_cluster_position_is_a_value_error(tmp_path, source, dask):
+    _, path = _checkpoint_file(tmp_path)
+    header, payload = _split(path.read_bytes())
+    header["training"]["settings"]["source"] = source
+    header["training"]["dask"] = dask
+    _write(path, header, payload)
+    with pytest.raises(ValueError, match="not a valid fastbp model file.*training.dask"):
+        fastbp.load(path)
+
+
+def test_a_cluster_position_inside_an_epoch_loads(tmp_path):
+    _, path = _checkpoint_file(tmp_path)
+    header, payload = _split(path.read_bytes())
+    header["training"]["settings"]["source"] = "dask"
+    header["training"]["dask"] = {"rounds": 2, "assignment": [[0, 3], [1, 2]]}
+    _write(path, header, payload)
+    position = fastbp.load(path)._position
+    assert position["dask"] == {"rounds": 2, "assignment": [[0, 3], [1, 2]]}
+
+
 @pytest.mark.parametrize("edit", ["wait", "best", "best_epoch", "arrays", "missing", "class"])
 def test_wrong_early_stopping_state_is_a_value_error(tmp_path, edit):
     _, path = _checkpoint_file(tmp_path)
