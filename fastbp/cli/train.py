@@ -921,5 +921,6 @@ def _report_dask_interrupt(opts):
     print("fastbp train: interrupted; the model holds the average of the last round (it is "
           "not saved).", file=sys.stderr)
     if opts["checkpoint"] is not None:
-        print(f"{opts['checkpoint']} holds the last completed epoch, if any; continue with: "
-              f"fastbp train --resume {opts['checkpoint']} --dask-...", file=sys.stderr)
+        print(f"{opts['checkpoint']} holds the position after the last round; continue "
+              f"with: fastbp train --resume {opts['checkpoint']} --dask-... (inside an epoch, "
+              "on workers holding the same chunks)", file=sys.stderr)
