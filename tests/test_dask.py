@@ -220,14 +220,20 @@ def test_ctrl_c_stops_at_an_averaging_point(client):
     assert (position["epoch"], position["rows"]) == (0, 2 * 2 * 4)
 
 
-def test_checkpoint_and_resume_at_an_epoch_boundary(client, tmp_path):
+def _uninterrupted(client, epochs):
+    """A pinned problem, the fit settings, and the network and history of the whole fit."""
     X, y = _problem()
     a, b = _workers(client)
     Xd, yd = _pinned(client, X, y, 24, [a, b, b, a])
-    settings = dict(client=client, epochs=3, batch_size=2, optimizer=fastbp.Adam(0.01),
+    settings = dict(client=client, epochs=epochs, batch_size=2, optimizer=fastbp.Adam(0.01),
                     average_every=6, verbose=0)
     whole = _net()
-    fdask.fit(whole, Xd, yd, **settings)
+    history = fdask.fit(whole, Xd, yd, **settings)
+    return (X, y, Xd, yd), settings, whole, history
+
+
+def test_checkpoint_and_resume_at_an_epoch_boundary(client, tmp_path):
+    (_, _, Xd, yd), settings, whole, _ = _uninterrupted(client, epochs=3)
 
     class InterruptInEpoch2(fastbp.Callback):
         def on_chunk_end(self, epoch, logs=None):
@@ -259,13 +265,8 @@ def test_resume_inside_an_epoch_equals_the_uninterrupted_fit(client, tmp_path):
     the same order) and trains the rest; with the same chunks on the same
     workers the result is the uninterrupted fit's.
     """
-    X, y = _problem()
+    (X, y, Xd, yd), settings, whole, whole_history = _uninterrupted(client, epochs=2)
     a, b = _workers(client)
-    Xd, yd = _pinned(client, X, y, 24, [a, b, b, a])
-    settings = dict(client=client, epochs=2, batch_size=2, optimizer=fastbp.Adam(0.01),
-                    average_every=6, verbose=0)
-    whole = _net()
-    whole_history = fdask.fit(whole, Xd, yd, **settings)
 
     class InterruptAfterRound3(fastbp.Callback):
         rounds = 0
