@@ -363,6 +363,7 @@ cdef class Trainer:
         free(self.split_raw)
         self.split_raw = NULL
         self.split_scratch = NULL
+        self.split_parts = self.split_rows = 0  # until the new buffer exists
         self.split_scratch = <char*> trainer_alloc_lines(
             parts * split_part_size(&self.net, part_rows, self.itemsize) * self.itemsize,
             &self.split_raw)

@@ -227,9 +227,25 @@ cdef inline int train_rows(floating* wp, floating* ws0, floating* ws1, const Net
 
 cdef extern from *:
     """
-    /* The barrier's atomics and waits: GCC/clang builtins, sched_yield (POSIX). */
-    #include <sched.h>
+    /* The barrier's atomics and waits: GCC/clang builtins and sched_yield (POSIX), or
+       MSVC's interlocked intrinsics and SwitchToThread (Windows). */
     #include <stdint.h>
+    #if defined(_MSC_VER)
+    #include <intrin.h>
+    #include <windows.h>
+    static __inline int64_t fastbp_atomic_add(int64_t* p, int64_t v) {
+        return _InterlockedExchangeAdd64((volatile __int64*)p, v);
+    }
+    static __inline int64_t fastbp_atomic_load(const int64_t* p) {
+        return _InterlockedCompareExchange64((volatile __int64*)p, 0, 0);
+    }
+    static __inline void fastbp_atomic_store(int64_t* p, int64_t v) {
+        _InterlockedExchange64((volatile __int64*)p, v);
+    }
+    static __inline void fastbp_spin_pause(void) { YieldProcessor(); }
+    static __inline void fastbp_yield_core(void) { SwitchToThread(); }
+    #else
+    #include <sched.h>
     static inline int64_t fastbp_atomic_add(int64_t* p, int64_t v) {
         return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
     }
@@ -247,6 +263,7 @@ cdef extern from *:
     #endif
     }
     static inline void fastbp_yield_core(void) { sched_yield(); }
+    #endif
     """
     int64_t fastbp_atomic_add(int64_t* p, int64_t v) nogil
     int64_t fastbp_atomic_load(const int64_t* p) nogil

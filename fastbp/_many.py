@@ -297,10 +297,16 @@ def _group_round(group, active):
     their rows (all of them, for data in memory; a streamed file gives each
     network its own block) train in one launch.  Results as :func:`_round`'s.
     """
-    chunks = [job.next_chunk() for job in active]
+    chunks = []
+    for job in active:
+        try:
+            chunks.append(job.next_chunk())
+        except BaseException as exc:  # bad data in a streamed block: that job's result
+            chunks.append(exc)
     by_rows = {}
-    for i, (X, Y, _) in enumerate(chunks):
-        by_rows.setdefault((id(X), id(Y)), []).append(i)
+    for i, chunk in enumerate(chunks):
+        if not isinstance(chunk, BaseException):
+            by_rows.setdefault((id(chunk[0]), id(chunk[1])), []).append(i)
     try:
         for members in by_rows.values():
             X, Y, _ = chunks[members[0]]
@@ -315,6 +321,9 @@ def _group_round(group, active):
         return [False] * len(active)
     results = []
     for job, chunk in zip(active, chunks):
+        if isinstance(chunk, BaseException):
+            results.append(chunk)
+            continue
         try:
             results.append(job.step(chunk))
         except BaseException as exc:  # kept in network order, raised by the caller

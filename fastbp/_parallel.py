@@ -185,10 +185,11 @@ class TaskRunner:
         if not self._threads or n_tasks == 1:
             return [task(k) for k in range(n_tasks)]
         with self._lock:
-            helpers = self._threads[:n_tasks - 1]
+            helpers = []  # the pool threads started on this task (the ones to wait for)
             try:
-                for worker in helpers:
+                for worker in self._threads[:n_tasks - 1]:
                     worker.start_task(task)
+                    helpers.append(worker)
                 first = task(0)
             except BaseException:
                 if on_error is not None:

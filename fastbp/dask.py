@@ -517,11 +517,11 @@ class _Fit:
             loss_sum += math.fsum(r[2] for r in results)
             rows += sum(wanted)
             rounds += 1
+            if on_round is not None:  # right after the model moved, before any callback
+                on_round(rounds, rows, loss_sum)
             logs = {"rows": rows, "loss": loss_sum / rows}
             for callback in callbacks:
                 callback.on_chunk_end(epoch, logs)
-            if on_round is not None:
-                on_round(rounds, rows, loss_sum)
             if interrupted():
                 return rows, loss_sum, False
 
@@ -878,28 +878,23 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
     start = (0, 0, 0.0)
     if position is not None and position["rows"]:
         start = (position["dask"]["rounds"], position["rows"], position["loss_sum"])
-    # Where the model stands after the last round, (epoch, rounds, rows, loss_sum, the
-    # generator at the epoch's start), or None once a worker has left in this epoch (its
-    # rounds can no longer be replayed): Ctrl-C keeps it as the position, checkpoints
-    # write it.
+    # The position where the model stands after the last round (captured then, with the
+    # history, callback states and assignment of that moment), or None once a worker has
+    # left in this epoch (its rounds can no longer be replayed): Ctrl-C keeps it,
+    # checkpoints write it.
     last = None
-
-    def position_now():
-        epoch_, rounds, rows, loss_sum, epoch_rng = last
-        found = _checkpoint.capture(
-            epoch=epoch_, rows=rows, loss_sum=loss_sum, epoch_rng=epoch_rng,
-            stopped=net.stop_training, epochs=epochs, chunk_rows=average_every,
-            resume_settings=settings(), history=history.history, callbacks=callbacks)
-        if rows:  # inside an epoch: which rounds are done, with which chunks where
-            found["dask"] = {"rounds": int(rounds),
-                             "assignment": [list(a) for a in run.assignment]}
-        return found
 
     def keep(rounds, rows, loss_sum, epoch_rng):
         nonlocal last
-        last = (epoch, rounds, rows, loss_sum, epoch_rng)
+        last = _checkpoint.capture(
+            epoch=epoch, rows=rows, loss_sum=loss_sum, epoch_rng=epoch_rng,
+            stopped=net.stop_training, epochs=epochs, chunk_rows=average_every,
+            resume_settings=settings(), history=history.history, callbacks=callbacks)
+        if rows:  # inside an epoch: which rounds are done, with which chunks where
+            last["dask"] = {"rounds": int(rounds),
+                            "assignment": [list(a) for a in run.assignment]}
         if checkpoint is not None:
-            net._position = position_now()
+            net._position = last
             net.save(checkpoint)
             net._position = None
 
@@ -907,7 +902,8 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
         with _deferred_sigint() as interrupted:
             while epoch < epochs and not net.stop_training:
                 epoch_rng = net._rng.bit_generator.state
-                last = (epoch, *start, epoch_rng)
+                if last is None:  # the first epoch (the others were kept as the last ended)
+                    keep(*start, epoch_rng)
                 for callback in callbacks:
                     callback.on_epoch_begin(epoch, {"rows": start[1]})
 
@@ -943,7 +939,7 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
             if isinstance(callback, ProgbarLogger):
                 callback.on_train_end()
         if isinstance(exc, KeyboardInterrupt) and last is not None:
-            net._position = position_now()  # fit(resume=True) continues after the last round
+            net._position = last  # fit(resume=True) continues after the last round
         raise
     finally:
         run.close()

@@ -433,3 +433,33 @@ def test_bench_measures_each_worker_count():
         result = _bench.measure_workers("predict-1M", "numba" if _numba() else "cython",
                                         "float32", (1, 2), repeats=1)
     assert set(result) == {1, 2} and all(rate > 0 for rate, _ in result.values())
+
+
+def test_task_runner_waits_only_for_the_threads_it_started():
+    """A Ctrl-C while handing out the tasks: on_error runs, and run() returns (no hang)."""
+    import threading
+
+    runner = _parallel.TaskRunner(3)
+    called = []
+    try:
+        second = runner._threads[1]
+
+        def interrupted(task):
+            raise KeyboardInterrupt
+
+        second.start_task = interrupted
+        outcome = []
+
+        def call():
+            try:
+                runner.run(lambda k: k, on_error=lambda: called.append(True))
+            except KeyboardInterrupt:
+                outcome.append("raised")
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        caller.join(timeout=30)
+        assert outcome == ["raised"] and called == [True]
+    finally:
+        del second.start_task
+        runner.close()

@@ -804,8 +804,10 @@ class _Splitter(_WorkingCopy):
         self._update = kernel("sum_and_update", dtype)
         self._parts, self._batch_size = parts, batch_size
         # the whole chunk in one call per thread, synchronised in compiled code (not
-        # without the JIT: plain Python has no atomics to build the barrier from)
-        self._split = None if numba.config.DISABLE_JIT else kernel("train_split", dtype)
+        # without the JIT: plain Python has no atomics to build the barrier from; and
+        # POSIX only: a waiting thread yields its core with sched_yield)
+        compiled = not numba.config.DISABLE_JIT and os.name == "posix"
+        self._split = kernel("train_split", dtype) if compiled else None
         self._sync = np.zeros(_kernels.SYNC_WORDS, dtype=np.int64)
         self._losses = np.zeros(parts, dtype=np.float64)
         self.reload()
