@@ -350,3 +350,27 @@ def module_train_chunk(module_name):
 
     train_chunk_of_module.__name__ = "train_chunk"
     return train_chunk_of_module
+
+
+def run_meeting_parts(runner, sync, abort_slot, part):
+    """Run ``part(k)`` for every part at once, parts that wait for each other at barriers.
+
+    ``sync`` (int64 barrier words) is zeroed first.  If a part fails, or
+    the calling thread is interrupted before its part starts, word
+    ``abort_slot`` is raised so that the parts waiting at a barrier leave.
+    Returns part 0's ``(loss_sum, rows_done)``.
+    """
+    sync[:] = 0
+
+    def abort():
+        sync[abort_slot] = 1
+
+    def task(k):
+        try:
+            return part(k)
+        except BaseException:  # e.g. no memory for its scratch: release the others
+            abort()
+            raise
+
+    results = runner.run(task, on_error=abort)
+    return float(results[0][0]), int(results[0][1])

@@ -166,26 +166,16 @@ class _Splitter(_Trainer):
         self._losses = np.zeros(parts, dtype=np.float64)
 
     def train_chunk(self, X, Y, order, step, runner):
-        """Train rows ``order``, the parts' calls run at once by ``runner``: ``(loss_sum, rows)``."""
+        """Train rows ``order``, the parts run at once by ``runner``: ``(loss_sum, rows)``."""
         check_chunk(self._dtype, self._sizes, X, Y, order)
         if len(order) == 0:
             return 0.0, 0
-        parts, work, sync = self._parts, self._work, self._sync
+        parts, work = self._parts, self._work
         work.split_reserve(parts, -(-min(self._batch_size, len(order)) // parts))
-        sync[:] = 0
-
-        def abort():
-            sync[_SYNC_ABORT] = 1
-
-        def task(k):
-            try:
-                return work.train_split(X, Y, order, int(step), k, parts, sync, self._losses)
-            except BaseException:  # release the others
-                abort()
-                raise
-
-        results = runner.run(task, on_error=abort)
-        return float(results[0][0]), int(results[0][1])
+        return _contract.run_meeting_parts(
+            runner, self._sync, _SYNC_ABORT,
+            lambda k: work.train_split(X, Y, order, int(step), k, parts, self._sync,
+                                       self._losses))
 
 
 def open_splitter(params, state, sizes, acts, loss, batch_size, optimizer, hyper, parts):

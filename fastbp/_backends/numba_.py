@@ -825,24 +825,13 @@ class _Splitter(_WorkingCopy):
         fails (a second Ctrl-C in the calling thread), the abort word releases
         the others.  Returns ``(loss_sum, rows_done)``.
         """
-        sync, split = self._sync, self._split
-        sync[:] = 0
+        def part(k):
+            return self._split(self._wp, self._grads, self._wst, self._lay, self._sizes,
+                               self._acts, self._loss, X, Y, order, self._batch_size,
+                               self._rows, self._optimizer, self._hyper, int(step),
+                               self._works[k], k, self._parts, self._sync, self._losses)
 
-        def abort():
-            sync[_kernels.SYNC_ABORT] = 1
-
-        def task(k):
-            try:
-                return split(self._wp, self._grads, self._wst, self._lay, self._sizes,
-                             self._acts, self._loss, X, Y, order, self._batch_size,
-                             self._rows, self._optimizer, self._hyper, int(step),
-                             self._works[k], k, self._parts, sync, self._losses)
-            except BaseException:  # e.g. no memory for its scratch: release the others
-                abort()
-                raise
-
-        results = runner.run(task, on_error=abort)
-        return float(results[0][0]), int(results[0][1])
+        return _contract.run_meeting_parts(runner, self._sync, _kernels.SYNC_ABORT, part)
 
     def gradient(self, part, X, Y, rows, size):
         """Part ``part``'s loss sum; its share of the batch-mean gradient kept for :meth:`step`."""
