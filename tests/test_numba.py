@@ -179,6 +179,34 @@ def test_fast_math_flags_keep_the_nan_checks(dtype):
         assert not {"nnan", "ninf", "fast"} & set(fn.targetoptions.get("fastmath") or ())
 
 
+@compiled_only
+def test_per_sample_passes_run_at_the_full_avx512_width():
+    """Where the CPU has AVX-512, the per-sample kernels ask LLVM for 512-bit vectors
+    (LLVM's tuning for most such Intel CPUs prefers 256) and their loops use zmm registers;
+    elsewhere the hint is off and changes nothing."""
+    from numba.core.codegen import get_host_cpu_features
+
+    from fastbp._backends import _numba_kernels as K
+
+    avx512 = "+avx512f" in (numba.config.CPU_FEATURES or get_host_cpu_features())
+    hint = '"prefer-vector-width"="512"'
+
+    @numba.njit(fastmath=K.FASTMATH)
+    def scale_add(a, b, out):
+        K.full_vector_width()
+        for k in range(out.shape[0]):
+            out[k] = a[k] * b[k] + out[k]
+
+    v = np.ones(64)
+    scale_add(v, v, v.copy())
+    sig = scale_add.signatures[0]
+    assert (hint in scale_add.inspect_llvm(sig)) == avx512
+    assert ("zmm" in scale_add.inspect_asm(sig)) == avx512
+    sig = K.SIGNATURES["train_single"]
+    K.train_single.compile(sig)
+    assert (hint in K.train_single.inspect_llvm(sig.args)) == avx512
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow, in plain Python (no JIT)
 @pytest.mark.parametrize("spec,batch", [("2-2-1", 1), ("tile+3", 1), ("tile+3", 8)])
 def test_overflow_detected(spec, batch):
