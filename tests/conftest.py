@@ -161,9 +161,8 @@ def tile_width(dtype):
         accessor = getattr(numba_, "tile_width", None)
         if accessor is not None:
             return int(accessor(dtype))
-        import numba
-        from numba.core.codegen import get_host_cpu_features
-        features = numba.config.CPU_FEATURES or get_host_cpu_features()
+        from fastbp._backends._numba_kernels import target_cpu_features
+        features = target_cpu_features()
         vector = 64 if "+avx512f" in features else 32 if "+avx" in features else 16
     except Exception:
         vector = 16

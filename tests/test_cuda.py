@@ -85,6 +85,73 @@ def test_import_is_lazy_and_missing_gpu_says_how_to_fix():
                    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+_PTX_PROBE = """
+import os, shutil, subprocess, sys, types
+
+from numba import cuda, types as nb
+import numba.cuda.dispatcher
+
+def trivial(a):
+    a[0] = 1.0
+
+try:
+    cuda.compile_ptx(trivial, (nb.float64[::1],), cc=(9, 0))
+except Exception as exc:  # no libNVVM here (a CUDA toolkit): nothing to compile with
+    print("NO-NVVM", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+    sys.exit(3)
+# The backend refuses to import without a GPU, and Numba compiles device functions for the
+# current device's compute capability: with no GPU, name the target ourselves.
+cuda.is_available = lambda: True
+numba.cuda.dispatcher.get_current_device = lambda: types.SimpleNamespace(
+    compute_capability=(9, 0))
+from fastbp._backends import cuda_
+
+ptxas = shutil.which("ptxas") or os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"),
+                                               "bin", "ptxas")
+for name, dtype in (("float64", nb.float64), ("float32", nb.float32)):
+    a1, a2, a3 = (nb.Array(dtype, n, "C") for n in (1, 2, 3))
+    i1, i2 = nb.Array(nb.int64, 1, "C"), nb.Array(nb.int64, 2, "C")
+    f2 = nb.Array(nb.float64, 2, "C")
+    # _run's arguments, in order
+    sig = (nb.int64, a2, i1, i1, i1, i1, nb.int64, a2, a2, i2, i1, nb.int64, i1, a2, a2, a3,
+           a2, a2, f2, a2, a3, nb.Array(nb.int32, 1, "C"), f2, i1)
+    for tile in (1, cuda_.TILE):
+        ptx, _ = cuda.compile_ptx(cuda_._make_kernel(tile).py_func, sig, cc=(9, 0))
+        report = "no ptxas"
+        if os.path.exists(ptxas):
+            path = f"{sys.argv[1]}/kernel_{name}_{tile}.ptx"
+            with open(path, "w") as f:
+                f.write(ptx)
+            run = subprocess.run([ptxas, "-arch=sm_90", "-v", path, "-o", os.devnull],
+                                 capture_output=True, text=True, check=True)
+            report = " ".join(line.split(":", 1)[-1].strip()
+                              for line in run.stderr.splitlines() if "spill" in line)
+        print(name, tile, report)
+"""
+
+
+@pytest.mark.simulator_slow  # compiles for a real GPU: the simulator step has nothing to add
+def test_the_kernels_compile_for_a_real_gpu(tmp_path):
+    """Every kernel variant compiles to PTX for sm_90 (H100/H200) and assembles without spills.
+
+    The simulator runs the kernels as Python and so never types or lowers
+    them; this compiles what a GPU would run, with the CUDA toolkit's libNVVM
+    (and ``ptxas`` for the register report) where one is installed.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    run = subprocess.run([sys.executable, "-c", _PTX_PROBE, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    if run.returncode == 3 and run.stdout.startswith("NO-NVVM"):
+        pytest.skip(f"no CUDA toolkit to compile with: {run.stdout.strip()}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.strip().splitlines()
+    assert [line.split()[:2] for line in lines] == [["float64", "1"], ["float64", "8"],
+                                                     ["float32", "1"], ["float32", "8"]]
+    for line in lines:
+        if "no ptxas" not in line:
+            assert "0 bytes spill stores, 0 bytes spill loads" in line, line
+
+
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_many_networks_one_launch_each_as_its_own_fit(cuda_, dtype, batch_size):
     """A block per network: each network trains as the NumPy reference trains it alone.
@@ -248,12 +315,84 @@ def test_fit_many_one_network_diverges_the_others_finish(cuda_):
             assert net._step == twin._step
 
 
+def test_shared_memory_placement_by_hand(cuda_):
+    """What a block keeps in shared memory (48 KiB), derived by hand for 20-64-64-1."""
+    # 20 + 64 + 64 + 1 = 149 units a row; 20*64 + 64 + 64*64 + 64 + 64 + 1 = 5,569 parameters
+    assert cuda_.SHARED_BYTES == 49152
+    # float32, one row: units, deltas, parameters and gradient, 4 * 11,436 = 45,744 bytes
+    place, used = cuda_._placement(149, 5569, 1, 4)
+    assert place.tolist() == [0, 149, 298, 5867] and used == 45744
+    # float64: the gradient would make 8 * 11,436 = 91,488 bytes; it stays in global memory
+    place, used = cuda_._placement(149, 5569, 1, 8)
+    assert place.tolist() == [0, 149, 298, -1] and used == 8 * 5867
+    # float32 tiles of 8 rows: 1,192 units and 1,192 deltas, then the parameters
+    place, used = cuda_._placement(149, 5569, 8, 4)
+    assert place.tolist() == [0, 1192, 2384, -1] and used == 4 * (2384 + 5569)
+    # predictions in float64 tiles of 8: 9,536 bytes of units; the parameters (44,552) no more
+    place, used = cuda_._placement(149, 5569, 8, 8, gradients=False)
+    assert place.tolist() == [0, -1, -1, -1] and used == 9536
+    # a gradient that fits after parameters that do not
+    place, used = cuda_._placement(1, 5000, 1, 8)
+    assert place.tolist() == [0, 1, 2, -1] and used == 8 * 5002
+    place, used = cuda_._placement(1, 7000, 1, 8)
+    assert place.tolist() == [0, 1, -1, -1] and used == 16
+    assert cuda_._placement(10**5, 10**6, 8, 8)[0].tolist() == [-1, -1, -1, -1]
+
+
+@pytest.mark.parametrize("in_shared", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_every_shared_memory_placement_matches_the_reference(cuda_, monkeypatch, dtype,
+                                                              in_shared, batch):
+    """Units, deltas, parameters, gradient: the first ``in_shared`` of them in shared memory."""
+    case = ("3-4-2", C.TANH, C.MSE, C.ADAM, batch)
+    n_units, n_params, tile = 3 + 4 + 2, 3 * 4 + 4 + 4 * 2 + 2, cuda_._tile_for(batch)
+    assert tile == {1: 1, 3: 4}[batch]
+    budget = np.dtype(dtype).itemsize * sum([tile * n_units, tile * n_units, n_params,
+                                             n_params][:in_shared])
+    monkeypatch.setattr(cuda_, "SHARED_BYTES", budget)
+    place = cuda_._placement(n_units, n_params, tile, np.dtype(dtype).itemsize)[0]
+    assert ((place >= 0).tolist() == [True] * in_shared + [False] * (4 - in_shared))
+    contract.check_case(cuda_, case, dtype)
+
+
+@pytest.mark.parametrize("loss", [C.MSE, C.CATEGORICAL_CROSSENTROPY])
+def test_tiles_change_no_number(cuda_, monkeypatch, dtype, loss):
+    """Batches of 5 in tiles of 1, 2, 4 and 8 rows: bit for bit the same results.
+
+    A row's sums run in the same order whatever the tile; a softmax head
+    covers the tile's row-wise normalisation.
+    """
+    sizes, params, X, Y = contract.problem((3, 5, 4, 3), C.MSE, dtype, rows=13)
+    if loss == C.CATEGORICAL_CROSSENTROPY:
+        acts = np.array([C.TANH, C.RELU, C.SOFTMAX], dtype=np.int64)
+        Y = np.eye(3, dtype=dtype)[np.arange(13) % 3]
+    else:
+        acts = np.array([C.TANH, C.RELU, C.LINEAR], dtype=np.int64)
+    results = []
+    for tile in (1, 2, 4, 8):
+        monkeypatch.setattr(cuda_, "_tile_for", lambda batch_size, tile=tile: tile)
+        got = contract.train(cuda_, sizes, acts, loss, params, X, Y, 5, C.RMSPROP_MOMENTUM)
+        got.update(contract.evaluate(cuda_, sizes, acts, loss, got["params"], X, Y))
+        results.append(got)
+    want = contract.train(contract.numpy_, sizes, acts, loss, params, X, Y, 5,
+                          C.RMSPROP_MOMENTUM)
+    want.update(contract.evaluate(contract.numpy_, sizes, acts, loss, want["params"], X, Y))
+    contract.compare(results[0], want, dtype)
+    for got in results[1:]:
+        assert got["done"] == results[0]["done"]
+        for key in ("params", "state", "totals", "out", "grad", "losses"):
+            assert got[key].tobytes() == results[0][key].tobytes(), key
+
+
 def test_fit_many_refuses_more_networks_than_the_gpu_holds(cuda_, monkeypatch):
     """Say how many fit, and change no network."""
     # [3, 4, 2] in float64: 26 parameters, each with 2 state slots and a gradient (8 bytes
-    # each: 832), 9 units' activations and deltas (144), 2 float64 output sums (16), 64
-    # bytes of flags and results; per launch a chunk of 3 int64 positions and 1 step size
-    assert cuda_.network_bytes([3, 4, 2], "float64", 3, 3) == 832 + 144 + 16 + 64 + 24 + 8
+    # each: 832); batches of 3 rows go through in tiles of 4: 4 x 9 units' activations and
+    # deltas (576), 4 x 2 float64 output losses (64); 64 bytes of flags and results; per
+    # launch a chunk of 3 int64 positions and 1 step size
+    assert cuda_.network_bytes([3, 4, 2], "float64", 3, 3) == 832 + 576 + 64 + 64 + 24 + 8
+    # one row at a time: a tile of 1
+    assert cuda_.network_bytes([3, 4, 2], "float64", 3, 1) == 832 + 144 + 16 + 64 + 24 + 24
     X, y = _many_case("float64", False, None, n=12)
     rows = X.nbytes + y.nbytes
     need = cuda_.network_bytes([3, 4, 2], "float64", 12, 12)  # chunk = batch = all 12 rows

@@ -17,8 +17,10 @@ cheapest kernels.
 """
 
 import os
+import platform
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -184,11 +186,9 @@ def test_per_sample_passes_run_at_the_full_avx512_width():
     """Where the CPU has AVX-512, the per-sample kernels ask LLVM for 512-bit vectors
     (LLVM's tuning for most such Intel CPUs prefers 256) and their loops use zmm registers;
     elsewhere the hint is off and changes nothing."""
-    from numba.core.codegen import get_host_cpu_features
-
     from fastbp._backends import _numba_kernels as K
 
-    avx512 = "+avx512f" in (numba.config.CPU_FEATURES or get_host_cpu_features())
+    avx512 = "+avx512f" in K.target_cpu_features()
     hint = '"prefer-vector-width"="512"'
 
     @numba.njit(fastmath=K.FASTMATH)
@@ -205,6 +205,46 @@ def test_per_sample_passes_run_at_the_full_avx512_width():
     sig = K.SIGNATURES["train_single"]
     K.train_single.compile(sig)
     assert (hint in K.train_single.inspect_llvm(sig.args)) == avx512
+
+
+_WIDTH_PROBE = """
+import numba
+from fastbp._backends import _numba_kernels as K
+
+@numba.njit(fastmath=K.FASTMATH)
+def scale_add(a, b, out):
+    K.full_vector_width()
+    for k in range(out.shape[0]):
+        out[k] = a[k] * b[k] + out[k]
+
+array = numba.types.Array(numba.float64, 1, "C")
+scale_add.compile((array, array, array))  # compiled only: the target may not be this CPU
+ir = scale_add.inspect_llvm(scale_add.signatures[0])
+print(K.FULL_WIDTH, K.VECTOR * K.ITEMSIZE, '"prefer-vector-width"="512"' in ir)
+"""
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="the named CPUs are x86-64 ones")
+@pytest.mark.parametrize("cpu,features,expected", [
+    # a portable build: Numba compiles with no feature at all, whatever this host has
+    ("generic", None, "False 16 False"),
+    # an AVX-512 target named explicitly, on any x86-64 host
+    ("skylake-avx512", "+avx512f,+avx512dq,+avx512bw,+avx512vl,+avx2,+avx,+fma,+sse4.2",
+     "True 64 True"),
+    ("haswell", "+avx2,+avx,+fma,+sse4.2,-avx512f", "False 32 False"),
+])
+def test_the_width_hint_follows_the_cpu_numba_targets(cpu, features, expected):
+    """FULL_WIDTH and the hint come from the CPU Numba compiles for, not from this host."""
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CACHE_DIR=tempfile.mkdtemp())
+    env.pop("NUMBA_CPU_FEATURES", None)
+    env.pop("NUMBA_DISABLE_JIT", None)
+    if features is not None:
+        env["NUMBA_CPU_FEATURES"] = features
+    run = subprocess.run([sys.executable, "-c", _WIDTH_PROBE], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split("\n")[-2] == expected
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow, in plain Python (no JIT)

@@ -182,11 +182,22 @@ CACHE_LINE = 64
 PREFETCH_LINES = 8
 
 
+def target_cpu_features():
+    """The feature string of the CPU Numba compiles for, as its code generator reads it.
+
+    ``NUMBA_CPU_FEATURES`` when set -- also when empty, as ``NUMBA_CPU_NAME=
+    generic`` leaves it: a portable build with no extension -- else the host's.
+    """
+    if numba.config.CPU_FEATURES is not None:
+        return numba.config.CPU_FEATURES
+    from numba.core.codegen import get_host_cpu_features
+    return get_host_cpu_features()
+
+
 def _vector_bytes():
     """Bytes per SIMD register of the CPU Numba compiles for (honours NUMBA_CPU_FEATURES)."""
     try:
-        from numba.core.codegen import get_host_cpu_features
-        features = numba.config.CPU_FEATURES or get_host_cpu_features()
+        features = target_cpu_features()
     except Exception:  # an unknown platform: the narrowest common width
         return 16
     if "+avx512f" in features:
@@ -295,9 +306,11 @@ else:
         """Let LLVM vectorise the calling function's loops at the CPU's full AVX-512 width.
 
         See FULL_WIDTH.  Adds the string attribute ``"prefer-vector-width"=
-        "512"`` to the LLVM function being lowered (llvmlite's attribute set
-        validates enum attributes only, hence the plain ``set.add``).  Emits
-        no instruction; a no-op where FULL_WIDTH is off.
+        "512"`` to the LLVM function being lowered.  llvmlite's
+        ``AttributeSet.add`` accepts only the attribute names it knows, none
+        of them a key-value string attribute, so the set's own ``set.add``
+        stores it; llvmlite writes the set's items into the IR as they are.
+        Emits no instruction; a no-op where FULL_WIDTH is off.
         """
         def codegen(context, builder, signature, args):
             if FULL_WIDTH:

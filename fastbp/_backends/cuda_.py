@@ -29,11 +29,17 @@ bias-corrected step sizes ...) are computed on the host the way NumPy
 computes them and handed over as an array in that dtype, so that one
 compiled kernel serves both dtypes without mixing in float64 literals.
 
-Parameters, state and the per-row activations and deltas live in global
-memory (shared memory would suit the small nets better; not done yet).  The
-design favours correctness and the exact reference semantics over speed: a
+A minibatch goes through in tiles of up to :data:`TILE` rows: a thread
+loads each weight once and applies it to every row of the tile, held in
+registers, and the block meets once per layer and tile rather than per row
+(:func:`_make_kernel`; per-sample training is the one-row tile).  The tile's
+activations and deltas, the parameters and the gradient sit in the block's
+shared memory when they fit in :data:`SHARED_BYTES`, in that order of
+preference, else in global memory (:func:`_placement`); the optimizer state
+stays in global memory, read and written once per batch, coalesced.  A
 block uses one streaming multiprocessor, which suits small per-sample nets
-and many of them at once; large batches would want a GEMM-shaped kernel.
+and many of them at once; large batches of one network would want a
+GEMM-shaped kernel spread over many blocks.
 
 Importing this module raises ``ImportError`` unless ``numba.cuda`` reports a
 usable GPU (or the CPU simulator, ``NUMBA_ENABLE_CUDASIM=1``, is enabled);
@@ -84,6 +90,13 @@ _PREDICT, _LOSS, _GRADIENTS, _TRAIN = 0, 1, 2, 3
 # Slots of the ``consts`` array (parameter dtype).
 (_ZERO, _ONE, _HALF, _BCE_LO, _BCE_HI, _HUBER, _HUBER_HALF, _COEF, _COEF_LAST,
  _LR, _H1, _H2, _EPS, _ONE_MINUS_H1, _ONE_MINUS_H2, _N_CONSTS) = range(16)
+
+# Slots of the ``place`` array: where a block's units, deltas, parameters and gradient live.
+_AT_UNITS, _AT_DELTAS, _AT_PARAMS, _AT_GRAD = range(4)
+
+#: Dynamic shared memory one block uses at most, in bytes: what every CUDA GPU grants a
+#: launch without an opt-in attribute (Volta and later can opt in to more).
+SHARED_BYTES = 48 * 1024
 
 
 # ---------------------------------------------------------------------------- device code
@@ -218,172 +231,298 @@ def _update(i, params, grad, optimizer, consts, alpha, state):
             params[i] = params[i] - increment
 
 
-@cuda.jit
-def _kernel(mode, all_params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, orders,
-            counts, batch_size, optimizers, all_consts, all_alphas, all_state, all_units,
-            all_deltas, all_losses, all_grad, all_out, stops, results):
-    """Run ``mode`` for network ``blockIdx.x``: one thread block per network.
+def _make_kernel(tile):
+    """The kernel that takes the rows of a batch ``tile`` at a time.
 
-    Every network has the same layer widths, activations and loss; network
-    ``k`` has its own parameters ``all_params[k]``, optimizer
-    ``optimizers[k]`` with constants ``all_consts[k]`` (Adam's step sizes
-    ``all_alphas[k]``), state ``all_state[k]`` and row order ``orders[k]``:
-    it visits rows ``X[orders[k, 0]], ..., X[orders[k, counts[k] - 1]]`` in
-    batches of ``batch_size``, so the data is on the device once for all
-    networks (a network with ``counts[k] == 0`` does nothing).
-    ``all_units``/``all_deltas`` hold each network's activations/deltas of
-    one row (layer ``l`` at ``unit_offsets[l]``), ``all_losses`` its output
-    row's loss terms; ``stops[k]`` is its "batch loss not finite" flag;
-    ``results[k]`` receives ``(loss sum, rows done)``.  Predictions go to
-    ``all_out[k, position]``.
-
-    ``stops`` lives in global memory, not in ``cuda.shared.array``: each
-    flag is one block's own, as good after ``syncthreads``, and the CPU
-    simulator allocates a shared array on each thread's first call with a
-    check-then-insert that its threads can race through, handing threads
-    different flags (some then left the batch loop early).
+    ``tile`` is a compile-time constant, so the per-row accumulators below
+    are register arrays: a thread loads each weight once per tile and uses it
+    for every row of the tile, and the block meets at ``syncthreads`` once
+    per layer and tile instead of once per layer and row.  Each row's sums
+    are taken in the same order whatever the tile (a row's inputs in order;
+    a weight's gradient adds the rows in order), so every tile gives the same
+    numbers; ``tile == 1`` is per-sample training.
     """
-    k = cuda.blockIdx.x
-    tid = cuda.threadIdx.x
-    n_threads = cuda.blockDim.x
-    params = all_params[k]
-    consts = all_consts[k]
-    alphas = all_alphas[k]
-    state = all_state[k]
-    units = all_units[k]
-    deltas = all_deltas[k]
-    losses = all_losses[k]
-    grad = all_grad[k]
-    out = all_out[k]
-    order = orders[k]
-    optimizer = optimizers[k]
-    n_layers = acts.shape[0]
-    n_rows = counts[k]
-    n_par = params.shape[0]
-    n_out = sizes[n_layers]
-    # what a row's element losses are divided by: the outputs (a mean), or 1 (a sum)
-    n_mean = 1 if loss == C.CATEGORICAL_CROSSENTROPY else n_out
-    out_at = unit_offsets[n_layers]
-    last_act = acts[n_layers - 1]
-    zero = consts[_ZERO]
-    one = consts[_ONE]
-    total = 0.0  # float64 loss sums, meaningful in thread 0
-    done = 0
-    batch = 0
-    start = 0
-    while start < n_rows:
-        end = start + batch_size  # not min(): it fails to type on the CUDA target
-        if end > n_rows:
-            end = n_rows
-        coef = consts[_COEF] if end - start == batch_size else consts[_COEF_LAST]
-        if mode >= _GRADIENTS:
+
+    @cuda.jit
+    def kernel(mode, all_params, sizes, param_offsets, unit_offsets, acts, loss, X, Y, orders,
+               counts, batch_size, optimizers, all_consts, all_alphas, all_state, all_units,
+               all_deltas, all_losses, all_grad, all_out, stops, results, place):
+        """Run ``mode`` for network ``blockIdx.x``: one thread block per network.
+
+        Every network has the same layer widths, activations and loss; network
+        ``k`` has its own parameters ``all_params[k]``, optimizer
+        ``optimizers[k]`` with constants ``all_consts[k]`` (Adam's step sizes
+        ``all_alphas[k]``), state ``all_state[k]`` and row order ``orders[k]``:
+        it visits rows ``X[orders[k, 0]], ..., X[orders[k, counts[k] - 1]]`` in
+        batches of ``batch_size``, so the data is on the device once for all
+        networks (a network with ``counts[k] == 0`` does nothing).
+        ``all_units``/``all_deltas`` hold each network's activations/deltas of
+        one tile (row ``t``'s layer ``l`` at ``t * n_units + unit_offsets[l]``),
+        ``all_losses`` the tile's output loss terms; ``stops[k]`` is its "batch
+        loss not finite" flag; ``results[k]`` receives ``(loss sum, rows
+        done)``.  Predictions go to ``all_out[k, position]``.
+
+        ``place`` says which of the units, deltas, parameters and gradient
+        live in the block's dynamic shared memory (their offset in it) and
+        which stay in global memory (-1): see :func:`_placement`.  Shared
+        parameters are copied in at the start and back at the end of a
+        training launch, a shared gradient back at the end of a gradient one.
+
+        ``stops`` lives in global memory, not in a static ``cuda.shared.array``:
+        each flag is one block's own, as good after ``syncthreads``, and the CPU
+        simulator allocates a static shared array on each thread's first call
+        with a check-then-insert that its threads can race through, handing
+        threads different flags (some then left the batch loop early).  Its
+        dynamic shared memory is one buffer made before the threads start.
+        """
+        k = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        n_threads = cuda.blockDim.x
+        consts = all_consts[k]
+        alphas = all_alphas[k]
+        state = all_state[k]
+        losses = all_losses[k]
+        out = all_out[k]
+        order = orders[k]
+        optimizer = optimizers[k]
+        n_layers = acts.shape[0]
+        n_rows = counts[k]
+        n_par = all_params.shape[1]
+        n_out = sizes[n_layers]
+        out_at = unit_offsets[n_layers]
+        n_units = out_at + n_out  # one row's activations (or deltas), every layer
+        span = tile * n_units
+        shared = cuda.shared.array(0, dtype=all_params.dtype)
+        if place[_AT_UNITS] >= 0:
+            units = shared[place[_AT_UNITS]:place[_AT_UNITS] + span]
+        else:
+            units = all_units[k]
+        if place[_AT_DELTAS] >= 0:
+            deltas = shared[place[_AT_DELTAS]:place[_AT_DELTAS] + span]
+        else:
+            deltas = all_deltas[k]
+        if place[_AT_GRAD] >= 0:
+            grad = shared[place[_AT_GRAD]:place[_AT_GRAD] + n_par]
+        else:
+            grad = all_grad[k]
+        if place[_AT_PARAMS] >= 0:
+            params = shared[place[_AT_PARAMS]:place[_AT_PARAMS] + n_par]
+            source = all_params[k]
             for i in range(tid, n_par, n_threads):
-                grad[i] = zero
-        batch_sum = 0.0
-        for position in range(start, end):
-            r = order[position]
-            # ---- forward
-            for i in range(tid, sizes[0], n_threads):
-                units[i] = X[r, i]
+                params[i] = source[i]
             cuda.syncthreads()
-            for layer in range(n_layers):
-                n_in = sizes[layer]
-                width = sizes[layer + 1]
-                w = param_offsets[layer]
-                b = w + n_in * width
-                a_in = unit_offsets[layer]
-                a_out = unit_offsets[layer + 1]
-                code = acts[layer]
-                for j in range(tid, width, n_threads):
-                    z = units[a_in] * params[w + j]
-                    for i in range(1, n_in):
-                        z += units[a_in + i] * params[w + i * width + j]
-                    units[a_out + j] = _activate(z + params[b + j], code, zero, one)
+        else:
+            params = all_params[k]
+        # per-row accumulators of the tile, in registers
+        z = cuda.local.array(tile, dtype=all_params.dtype)
+        top = cuda.local.array(tile, dtype=all_params.dtype)
+        norm = cuda.local.array(tile, dtype=all_params.dtype)
+        # what a row's element losses are divided by: the outputs (a mean), or 1 (a sum)
+        n_mean = 1 if loss == C.CATEGORICAL_CROSSENTROPY else n_out
+        last_act = acts[n_layers - 1]
+        zero = consts[_ZERO]
+        one = consts[_ONE]
+        total = 0.0  # float64 loss sums, meaningful in thread 0
+        done = 0
+        batch = 0
+        start = 0
+        while start < n_rows:
+            end = start + batch_size  # not min(): it fails to type on the CUDA target
+            if end > n_rows:
+                end = n_rows
+            coef = consts[_COEF] if end - start == batch_size else consts[_COEF_LAST]
+            if mode >= _GRADIENTS:
+                for i in range(tid, n_par, n_threads):
+                    grad[i] = zero
+            batch_sum = 0.0
+            first = start
+            while first < end:
+                nt = end - first  # rows in this tile
+                if nt > tile:
+                    nt = tile
+                # ---- forward
+                n_in = sizes[0]
+                for e in range(tid, nt * n_in, n_threads):
+                    t = e // n_in
+                    units[t * n_units + e - t * n_in] = X[order[first + t], e - t * n_in]
                 cuda.syncthreads()
-                if code == C.SOFTMAX:
-                    # the row's log-softmax, z - max - log(sum(exp(z - max))) (see _codes):
-                    # every thread reduces the row itself, then writes its own units
-                    top = units[a_out]
-                    for j in range(1, width):
-                        if units[a_out + j] > top:
-                            top = units[a_out + j]
-                    norm = zero
-                    for j in range(width):
-                        norm += math.exp(units[a_out + j] - top)
-                    norm = math.log(norm)
-                    cuda.syncthreads()
+                for layer in range(n_layers):
+                    n_in = sizes[layer]
+                    width = sizes[layer + 1]
+                    w = param_offsets[layer]
+                    b = w + n_in * width
+                    a_in = unit_offsets[layer]
+                    a_out = unit_offsets[layer + 1]
+                    code = acts[layer]
                     for j in range(tid, width, n_threads):
-                        units[a_out + j] = (units[a_out + j] - top) - norm
+                        weight = params[w + j]
+                        for t in range(tile):
+                            if t < nt:
+                                z[t] = units[t * n_units + a_in] * weight
+                        for i in range(1, n_in):
+                            weight = params[w + i * width + j]
+                            for t in range(tile):
+                                if t < nt:
+                                    z[t] += units[t * n_units + a_in + i] * weight
+                        bias = params[b + j]
+                        for t in range(tile):
+                            if t < nt:
+                                units[t * n_units + a_out + j] = _activate(z[t] + bias, code,
+                                                                           zero, one)
                     cuda.syncthreads()
-            if mode == _PREDICT:
-                for j in range(tid, n_out, n_threads):
-                    if last_act == C.SOFTMAX:  # the log-softmax: exp() is the softmax
-                        out[position, j] = math.exp(units[out_at + j])
-                    else:
-                        out[position, j] = units[out_at + j]
+                    if code == C.SOFTMAX:
+                        # each row's log-softmax, z - max - log(sum(exp(z - max))) (see
+                        # _codes): every thread reduces the rows itself, then writes its units
+                        for t in range(tile):
+                            if t < nt:
+                                row = t * n_units + a_out
+                                top[t] = units[row]
+                                for j in range(1, width):
+                                    if units[row + j] > top[t]:
+                                        top[t] = units[row + j]
+                                norm[t] = zero
+                                for j in range(width):
+                                    norm[t] += math.exp(units[row + j] - top[t])
+                                norm[t] = math.log(norm[t])
+                        cuda.syncthreads()
+                        for e in range(tid, nt * width, n_threads):
+                            t = e // width
+                            at = t * n_units + a_out + e - t * width
+                            units[at] = (units[at] - top[t]) - norm[t]
+                        cuda.syncthreads()
+                if mode == _PREDICT:
+                    for e in range(tid, nt * n_out, n_threads):
+                        t = e // n_out
+                        j = e - t * n_out
+                        if last_act == C.SOFTMAX:  # the log-softmax: exp() is the softmax
+                            out[first + t, j] = math.exp(units[t * n_units + out_at + j])
+                        else:
+                            out[first + t, j] = units[t * n_units + out_at + j]
+                    cuda.syncthreads()
+                    first += nt
+                    continue
+                # ---- loss of these rows, and the output layer's deltas
+                for e in range(tid, nt * n_out, n_threads):
+                    t = e // n_out
+                    j = e - t * n_out
+                    r = order[first + t]
+                    p = units[t * n_units + out_at + j]
+                    losses[e] = _loss_value(p, Y[r, j], loss, consts)
+                    if mode >= _GRADIENTS:
+                        d = _loss_gradient(p, Y[r, j], loss, consts) * coef
+                        deltas[t * n_units + out_at + j] = d * _derivative(p, last_act, zero,
+                                                                            one)
                 cuda.syncthreads()
+                if tid == 0:  # row by row, each row's outputs in order
+                    for e in range(nt * n_out):
+                        batch_sum += losses[e]
+                if mode < _GRADIENTS:
+                    first += nt
+                    continue
+                # ---- backward: add these rows' gradients, row after row
+                for layer in range(n_layers - 1, -1, -1):
+                    n_in = sizes[layer]
+                    width = sizes[layer + 1]
+                    w = param_offsets[layer]
+                    b = w + n_in * width
+                    a_in = unit_offsets[layer]
+                    a_out = unit_offsets[layer + 1]
+                    for e in range(tid, n_in * width, n_threads):
+                        i = e // width
+                        j = e - i * width
+                        g = grad[w + e]
+                        for t in range(tile):
+                            if t < nt:
+                                g += (units[t * n_units + a_in + i]
+                                      * deltas[t * n_units + a_out + j])
+                        grad[w + e] = g
+                    for j in range(tid, width, n_threads):
+                        g = grad[b + j]
+                        for t in range(tile):
+                            if t < nt:
+                                g += deltas[t * n_units + a_out + j]
+                        grad[b + j] = g
+                    if layer > 0:
+                        code = acts[layer - 1]
+                        for i in range(tid, n_in, n_threads):
+                            row = w + i * width
+                            weight = params[row]
+                            for t in range(tile):
+                                if t < nt:
+                                    z[t] = deltas[t * n_units + a_out] * weight
+                            for j in range(1, width):
+                                weight = params[row + j]
+                                for t in range(tile):
+                                    if t < nt:
+                                        z[t] += deltas[t * n_units + a_out + j] * weight
+                            for t in range(tile):
+                                if t < nt:
+                                    at = t * n_units + a_in + i
+                                    deltas[at] = z[t] * _derivative(units[at], code, zero, one)
+                    cuda.syncthreads()
+                first += nt
+            if mode != _TRAIN:
+                total += batch_sum / n_mean
+                start = end
+                done = end
                 continue
-            # ---- loss of this row, and the output layer's delta
-            for j in range(tid, n_out, n_threads):
-                p = units[out_at + j]
-                losses[j] = _loss_value(p, Y[r, j], loss, consts)
-                if mode >= _GRADIENTS:
-                    d = _loss_gradient(p, Y[r, j], loss, consts) * coef
-                    deltas[out_at + j] = d * _derivative(p, last_act, zero, one)
-            cuda.syncthreads()
+            # ---- the batch loss decides, before the update, whether training goes on
             if tid == 0:
-                for j in range(n_out):
-                    batch_sum += losses[j]
-            if mode < _GRADIENTS:
-                continue
-            # ---- backward: accumulate this row's gradient
-            for layer in range(n_layers - 1, -1, -1):
-                n_in = sizes[layer]
-                width = sizes[layer + 1]
-                w = param_offsets[layer]
-                b = w + n_in * width
-                a_in = unit_offsets[layer]
-                a_out = unit_offsets[layer + 1]
-                for e in range(tid, n_in * width, n_threads):
-                    i = e // width
-                    grad[w + e] += units[a_in + i] * deltas[a_out + e - i * width]
-                for j in range(tid, width, n_threads):
-                    grad[b + j] += deltas[a_out + j]
-                if layer > 0:
-                    code = acts[layer - 1]
-                    for i in range(tid, n_in, n_threads):
-                        row = w + i * width
-                        d = deltas[a_out] * params[row]
-                        for j in range(1, width):
-                            d += deltas[a_out + j] * params[row + j]
-                        deltas[a_in + i] = d * _derivative(units[a_in + i], code, zero, one)
-                cuda.syncthreads()
-        if mode != _TRAIN:
-            total += batch_sum / n_mean
+                batch_loss = batch_sum / n_mean
+                if math.isfinite(batch_loss):
+                    total += batch_loss
+                    stops[k] = 0
+                else:
+                    stops[k] = 1
+            cuda.syncthreads()
+            if stops[k] != 0:
+                break
+            alpha = alphas[batch] if optimizer == C.ADAM else zero
+            for i in range(tid, n_par, n_threads):
+                _update(i, params, grad, optimizer, consts, alpha, state)
+            cuda.syncthreads()
+            batch += 1
             start = end
             done = end
-            continue
-        # ---- the batch loss decides, before the update, whether training goes on
+        # ---- what lived in shared memory goes back where the host reads it
+        if place[_AT_PARAMS] >= 0 and mode == _TRAIN:
+            target = all_params[k]
+            for i in range(tid, n_par, n_threads):
+                target[i] = params[i]
+        if place[_AT_GRAD] >= 0 and mode == _GRADIENTS:
+            target = all_grad[k]
+            for i in range(tid, n_par, n_threads):
+                target[i] = grad[i]
         if tid == 0:
-            batch_loss = batch_sum / n_mean
-            if math.isfinite(batch_loss):
-                total += batch_loss
-                stops[k] = 0
-            else:
-                stops[k] = 1
-        cuda.syncthreads()
-        if stops[k] != 0:
-            break
-        alpha = alphas[batch] if optimizer == C.ADAM else zero
-        for i in range(tid, n_par, n_threads):
-            _update(i, params, grad, optimizer, consts, alpha, state)
-        cuda.syncthreads()
-        batch += 1
-        start = end
-        done = end
-    if tid == 0:
-        results[k, 0] = total
-        results[k, 1] = done
+            results[k, 0] = total
+            results[k, 1] = done
+
+    return kernel
+
+
+#: Rows per tile of the minibatch kernel: each weight a thread loads serves this many rows
+#: (the register arrays ``z``, ``top`` and ``norm`` hold one value per row).
+TILE = 8
+_kernels = {}
+
+
+def _tile_for(batch_size):
+    """The tile for batches of ``batch_size`` rows: 1 per sample, else a power of two <= TILE.
+
+    The smallest power of two that holds a batch, so that a short batch does
+    not step through empty rows (each tile is its own compiled kernel).
+    """
+    tile = 1
+    while tile < min(int(batch_size), TILE):
+        tile *= 2
+    return tile
+
+
+def _kernel_for(tile):
+    """The compiled kernel for ``tile`` (built on first use)."""
+    if tile not in _kernels:
+        _kernels[tile] = _make_kernel(tile)
+    return _kernels[tile]
 
 
 # ---------------------------------------------------------------------------- host side
@@ -468,15 +607,17 @@ def network_bytes(sizes, dtype, chunk_rows, batch_size):
     """Device memory one network of a many-network trainer takes, in bytes.
 
     Its parameters, optimizer state (``N_STATE_SLOTS`` rows) and gradient,
-    one row's activations and deltas, and what each launch uploads for it: a
+    one tile's activations and deltas and float64 output losses (a tile of
+    ``_tile_for(batch_size)`` rows), and what each launch uploads for it: a
     chunk's row order (int64) and Adam step sizes (one per batch).
     """
     sizes = [int(s) for s in sizes]
     n_params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
     itemsize = np.dtype(dtype).itemsize
+    tile = _tile_for(batch_size)
     per_launch = 8 * chunk_rows + itemsize * -(-chunk_rows // batch_size)
-    return (itemsize * (n_params * (C.N_STATE_SLOTS + 2) + 2 * sum(sizes))
-            + 8 * sizes[-1] + 64 + per_launch)
+    return (itemsize * (n_params * (C.N_STATE_SLOTS + 2) + 2 * tile * sum(sizes))
+            + 8 * tile * sizes[-1] + 64 + per_launch)
 
 
 def free_bytes():
@@ -497,13 +638,47 @@ def max_networks(sizes, dtype, chunk_rows, batch_size, rows_bytes, free=None):
     return max(0, int(usable // network_bytes(sizes, dtype, chunk_rows, batch_size)))
 
 
-class _DeviceNet:
-    """The layer description and per-row scratch of ``n_networks`` networks, on the device.
+def _placement(n_units, n_params, tile, itemsize, gradients=True, budget=None):
+    """Where a block keeps its working arrays: ``(place, shared bytes)``.
 
-    Built once per contract call, or once per trainer (per ``fit``).
+    In order of how often a row touches them -- the tile's units and deltas
+    (``tile * n_units`` values each), the parameters, the gradient; without
+    ``gradients`` (predictions, losses) only the units and parameters -- each
+    array goes into the block's dynamic shared memory if it still fits in
+    ``budget`` bytes (default :data:`SHARED_BYTES`; ``place[slot]`` is its
+    offset there, in values) and otherwise stays in global memory
+    (``place[slot] = -1``), where the threads of a warp read consecutive
+    addresses: in the forward pass thread ``j`` reads weight ``(i, j)``, in
+    the update thread ``i`` parameter ``i``.  The optimizer state stays in
+    global memory: each value is read and written once per batch, coalesced,
+    so shared memory would only add a copy in and out.  A 20-64-64-1 network
+    keeps parameters and gradient in shared memory in float32, the
+    parameters alone in float64.
+    """
+    budget = SHARED_BYTES if budget is None else budget
+    place = np.full(4, -1, dtype=np.int64)
+    used = 0
+    wanted = ((_AT_UNITS, tile * n_units), (_AT_DELTAS, tile * n_units),
+              (_AT_PARAMS, n_params), (_AT_GRAD, n_params))
+    for slot, count in wanted:
+        if not gradients and slot in (_AT_DELTAS, _AT_GRAD):
+            continue
+        if (used + count) * itemsize <= budget:
+            place[slot] = used
+            used += count
+    return place, used * itemsize
+
+
+class _DeviceNet:
+    """The layer description and per-tile scratch of ``n_networks`` networks, on the device.
+
+    Built once per contract call, or once per trainer (per ``fit``), for
+    batches of ``batch_size`` rows: that picks the kernel's tile
+    (:func:`_tile_for`) and, with ``gradients`` (whether the launches
+    compute any), what goes into shared memory (:func:`_placement`).
     """
 
-    def __init__(self, sizes, acts, dtype, n_networks=1):
+    def __init__(self, sizes, acts, dtype, n_networks=1, batch_size=1, gradients=True):
         n_layers = len(acts)
         sizes = np.ascontiguousarray(sizes, dtype=np.int64)
         param_offsets = np.zeros(n_layers, dtype=np.int64)
@@ -519,13 +694,17 @@ class _DeviceNet:
         self.n_networks = k
         self.n_params = offset
         self.threads = _threads(sizes)
+        self.tile = _tile_for(batch_size)
+        self.kernel = _kernel_for(self.tile)
+        self.place, self.shared_bytes = _placement(n_units, offset, self.tile,
+                                                   self.dtype.itemsize, gradients)
         self.sizes = cuda.to_device(sizes)
         self.param_offsets = cuda.to_device(param_offsets)
         self.unit_offsets = cuda.to_device(unit_offsets)
         self.acts = cuda.to_device(np.ascontiguousarray(acts, np.int64))
-        self.activations = cuda.device_array((k, n_units), dtype=dtype)
-        self.deltas = cuda.device_array((k, n_units), dtype=dtype)
-        self.output_sums = cuda.device_array((k, int(sizes[-1])), dtype=np.float64)
+        self.activations = cuda.device_array((k, self.tile * n_units), dtype=dtype)
+        self.deltas = cuda.device_array((k, self.tile * n_units), dtype=dtype)
+        self.output_sums = cuda.device_array((k, self.tile * int(sizes[-1])), dtype=np.float64)
         self.stops = cuda.to_device(np.zeros(k, dtype=np.int32))
         # stand-ins, of the real arrays' ranks, for what a mode does not use
         self.no_targets = cuda.to_device(np.zeros((1, 1), dtype=dtype))
@@ -554,16 +733,20 @@ def _run(mode, net, d_params, loss, d_X, d_Y, orders, counts, batch_size, *, opt
             cuda.to_device(consts), cuda.to_device(alphas),
             d_state if d_state is not None else net.no_state, net.activations, net.deltas,
             net.output_sums, d_grad if d_grad is not None else net.no_grad,
-            d_out if d_out is not None else net.no_out, net.stops, d_results)
+            d_out if d_out is not None else net.no_out, net.stops, d_results,
+            cuda.to_device(net.place))
+    # at least a few bytes: the simulator cannot make an empty dynamic shared array
+    shared_bytes = max(net.shared_bytes, 16)
     with _simulator_quirks():
-        _kernel[net.n_networks, net.threads](*args)
+        net.kernel[net.n_networks, net.threads, 0, shared_bytes](*args)
     results = d_results.copy_to_host()
     return results[:, 0].copy(), results[:, 1].astype(np.int64)
 
 
 def _launch(mode, params, sizes, acts, loss, X, Y, batch_size, *, consts, grad=None, out=None):
     """One stateless contract call: copy the parameters over, run the kernel, copy results back."""
-    net = _DeviceNet(sizes, acts, params.dtype)
+    net = _DeviceNet(sizes, acts, params.dtype, batch_size=batch_size,
+                     gradients=mode == _GRADIENTS)
     d_grad = cuda.to_device(grad[None]) if grad is not None else None
     d_out = cuda.to_device(out[None]) if out is not None else None
     orders = np.arange(X.shape[0], dtype=np.int64)[None]
@@ -602,7 +785,7 @@ class _Trainer:
         self._dtype, self._sizes, self._loss = dtype, sizes, loss
         self._batch_size, self._optimizers = batch_size, [int(o) for o in optimizers]
         self._hypers = list(hypers)
-        self._net = _DeviceNet(sizes, acts, dtype, len(self._params))
+        self._net = _DeviceNet(sizes, acts, dtype, len(self._params), batch_size)
         self._d_params = cuda.to_device(np.stack(self._params))
         self._d_state = cuda.to_device(np.stack(self._states))
         self._d_grad = cuda.device_array(self._d_params.shape, dtype=dtype)
