@@ -113,7 +113,7 @@ for name, dtype in (("float64", nb.float64), ("float32", nb.float32)):
     i1, i2 = nb.Array(nb.int64, 1, "C"), nb.Array(nb.int64, 2, "C")
     f2 = nb.Array(nb.float64, 2, "C")
     # _run's arguments, in order
-    sig = (nb.int64, a2, i1, i1, i1, i1, nb.int64, a2, a2, i2, i1, nb.int64, i1, a2, a2, a3,
+    sig = (nb.int64, a2, i1, i1, i1, i1, nb.int64, a2, a2, i2, i1, nb.int64, i1, a2, a2, a2,
            a2, a2, f2, a2, a3, nb.Array(nb.int32, 1, "C"), f2, i1)
     for tile in (1, cuda_.TILE):
         ptx, _ = cuda.compile_ptx(cuda_._make_kernel(tile).py_func, sig, cc=(9, 0))
@@ -321,37 +321,43 @@ def test_shared_memory_placement_by_hand(cuda_):
     assert cuda_.SHARED_BYTES == 49152
     # float32, one row: units, deltas, parameters and gradient, 4 * 11,436 = 45,744 bytes
     place, used = cuda_._placement(149, 5569, 1, 4)
-    assert place.tolist() == [0, 149, 298, 5867] and used == 45744
+    assert place.tolist() == [0, 149, 298, 5867, -1] and used == 45744
     # float64: the gradient would make 8 * 11,436 = 91,488 bytes; it stays in global memory
     place, used = cuda_._placement(149, 5569, 1, 8)
-    assert place.tolist() == [0, 149, 298, -1] and used == 8 * 5867
+    assert place.tolist() == [0, 149, 298, -1, -1] and used == 8 * 5867
     # float32 tiles of 8 rows: 1,192 units and 1,192 deltas, then the parameters
     place, used = cuda_._placement(149, 5569, 8, 4)
-    assert place.tolist() == [0, 1192, 2384, -1] and used == 4 * (2384 + 5569)
+    assert place.tolist() == [0, 1192, 2384, -1, -1] and used == 4 * (2384 + 5569)
     # predictions in float64 tiles of 8: 9,536 bytes of units; the parameters (44,552) no more
     place, used = cuda_._placement(149, 5569, 8, 8, gradients=False)
-    assert place.tolist() == [0, -1, -1, -1] and used == 9536
+    assert place.tolist() == [0, -1, -1, -1, -1] and used == 9536
     # a gradient that fits after parameters that do not
     place, used = cuda_._placement(1, 5000, 1, 8)
-    assert place.tolist() == [0, 1, 2, -1] and used == 8 * 5002
+    assert place.tolist() == [0, 1, 2, -1, -1] and used == 8 * 5002
     place, used = cuda_._placement(1, 7000, 1, 8)
-    assert place.tolist() == [0, 1, -1, -1] and used == 16
-    assert cuda_._placement(10**5, 10**6, 8, 8)[0].tolist() == [-1, -1, -1, -1]
+    assert place.tolist() == [0, 1, -1, -1, -1] and used == 16
+    assert cuda_._placement(10**5, 10**6, 8, 8)[0].tolist() == [-1] * 5
+    # training a 3-4-2 network: 9 units, 26 parameters, 2 x 26 state values, 976 bytes in all
+    place, used = cuda_._placement(9, 26, 1, 8, state_slots=2)
+    assert place.tolist() == [0, 9, 18, 44, 70] and used == 976
+    # 20-64-64-1 in float32 with its state (2 x 5,569 values): no room after the gradient
+    assert cuda_._placement(149, 5569, 1, 4, state_slots=2)[0].tolist() == [0, 149, 298, 5867, -1]
 
 
-@pytest.mark.parametrize("in_shared", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("in_shared", [0, 1, 2, 3, 4, 5])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_every_shared_memory_placement_matches_the_reference(cuda_, monkeypatch, dtype,
                                                               in_shared, batch):
-    """Units, deltas, parameters, gradient: the first ``in_shared`` of them in shared memory."""
+    """Units, deltas, parameters, gradient, state: the first ``in_shared`` in shared memory."""
     case = ("3-4-2", C.TANH, C.MSE, C.ADAM, batch)
     n_units, n_params, tile = 3 + 4 + 2, 3 * 4 + 4 + 4 * 2 + 2, cuda_._tile_for(batch)
     assert tile == {1: 1, 3: 4}[batch]
     budget = np.dtype(dtype).itemsize * sum([tile * n_units, tile * n_units, n_params,
-                                             n_params][:in_shared])
+                                             n_params, C.N_STATE_SLOTS * n_params][:in_shared])
     monkeypatch.setattr(cuda_, "SHARED_BYTES", budget)
-    place = cuda_._placement(n_units, n_params, tile, np.dtype(dtype).itemsize)[0]
-    assert ((place >= 0).tolist() == [True] * in_shared + [False] * (4 - in_shared))
+    place = cuda_._placement(n_units, n_params, tile, np.dtype(dtype).itemsize,
+                             state_slots=C.N_STATE_SLOTS)[0]
+    assert ((place >= 0).tolist() == [True] * in_shared + [False] * (5 - in_shared))
     contract.check_case(cuda_, case, dtype)
 
 

@@ -33,10 +33,10 @@ A minibatch goes through in tiles of up to :data:`TILE` rows: a thread
 loads each weight once and applies it to every row of the tile, held in
 registers, and the block meets once per layer and tile rather than per row
 (:func:`_make_kernel`; per-sample training is the one-row tile).  The tile's
-activations and deltas, the parameters and the gradient sit in the block's
-shared memory when they fit in :data:`SHARED_BYTES`, in that order of
-preference, else in global memory (:func:`_placement`); the optimizer state
-stays in global memory, read and written once per batch, coalesced.  A
+activations and deltas, the parameters, the gradient and the optimizer state
+sit in the block's shared memory when they fit in :data:`SHARED_BYTES`, in
+that order of preference, else in global memory, read by consecutive threads
+at consecutive addresses (:func:`_placement`).  A
 block uses one streaming multiprocessor, which suits small per-sample nets
 and many of them at once; large batches of one network would want a
 GEMM-shaped kernel spread over many blocks.
@@ -91,8 +91,9 @@ _PREDICT, _LOSS, _GRADIENTS, _TRAIN = 0, 1, 2, 3
 (_ZERO, _ONE, _HALF, _BCE_LO, _BCE_HI, _HUBER, _HUBER_HALF, _COEF, _COEF_LAST,
  _LR, _H1, _H2, _EPS, _ONE_MINUS_H1, _ONE_MINUS_H2, _N_CONSTS) = range(16)
 
-# Slots of the ``place`` array: where a block's units, deltas, parameters and gradient live.
-_AT_UNITS, _AT_DELTAS, _AT_PARAMS, _AT_GRAD = range(4)
+# Slots of the ``place`` array: where a block's units, deltas, parameters, gradient and
+# optimizer state live.
+_AT_UNITS, _AT_DELTAS, _AT_PARAMS, _AT_GRAD, _AT_STATE = range(5)
 
 #: Dynamic shared memory one block uses at most, in bytes: what every CUDA GPU grants a
 #: launch without an opt-in attribute (Volta and later can opt in to more).
@@ -195,37 +196,44 @@ def _loss_gradient(p, y, loss, consts):
 
 @cuda.jit(device=True)
 def _update(i, params, grad, optimizer, consts, alpha, state):
-    """One optimizer step on parameter ``i`` (``numpy_._apply_update``, element-wise)."""
+    """One optimizer step on parameter ``i`` (``numpy_._apply_update``, element-wise).
+
+    ``state`` is the network's state flattened, slot ``s`` of parameter ``i``
+    at ``s * n + i`` for ``n`` parameters (one row a network on the device:
+    no 2-D view is needed, and a reshape would call into Numba's CPU runtime,
+    which a GPU does not have).
+    """
     g = grad[i]
+    second = params.shape[0] + i
     lr = consts[_LR]
     if optimizer == C.SGD:
         params[i] = params[i] - lr * g
     elif optimizer == C.SGD_MOMENTUM or optimizer == C.SGD_NESTEROV:
         momentum = consts[_H1]
-        velocity = state[0, i] * momentum
+        velocity = state[i] * momentum
         velocity = velocity - lr * g
-        state[0, i] = velocity
+        state[i] = velocity
         if optimizer == C.SGD_NESTEROV:
             params[i] = params[i] + (momentum * velocity - lr * g)
         else:
             params[i] = params[i] + velocity
     elif optimizer == C.ADAM:
-        m = state[0, i]
-        v = state[1, i]
+        m = state[i]
+        v = state[second]
         m = m + (g - m) * consts[_ONE_MINUS_H1]
         v = v + (g * g - v) * consts[_ONE_MINUS_H2]
-        state[0, i] = m
-        state[1, i] = v
+        state[i] = m
+        state[second] = v
         params[i] = params[i] - alpha * m / (math.sqrt(v) + consts[_EPS])
     else:  # RMSprop, epsilon inside the square root (Keras)
-        v = state[0, i] * consts[_H1]
+        v = state[i] * consts[_H1]
         v = v + consts[_ONE_MINUS_H1] * (g * g)
-        state[0, i] = v
+        state[i] = v
         increment = lr * g / math.sqrt(v + consts[_EPS])
         if optimizer == C.RMSPROP_MOMENTUM:
-            buffer = state[1, i] * consts[_H2]
+            buffer = state[second] * consts[_H2]
             buffer = buffer + increment
-            state[1, i] = buffer
+            state[second] = buffer
             params[i] = params[i] - buffer
         else:
             params[i] = params[i] - increment
@@ -252,7 +260,8 @@ def _make_kernel(tile):
         Every network has the same layer widths, activations and loss; network
         ``k`` has its own parameters ``all_params[k]``, optimizer
         ``optimizers[k]`` with constants ``all_consts[k]`` (Adam's step sizes
-        ``all_alphas[k]``), state ``all_state[k]`` and row order ``orders[k]``:
+        ``all_alphas[k]``), state ``all_state[k]`` (flat, see :func:`_update`)
+        and row order ``orders[k]``:
         it visits rows ``X[orders[k, 0]], ..., X[orders[k, counts[k] - 1]]`` in
         batches of ``batch_size``, so the data is on the device once for all
         networks (a network with ``counts[k] == 0`` does nothing).
@@ -262,11 +271,12 @@ def _make_kernel(tile):
         loss not finite" flag; ``results[k]`` receives ``(loss sum, rows
         done)``.  Predictions go to ``all_out[k, position]``.
 
-        ``place`` says which of the units, deltas, parameters and gradient
-        live in the block's dynamic shared memory (their offset in it) and
-        which stay in global memory (-1): see :func:`_placement`.  Shared
-        parameters are copied in at the start and back at the end of a
-        training launch, a shared gradient back at the end of a gradient one.
+        ``place`` says which of the units, deltas, parameters, gradient and
+        optimizer state live in the block's dynamic shared memory (their
+        offset in it) and which stay in global memory (-1): see
+        :func:`_placement`.  Shared parameters and state are copied in at the
+        start and back at the end of a training launch, a shared gradient
+        back at the end of a gradient one.
 
         ``stops`` lives in global memory, not in a static ``cuda.shared.array``:
         each flag is one block's own, as good after ``syncthreads``, and the CPU
@@ -280,7 +290,6 @@ def _make_kernel(tile):
         n_threads = cuda.blockDim.x
         consts = all_consts[k]
         alphas = all_alphas[k]
-        state = all_state[k]
         losses = all_losses[k]
         out = all_out[k]
         order = orders[k]
@@ -310,9 +319,17 @@ def _make_kernel(tile):
             source = all_params[k]
             for i in range(tid, n_par, n_threads):
                 params[i] = source[i]
-            cuda.syncthreads()
         else:
             params = all_params[k]
+        n_state = all_state.shape[1]
+        if place[_AT_STATE] >= 0:
+            state = shared[place[_AT_STATE]:place[_AT_STATE] + n_state]
+            source = all_state[k]
+            for e in range(tid, n_state, n_threads):
+                state[e] = source[e]
+        else:
+            state = all_state[k]
+        cuda.syncthreads()
         # per-row accumulators of the tile, in registers
         z = cuda.local.array(tile, dtype=all_params.dtype)
         top = cuda.local.array(tile, dtype=all_params.dtype)
@@ -489,6 +506,10 @@ def _make_kernel(tile):
             target = all_params[k]
             for i in range(tid, n_par, n_threads):
                 target[i] = params[i]
+        if place[_AT_STATE] >= 0 and mode == _TRAIN:
+            target = all_state[k]
+            for e in range(tid, n_state, n_threads):
+                target[e] = state[e]
         if place[_AT_GRAD] >= 0 and mode == _GRADIENTS:
             target = all_grad[k]
             for i in range(tid, n_par, n_threads):
@@ -638,30 +659,31 @@ def max_networks(sizes, dtype, chunk_rows, batch_size, rows_bytes, free=None):
     return max(0, int(usable // network_bytes(sizes, dtype, chunk_rows, batch_size)))
 
 
-def _placement(n_units, n_params, tile, itemsize, gradients=True, budget=None):
+def _placement(n_units, n_params, tile, itemsize, gradients=True, state_slots=0,
+               budget=None):
     """Where a block keeps its working arrays: ``(place, shared bytes)``.
 
     In order of how often a row touches them -- the tile's units and deltas
-    (``tile * n_units`` values each), the parameters, the gradient; without
-    ``gradients`` (predictions, losses) only the units and parameters -- each
-    array goes into the block's dynamic shared memory if it still fits in
-    ``budget`` bytes (default :data:`SHARED_BYTES`; ``place[slot]`` is its
-    offset there, in values) and otherwise stays in global memory
-    (``place[slot] = -1``), where the threads of a warp read consecutive
-    addresses: in the forward pass thread ``j`` reads weight ``(i, j)``, in
-    the update thread ``i`` parameter ``i``.  The optimizer state stays in
-    global memory: each value is read and written once per batch, coalesced,
-    so shared memory would only add a copy in and out.  A 20-64-64-1 network
-    keeps parameters and gradient in shared memory in float32, the
-    parameters alone in float64.
+    (``tile * n_units`` values each), the parameters, the gradient, the
+    optimizer state (``state_slots`` rows of ``n_params``; training only);
+    without ``gradients`` (predictions, losses) only the units and
+    parameters -- each array goes into the block's dynamic shared memory if
+    it still fits in ``budget`` bytes (default :data:`SHARED_BYTES`;
+    ``place[slot]`` is its offset there, in values) and otherwise stays in
+    global memory (``place[slot] = -1``), where the threads of a warp read
+    consecutive addresses: in the forward pass thread ``j`` reads weight
+    ``(i, j)``, in the update thread ``i`` parameter ``i`` and its state.
+    The state comes last because each of its values is read and written
+    only once per batch.  A 20-64-64-1 network keeps parameters and
+    gradient in shared memory in float32, the parameters alone in float64.
     """
     budget = SHARED_BYTES if budget is None else budget
-    place = np.full(4, -1, dtype=np.int64)
+    place = np.full(5, -1, dtype=np.int64)
     used = 0
     wanted = ((_AT_UNITS, tile * n_units), (_AT_DELTAS, tile * n_units),
-              (_AT_PARAMS, n_params), (_AT_GRAD, n_params))
+              (_AT_PARAMS, n_params), (_AT_GRAD, n_params), (_AT_STATE, state_slots * n_params))
     for slot, count in wanted:
-        if not gradients and slot in (_AT_DELTAS, _AT_GRAD):
+        if count == 0 or not gradients and slot in (_AT_DELTAS, _AT_GRAD):
             continue
         if (used + count) * itemsize <= budget:
             place[slot] = used
@@ -672,13 +694,14 @@ def _placement(n_units, n_params, tile, itemsize, gradients=True, budget=None):
 class _DeviceNet:
     """The layer description and per-tile scratch of ``n_networks`` networks, on the device.
 
-    Built once per contract call, or once per trainer (per ``fit``), for
-    batches of ``batch_size`` rows: that picks the kernel's tile
-    (:func:`_tile_for`) and, with ``gradients`` (whether the launches
-    compute any), what goes into shared memory (:func:`_placement`).
+    Built once per contract call, or once per trainer (per ``fit``, with
+    ``training``), for batches of ``batch_size`` rows: that picks the
+    kernel's tile (:func:`_tile_for`) and, with ``gradients`` (whether the
+    launches compute any), what goes into shared memory (:func:`_placement`).
     """
 
-    def __init__(self, sizes, acts, dtype, n_networks=1, batch_size=1, gradients=True):
+    def __init__(self, sizes, acts, dtype, n_networks=1, batch_size=1, gradients=True,
+                 training=False):
         n_layers = len(acts)
         sizes = np.ascontiguousarray(sizes, dtype=np.int64)
         param_offsets = np.zeros(n_layers, dtype=np.int64)
@@ -696,8 +719,9 @@ class _DeviceNet:
         self.threads = _threads(sizes)
         self.tile = _tile_for(batch_size)
         self.kernel = _kernel_for(self.tile)
-        self.place, self.shared_bytes = _placement(n_units, offset, self.tile,
-                                                   self.dtype.itemsize, gradients)
+        self.place, self.shared_bytes = _placement(
+            n_units, offset, self.tile, self.dtype.itemsize, gradients,
+            C.N_STATE_SLOTS if training else 0)
         self.sizes = cuda.to_device(sizes)
         self.param_offsets = cuda.to_device(param_offsets)
         self.unit_offsets = cuda.to_device(unit_offsets)
@@ -708,7 +732,7 @@ class _DeviceNet:
         self.stops = cuda.to_device(np.zeros(k, dtype=np.int32))
         # stand-ins, of the real arrays' ranks, for what a mode does not use
         self.no_targets = cuda.to_device(np.zeros((1, 1), dtype=dtype))
-        self.no_state = cuda.device_array((k, 1, 1), dtype=dtype)
+        self.no_state = cuda.device_array((k, 1), dtype=dtype)
         self.no_grad = cuda.device_array((k, 1), dtype=dtype)
         self.no_out = cuda.device_array((k, 1, 1), dtype=dtype)
 
@@ -785,14 +809,19 @@ class _Trainer:
         self._dtype, self._sizes, self._loss = dtype, sizes, loss
         self._batch_size, self._optimizers = batch_size, [int(o) for o in optimizers]
         self._hypers = list(hypers)
-        self._net = _DeviceNet(sizes, acts, dtype, len(self._params), batch_size)
+        self._net = _DeviceNet(sizes, acts, dtype, len(self._params), batch_size,
+                               training=True)
         self._d_params = cuda.to_device(np.stack(self._params))
-        self._d_state = cuda.to_device(np.stack(self._states))
+        # each network's state as one flat row (see _update)
+        self._d_state = cuda.to_device(self._flat_states())
         self._d_grad = cuda.device_array(self._d_params.shape, dtype=dtype)
         # the device parameters and state as last copied back
-        self._host, self._host_state = np.stack(self._params), np.stack(self._states)
+        self._host, self._host_state = np.stack(self._params), self._flat_states()
         self._host_current = True
         self._rows = None  # (weak X, weak Y, device X, device Y) of the resident data
+
+    def _flat_states(self):
+        return np.stack([state.reshape(-1) for state in self._states])
 
     def _device_rows(self, X, Y, orders):
         """The rows on the device and the orders into them (the chunk's own rows when large)."""
@@ -872,7 +901,7 @@ class _Trainer:
         self._fetch()
         for k in range(len(self._params)) if networks is None else networks:
             self._params[k][...] = self._host[k]
-            self._states[k][...] = self._host_state[k]
+            self._states[k][...] = self._host_state[k].reshape(self._states[k].shape)
 
     def reload(self, networks=None):
         """Put the host buffers of ``networks`` (default all) back on the device.
@@ -883,7 +912,7 @@ class _Trainer:
         self._fetch()
         for k in range(len(self._params)) if networks is None else networks:
             self._host[k] = self._params[k]
-            self._host_state[k] = self._states[k]
+            self._host_state[k] = self._states[k].reshape(-1)
         self._d_params.copy_to_device(self._host)
         self._d_state.copy_to_device(self._host_state)
 
