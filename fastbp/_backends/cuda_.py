@@ -239,6 +239,13 @@ def _update(i, params, grad, optimizer, consts, alpha, state):
             params[i] = params[i] - increment
 
 
+@cuda.jit(device=True)
+def _block_copy(target, source, tid, n_threads):
+    """``target[:] = source``, the block's threads striding over the values (no barrier)."""
+    for i in range(tid, source.shape[0], n_threads):
+        target[i] = source[i]
+
+
 def _make_kernel(tile):
     """The kernel that takes the rows of a batch ``tile`` at a time.
 
@@ -316,17 +323,12 @@ def _make_kernel(tile):
             grad = all_grad[k]
         if place[_AT_PARAMS] >= 0:
             params = shared[place[_AT_PARAMS]:place[_AT_PARAMS] + n_par]
-            source = all_params[k]
-            for i in range(tid, n_par, n_threads):
-                params[i] = source[i]
+            _block_copy(params, all_params[k], tid, n_threads)
         else:
             params = all_params[k]
-        n_state = all_state.shape[1]
         if place[_AT_STATE] >= 0:
-            state = shared[place[_AT_STATE]:place[_AT_STATE] + n_state]
-            source = all_state[k]
-            for e in range(tid, n_state, n_threads):
-                state[e] = source[e]
+            state = shared[place[_AT_STATE]:place[_AT_STATE] + all_state.shape[1]]
+            _block_copy(state, all_state[k], tid, n_threads)
         else:
             state = all_state[k]
         cuda.syncthreads()
@@ -503,17 +505,11 @@ def _make_kernel(tile):
             done = end
         # ---- what lived in shared memory goes back where the host reads it
         if place[_AT_PARAMS] >= 0 and mode == _TRAIN:
-            target = all_params[k]
-            for i in range(tid, n_par, n_threads):
-                target[i] = params[i]
+            _block_copy(all_params[k], params, tid, n_threads)
         if place[_AT_STATE] >= 0 and mode == _TRAIN:
-            target = all_state[k]
-            for e in range(tid, n_state, n_threads):
-                target[e] = state[e]
+            _block_copy(all_state[k], state, tid, n_threads)
         if place[_AT_GRAD] >= 0 and mode == _GRADIENTS:
-            target = all_grad[k]
-            for i in range(tid, n_par, n_threads):
-                target[i] = grad[i]
+            _block_copy(all_grad[k], grad, tid, n_threads)
         if tid == 0:
             results[k, 0] = total
             results[k, 1] = done
