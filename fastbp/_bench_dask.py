@@ -137,7 +137,9 @@ def measure_throughput(client, paths, chunk_rows, epochs=EPOCHS, backend="auto",
         ``workers`` (count), ``seconds``, ``rate`` (samples/s over all
         epochs), ``loss`` (the last epoch's), ``evaluate`` (mean loss on all
         rows after the fit), ``chunks`` (chunks per worker), ``rss_mb``
-        (driver, after the fit), ``backend`` (the network's, resolved) and
+        (driver, after the fit), ``worker_peak_mb`` (each training worker's
+        peak resident memory, in worker order), ``held_mb`` (the converted
+        rows each worker held), ``backend`` (the network's, resolved) and
         ``curve`` (``(seconds, epoch, running epoch loss)`` at every round).
     """
     import fastbp
@@ -157,9 +159,14 @@ def measure_throughput(client, paths, chunk_rows, epochs=EPOCHS, backend="auto",
     hist = fdask.fit(net, X, y, client=client, epochs=epochs, batch_size=1,
                      optimizer=fastbp.SGD(LEARNING_RATE), callbacks=[clock], verbose=0)
     seconds = time.perf_counter() - start
+    peaks = client.run(peak_rss_mb, workers=hist.workers)
+    row_bytes = (X.shape[1] + (y.shape[1] if y.ndim > 1 else 1)) * np.dtype(np.float32).itemsize
     return {"workers": n_workers, "seconds": seconds, "rate": X.shape[0] * epochs / seconds,
             "loss": hist.history["loss"][-1], "evaluate": fdask.evaluate(net, X, y),
             "chunks": [len(a) for a in hist.assignment], "rss_mb": rss_mb(),
+            "worker_peak_mb": [peaks[w] for w in hist.workers],
+            "held_mb": [sum(X.chunks[0][c] for c in a) * row_bytes / 2**20
+                        for a in hist.assignment],
             "backend": net.backend, "curve": clock.points}
 
 
@@ -301,14 +308,16 @@ def report(results, out=None):
           f"worker processes, {os.cpu_count()} CPUs here", file=out)
     print(f"| workers | chunks per worker | seconds | samples/s | x w={first['workers']} | "
           f"final loss (epoch) | vs w={first['workers']} | loss (evaluate) | "
-          f"vs w={first['workers']} | driver RSS |", file=out)
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", file=out)
+          f"vs w={first['workers']} | driver RSS | worker peak RSS (rows held) |", file=out)
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|", file=out)
     for r in runs:
         print(f"| {r['workers']} | {', '.join(map(str, r['chunks']))} | {r['seconds']:.2f} | "
               f"{r['rate']:,.0f} | {r['rate'] / first['rate']:.2f} | {r['loss']:.5g} | "
               f"{_percent(r['loss'], first['loss']):+.1f}% | {r['evaluate']:.5g} | "
-              f"{_percent(r['evaluate'], first['evaluate']):+.1f}% | {r['rss_mb']:.0f} MB |",
-              file=out)
+              f"{_percent(r['evaluate'], first['evaluate']):+.1f}% | {r['rss_mb']:.0f} MB | "
+              + ", ".join(f"{p:.0f} MB ({h:.0f} MB)" for p, h in
+                          zip(r.get("worker_peak_mb", ()), r.get("held_mb", ())))
+              + " |", file=out)
     print(f"driver peak RSS: {results['peak_rss_mb']:.0f} MB", file=out)
     print("| workers | epoch | wall time at its end | epoch loss |", file=out)
     print("|---|---|---:|---:|", file=out)

@@ -266,8 +266,11 @@ class StreamSource(ArraySource):
         """Yield one epoch's ``(X_block, Y_block, order)``, skipping ``start_row`` rows.
 
         ``start_row`` counts rows already trained this epoch, in visiting order.
-        Skipped blocks still draw their within-block permutation, so the
-        generator's stream is the same as in an uninterrupted epoch.
+        With ``shuffle``, the blocks come in ``rng.permutation`` order and each
+        block's rows in the keyed order of :mod:`fastbp._shuffle` over the
+        block, with four keys drawn from ``rng`` as the block is reached.
+        Skipped blocks still draw their keys, so the generator's stream is the
+        same as in an uninterrupted epoch.
         """
         n_blocks = -(-self.n_rows // chunk_rows)
         blocks = rng.permutation(n_blocks) if shuffle else np.arange(n_blocks)
@@ -275,18 +278,19 @@ class StreamSource(ArraySource):
                   for b in blocks]
         done = 0
         for i, (start, stop) in enumerate(bounds):
+            # each block's rows: the keyed order of _shuffle over the block (keys drawn
+            # when the block is reached, also for a skipped one), which a Dask worker
+            # computes from the keys alone
+            keys = _shuffle.draw_keys(rng) if shuffle else None
             if done + (stop - start) <= start_row:
-                if shuffle:
-                    rng.permutation(stop - start)
                 done += stop - start
                 continue
             X, Y = self.rows(start, stop)
             if i + 1 < len(bounds):
                 self._prefetch(*bounds[i + 1])
-            order = rng.permutation(stop - start) if shuffle else np.arange(stop - start)
             skip = max(0, start_row - done)
             done += stop - start
-            yield X, Y, order[skip:]
+            yield X, Y, _shuffle.visit(keys, stop - start, skip)
 
     def blocks(self, block_rows):
         for start in range(0, self.n_rows, block_rows):

@@ -122,3 +122,17 @@ def order(keys, n, start, stop):
     out = np.empty(stop - start, dtype=np.int64)
     fn(np.ascontiguousarray(keys, dtype=np.uint32), n, start, out)
     return out
+
+
+def visit(keys, n, start=0, stop=None):
+    """Entries ``start:stop`` of the visiting order of ``n`` rows: shuffled, or in order.
+
+    ``keys`` from :func:`draw_keys` gives :func:`order`'s keyed order; None
+    gives the rows in order (``arange(start, stop)``).  ``stop`` defaults to
+    ``n``.  A memory-mapped block and a Dask worker's chunk are visited this
+    way, so that a worker needs only the four keys, not the order itself.
+    """
+    stop = n if stop is None else stop
+    if keys is None:
+        return np.arange(start, stop, dtype=np.int64)
+    return order(keys, n, start, stop)

@@ -51,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f"({exc}). Install it with `pip install 'fastbp[dask]'` (or `pip install "
         "'dask[distributed]'`).") from exc
 
-from . import _checkpoint, _parallel
+from . import _checkpoint, _parallel, _shuffle
 from . import _validation as validation
 from ._backends import _contract, available_backends, resolve
 from ._backends._codes import N_STATE_SLOTS
@@ -67,8 +67,8 @@ __all__ = ["RoundTimeoutError", "WorkerLostWarning", "evaluate", "fit", "from_np
 
 #: Seconds between checks that the workers of a round are still there.
 _POLL = 0.25
-#: The default round is this many of ``Network.fit``'s (about 300 ms of kernel time instead
-#: of 75): a round trip through the scheduler costs tens of milliseconds, not microseconds.
+#: The default round is this many of ``Network.fit``'s (about 80 ms of W2's float32 kernels
+#: on a recent x86 core): a round through the scheduler costs about 20 ms, not microseconds.
 _ROUNDS_PER_DEFAULT = 4
 #: Backends a worker may run (the CUDA one is not a CPU backend).
 _CPU_BACKENDS = ("numba", "cython", "numpy")
@@ -262,22 +262,35 @@ class _Replica:
 _dropped_ids = set()
 
 
-def _gather(pieces, chunks):
-    """The rows of ``pieces`` (``(chunk, (lo, hi) or index array)``) as one ``(X, Y)``."""
-    if len(pieces) == 1 and isinstance(pieces[0][1], tuple):
-        (j, (lo, hi)), = pieces
-        return chunks[j][0][lo:hi], chunks[j][1][lo:hi]  # a slice: no copy
-    parts = [(chunks[j][0][rows if not isinstance(rows, tuple) else slice(*rows)],
-              chunks[j][1][rows if not isinstance(rows, tuple) else slice(*rows)])
-             for j, rows in pieces]
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+def _rows(pieces, chunks):
+    """``(X, Y, order)`` of the rows of ``pieces`` (``(chunk, keys, lo, hi)``) for a trainer.
+
+    A piece is positions ``lo:hi`` of its chunk's visiting order
+    (``_shuffle.visit``: keyed by ``keys``, or in order for None).  One piece
+    trains on its chunk through the order (no copy); several are gathered
+    into one block, so that a batch may span two chunks.
+    """
+    def visit(chunk, keys, lo, hi):
+        keys = None if keys is None else np.array(keys, dtype=np.uint32)
+        return _shuffle.visit(keys, len(chunks[chunk][0]), lo, hi)
+
+    if len(pieces) == 1:
+        chunk, keys, lo, hi = pieces[0]
+        return chunks[chunk][0], chunks[chunk][1], visit(chunk, keys, lo, hi)
+    parts = [(chunks[c][0][visit(c, k, lo, hi)], chunks[c][1][visit(c, k, lo, hi)])
+             for c, k, lo, hi in pieces]
+    X = np.concatenate([p[0] for p in parts])
+    return X, np.concatenate([p[1] for p in parts]), np.arange(len(X), dtype=np.int64)
 
 
-def _train_round(fit_id, spec, params, state_rows, step, pieces, *chunks):
-    """Worker side of a round: the replica set to the average, trained on ``pieces``.
+def _train_round(fit_id, spec, average, pieces, *chunks):
+    """Worker side of a round: the replica set to ``average``, trained on ``pieces``.
 
+    ``average`` is ``(params, state_rows, step)``, scattered to the workers
+    once per round (so that the scheduler's task messages stay small).
     Returns ``(params, state_rows, loss_sum, rows_done, finite)``.
     """
+    params, state_rows, step = average
     with _replicas_lock:
         if fit_id in _dropped_ids:
             raise RuntimeError(f"fastbp.dask: fit {fit_id} has ended; this round of it was "
@@ -285,7 +298,7 @@ def _train_round(fit_id, spec, params, state_rows, step, pieces, *chunks):
         replica = _replicas.get(fit_id)
         if replica is None:
             replica = _replicas[fit_id] = _Replica(spec)
-    X, Y = _gather(pieces, chunks)
+    X, Y, order = _rows(pieces, chunks)
     with replica.lock:
         if replica.closed:
             raise RuntimeError(f"fastbp.dask: fit {fit_id} has ended; this round of it was "
@@ -294,8 +307,7 @@ def _train_round(fit_id, spec, params, state_rows, step, pieces, *chunks):
             replica.params[...] = params
             replica.state[:replica.slots] = state_rows
             replica.trainer.reload()
-            loss_sum, done = replica.trainer.train(X, Y, np.arange(len(X), dtype=np.int64),
-                                                   step)
+            loss_sum, done = replica.trainer.train(X, Y, order, step)
             finite = replica.trainer.finite()
             replica.trainer.store()
             return (replica.params.copy(), replica.state[:replica.slots].copy(),
@@ -375,48 +387,47 @@ def _check_workers(client, backend):
 
 # ====================================================================== driver side
 class _Queue:
-    """One worker's rows for the rest of an epoch: whole chunks (permuted when reached) and pieces.
+    """One worker's rows for the rest of an epoch, as pieces ``(chunk, keys, lo, hi)``.
 
-    Items are ``(chunk, None)`` (not begun: its rows are drawn when it is
-    reached) or ``(chunk, rows)`` with ``rows`` a ``(lo, hi)`` range or an
-    index array into the chunk.
+    A piece is positions ``lo:hi`` of its chunk's visiting order: keyed by
+    ``keys`` (four ints drawn with ``_shuffle.draw_keys`` as the worker
+    reaches the chunk, as a memory-mapped fit draws a block's), or in order
+    for ``keys=None`` (``shuffle=False``).  The worker computes the rows from
+    the keys, so the driver never holds an order and a round's message is a
+    few numbers per piece.  Chunks not reached yet hold ``_NOT_DRAWN``.
     """
 
     def __init__(self, chunks, lengths, rng, shuffle):
-        self._lengths, self._rng, self._shuffle = lengths, rng, shuffle
+        self._rng, self._shuffle = rng, shuffle
         if shuffle:
             chunks = [chunks[i] for i in rng.permutation(len(chunks))]
-        self.items = deque((c, None) for c in chunks)
+        self.items = deque((c, _NOT_DRAWN, 0, lengths[c]) for c in chunks)
 
     @property
     def remaining(self):
-        return sum(self._lengths[c] if rows is None else _count(rows) for c, rows in self.items)
+        return _rows_of(self.items)
 
     def take(self, n):
-        """The next ``n`` rows (fewer at the end) as ``[(chunk, rows), ...]``."""
+        """The next ``n`` rows (fewer at the end) as ``[(chunk, keys, lo, hi), ...]``."""
         out = []
         while n > 0 and self.items:
-            chunk, rows = self.items.popleft()
-            if rows is None:  # reached: its rows drawn now (as a streamed fit draws a block's)
-                length = self._lengths[chunk]
-                rows = self._rng.permutation(length) if self._shuffle else (0, length)
-            count = _count(rows)
-            if count > n:
-                head, tail = ((rows[0], rows[0] + n), (rows[0] + n, rows[1])) \
-                    if isinstance(rows, tuple) else (rows[:n], rows[n:])
-                self.items.appendleft((chunk, tail))
-                rows, count = head, n
-            out.append((chunk, rows))
-            n -= count
+            chunk, keys, lo, hi = self.items.popleft()
+            if keys is _NOT_DRAWN:
+                keys = tuple(int(k) for k in _shuffle.draw_keys(self._rng)) \
+                    if self._shuffle else None
+            if hi - lo > n:
+                self.items.appendleft((chunk, keys, lo + n, hi))
+                hi = lo + n
+            out.append((chunk, keys, lo, hi))
+            n -= hi - lo
         return out
 
 
-def _count(rows):
-    return rows[1] - rows[0] if isinstance(rows, tuple) else len(rows)
+_NOT_DRAWN = "not drawn"
 
 
 def _rows_of(pieces):
-    return sum(_count(rows) for _, rows in pieces)
+    return sum(hi - lo for _, _, lo, hi in pieces)
 
 
 def _current_workers(client):
@@ -441,8 +452,8 @@ def _await_round(client, futures, addresses, deadline=None):
     while True:
         try:
             distributed.wait(futures, timeout=_POLL)
-        except _TIMEOUTS:
-            pass
+        except (*_TIMEOUTS, distributed.CancelledError):
+            pass  # cancelled: the round's average was lost with its worker (looked at below)
         else:
             if all(f.status == "finished" for f in futures):
                 try:
@@ -531,26 +542,29 @@ class _Fit:
         Returns ``(results of the workers that trained, pieces, queues)``, the
         last two without the workers that left.
         """
-        params = self.net._params.copy()
-        state_rows = self.net._state[:self.slots].copy()
-        step = self.net._step
+        # the round's starting point, sent once per round to the workers that train
+        # (scattered, not inside the task messages: the scheduler keeps recent messages
+        # below 1 MB in its logs, which must not fill with parameters)
+        average = (self.net._params.copy(), self.net._state[:self.slots].copy(),
+                   self.net._step)
         while True:
-            futures, addresses = [], []
-            for k, worker_pieces in enumerate(pieces):
-                if not worker_pieces:
-                    continue
-                used = sorted({c for c, _ in worker_pieces})
+            training = [k for k, worker_pieces in enumerate(pieces) if worker_pieces]
+            addresses = [self.slots_addr[k] for k in training]
+            sent, gone = self._send(average, addresses)
+            futures = []
+            for k in training if sent is not None else ():
+                used = sorted({piece[0] for piece in pieces[k]})
                 local = {c: j for j, c in enumerate(used)}
                 futures.append(self.client.submit(
-                    _train_round, self.fit_id, self.spec, params, state_rows, step,
-                    [(local[c], rows) for c, rows in worker_pieces],
+                    _train_round, self.fit_id, self.spec, sent[len(futures)],
+                    [(local[c], keys, lo, hi) for c, keys, lo, hi in pieces[k]],
                     *[self.pairs[c] for c in used], workers=[self.slots_addr[k]],
                     allow_other_workers=False, pure=False))
-                addresses.append(self.slots_addr[k])
             deadline = None if self.round_timeout is None else \
                 time.monotonic() + self.round_timeout
             try:
-                results, gone = _await_round(self.client, futures, addresses, deadline)
+                if sent is not None:
+                    results, gone = _await_round(self.client, futures, addresses, deadline)
             except _RoundTimedOut as exc:
                 self.client.cancel(futures)
                 hung = ", ".join(exc.args[0])
@@ -558,14 +572,39 @@ class _Fit:
                     f"fastbp.dask: expected every worker to finish a round of epoch {epoch + 1} "
                     f"within round_timeout={self.round_timeout:g} s; found no answer from "
                     f"{hung} after that long, although it is still connected. The model holds "
-                    f"the last average of the replicas (consistent, step {step}). See what the "
-                    f"task is doing (client.call_stack(), the worker's log), restart the worker "
-                    f"(client.restart_workers([...])) and fit again, or pass a larger "
-                    f"round_timeout (None: no limit).") from None
+                    f"the last average of the replicas (consistent, step {average[2]}). See "
+                    f"what the task is doing (client.call_stack(), the worker's log), restart "
+                    f"the worker (client.restart_workers([...])) and fit again, or pass a "
+                    f"larger round_timeout (None: no limit).") from None
+            finally:
+                for future in sent or ():
+                    future.release()
             if not gone:
                 return results, pieces, queues
             self.client.cancel(futures)
             pieces, queues = self._drop_workers(gone, pieces, queues, epoch)
+
+    def _send(self, average, addresses):
+        """``(future, set())``: ``average`` scattered to every worker of ``addresses``.
+
+        ``(None, gone)`` when a worker of them has left (the round is then
+        redone without it).
+        """
+        client = self.client
+
+        async def each():  # one copy straight to each worker, all at once
+            return await asyncio.gather(*(
+                client.scatter([average], workers=[address], hash=False, direct=False,
+                               asynchronous=True) for address in addresses))
+
+        try:
+            sent = [future for futures in client.sync(each) for future in futures]
+        except Exception:
+            gone = set(addresses) - _current_workers(self.client)
+            if not gone:
+                raise
+            return None, gone
+        return sent, set()
 
     def _drop_workers(self, gone, pieces, queues, epoch):
         """Hand the rows and chunks of the workers in ``gone`` to the others (fewest rows first)."""

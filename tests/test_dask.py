@@ -559,8 +559,10 @@ def test_cli_bench_dask_on_local_clusters(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     rows = [line.split("|")[1:-1] for line in lines
-            if line.startswith(("| 1 |", "| 2 |")) and line.count("|") == 11]
+            if line.startswith(("| 1 |", "| 2 |")) and line.count("|") == 12]
     assert len(rows) == 2, out.stdout
+    # the last column: each training worker's peak memory and the rows it held
+    assert [r[-1].count(" MB (") for r in rows] == [1, 2], out.stdout
     epochs = [line for line in lines if line.startswith(("| 1 | 1 |", "| 2 | 1 |"))]
     assert len(epochs) == 2 and all(line.endswith(" |") for line in epochs), out.stdout
     (w1, chunks1, _, rate1, x1, loss1, d1, *_), (w2, chunks2, _, rate2, x2, loss2, d2, *_) = \

@@ -194,6 +194,24 @@ def test_array_source_epochs_are_seeded_permutations():
     assert rng.bit_generator.state == rng_a.bit_generator.state
 
 
+def test_stream_source_epochs_follow_the_documented_block_stream(tmp_path):
+    """Memory-mapped: blocks in ``rng.permutation`` order, each block's rows by four fresh keys."""
+    n, block = 203, 30
+    ids = np.arange(n, dtype=np.float64).reshape(-1, 1)  # each row holds its own index
+    np.save(tmp_path / "ids.npy", ids)
+    source = _data.StreamSource(np.load(tmp_path / "ids.npy", mmap_mode="r"), ids, np.float64)
+    rng, ref = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(2):
+        got = np.concatenate([X[o, 0] for X, _, o in source.chunks(rng, True, block)])
+        want = []
+        for b in ref.permutation(-(-n // block)).tolist():
+            lo, hi = b * block, min(b * block + block, n)
+            keys = ref.integers(0, 1 << 32, size=4, dtype=np.uint32)
+            want += [lo + i for i in _ref_order(keys, hi - lo, 0, hi - lo)]
+        assert got.astype(int).tolist() == want
+    assert rng.bit_generator.state == ref.bit_generator.state
+
+
 def test_array_source_skipped_rows_resume_the_same_epoch():
     n, skip = 1000, 320
     source = _source(n)
