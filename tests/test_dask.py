@@ -535,6 +535,46 @@ def test_a_worker_with_another_fastbp_is_refused_before_training(tmp_path, fake)
             worker.wait(timeout=TIMEOUT)
 
 
+def _array_bytes(obj, depth=0, seen=None):
+    """Bytes of the NumPy arrays reachable from ``obj`` (containers, attributes, slots)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or depth > 12:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        items = list(obj.values())
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        items = list(obj)
+    elif isinstance(obj, (str, bytes, int, float, type(None))):
+        return 0
+    else:
+        items = list(getattr(obj, "__dict__", {}).values())
+        items += [getattr(obj, name, None) for klass in type(obj).__mro__
+                  for name in getattr(klass, "__slots__", ())]
+    return sum(_array_bytes(item, depth + 1, seen) for item in items)
+
+
+def test_rounds_keep_parameters_and_row_orders_out_of_the_scheduler_logs(client):
+    """Dask keeps recent stream messages (below 1 MB each, 1,000 of them) in memory: a round's
+    task messages must carry neither the average nor the row order, or the driver (which hosts
+    a LocalCluster's scheduler) grows by both every round."""
+    X, y = _problem(n=2400)
+    Xd, yd = da.from_array(X, chunks=600), da.from_array(y, chunks=600)
+    net = fastbp.Network([3, 128, 128, 1], activations="tanh", backend="numpy", seed=0)
+    params = net.count_params() * 8  # 17,281 parameters: 138 KB a copy
+    logs = [comm.recent_message_log for comm in client.cluster.scheduler.stream_comms.values()]
+    logs.append(client.scheduler_comm.recent_message_log)
+    before = sum(_array_bytes(list(log)) for log in logs)
+    hist = fdask.fit(net, Xd, yd, client=client, epochs=1, batch_size=1, average_every=100,
+                     optimizer=fastbp.SGD(0.01), verbose=0)
+    assert len(hist.history["loss"]) == 1
+    # 12 rounds of 2 workers: a copy of the average (or 100 row indices) per task would
+    # put megabytes here
+    assert sum(_array_bytes(list(log)) for log in logs) - before < params
+
+
 def test_cli_trains_on_a_local_cluster(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [os.path.dirname(os.path.dirname(fastbp.__file__)), os.environ.get("PYTHONPATH", "")])}
