@@ -209,21 +209,41 @@ def _read_chunks(client, X, Y, parts):
 
 
 class _DaskRows(ArraySource):
-    """The training rows for ``ArraySource.fingerprint`` (sampled rows computed by Dask)."""
+    """The training rows for ``ArraySource.fingerprint``: sampled from the chunks as read.
+
+    The sampled rows are picked out of the converted chunks the fit holds
+    on its workers (``pairs``, one future per chunk; ``offsets``: each
+    chunk's first row; ``where``: the worker holding each chunk), never read
+    again from the source: a fingerprint
+    through the Dask arrays themselves read every chunk a second time (the
+    evenly spaced rows reach all of them) and held them all at once.
+    """
 
     streamed = True
 
-    def __init__(self, X, Y, dtype):
+    def __init__(self, X, Y, client, pairs, offsets, where):
         super().__init__(X, Y)
-        self.dtype = dtype
+        self.client, self.pairs, self.offsets, self.where = client, pairs, offsets, where
 
     def _sample_rows(self, start, stop):
-        return tuple(np.asarray(a, dtype=self.dtype)
-                     for a in dask.compute(self.X[start:stop], self.Y[start:stop]))
+        return self._take(np.arange(start, stop, dtype=np.int64))
 
     def _take(self, rows):
-        return tuple(np.asarray(a, dtype=self.dtype)
-                     for a in dask.compute(self.X[rows], self.Y[rows]))
+        rows = np.asarray(rows, dtype=np.int64)  # ascending
+        chunk_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        # each pick on the worker holding its chunk: a chunk copied to another worker would
+        # move it in the placement (and hold it twice)
+        futures = [self.client.submit(_pick, self.pairs[c], rows[chunk_of == c] - self.offsets[c],
+                                      workers=[self.where[c]], allow_other_workers=True,
+                                      pure=False)
+                   for c in np.unique(chunk_of).tolist()]
+        parts = self.client.gather(futures)
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def _pick(pair, rows):
+    """Rows ``rows`` of a read chunk ``pair = (X, Y)``."""
+    return pair[0][rows], pair[1][rows]
 
 
 # ====================================================================== worker side
@@ -836,21 +856,9 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
 
     def settings():
         if resume_settings["fingerprint"] is None:
-            resume_settings["fingerprint"] = _DaskRows(X, Y, net._dtype).fingerprint()
+            resume_settings["fingerprint"] = _DaskRows(X, Y, client, pairs, offsets,
+                                                       where).fingerprint()
         return resume_settings
-
-    position = None
-    if resume:
-        if net._position is not None:
-            settings()
-        _checkpoint.check_resume(net._position, resume_settings, optimizer, net.optimizer)
-        position = net._position
-        if position["rows"] and "dask" not in position:
-            raise ValueError(
-                f"fastbp.dask.fit(resume=True): expected a position of a cluster fit (at an "
-                f"epoch boundary, or after a round); found Network.fit's, "
-                f"{position['rows']:,} rows into epoch {position['epoch'] + 1}. Resume it with "
-                "Network.fit(resume=True) on the data it was started with.")
 
     # Read every chunk once, where Dask puts it: converted and checked before the model
     # changes, so bad data leaves the model as it was.  pure=False: the prepared chunks are
@@ -868,6 +876,20 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
             if future.status == "error":
                 future.result()  # raises the chunk's error (ValueError names the row)
         placement = _placement(client, pairs)
+        where = {c: addr for addr, chunks in zip(*placement) for c in chunks}
+        # resume is checked once the chunks are read: the fingerprint samples them
+        position = None
+        if resume:
+            if net._position is not None:
+                settings()
+            _checkpoint.check_resume(net._position, resume_settings, optimizer, net.optimizer)
+            position = net._position
+            if position["rows"] and "dask" not in position:
+                raise ValueError(
+                    f"fastbp.dask.fit(resume=True): expected a position of a cluster fit (at an "
+                    f"epoch boundary, or after a round); found Network.fit's, "
+                    f"{position['rows']:,} rows into epoch {position['epoch'] + 1}. Resume it "
+                    "with Network.fit(resume=True) on the data it was started with.")
         inside = position is not None and position["rows"] > 0
         if inside and position["dask"]["assignment"] != placement[1]:
             raise ValueError(

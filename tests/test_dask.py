@@ -258,6 +258,29 @@ def test_checkpoint_and_resume_at_an_epoch_boundary(client, tmp_path):
         fdask.fit(_net(), Xd, yd, resume=True, **settings)
 
 
+def test_the_fingerprint_samples_the_chunks_where_they_were_read(client):
+    """The checkpoint's data fingerprint, sampled from the chunks as read on their workers, is
+    Network.fit's of the same rows (so either checks the other's data). That the picks leave
+    each chunk where it was is checked by the epoch-boundary resume test, whose placement
+    a pick run on another worker changes."""
+    from fastbp._data import ArraySource
+
+    X, y = _problem(n=3000)  # more rows than the 1,153 sampled
+    a, b = _workers(client)
+    Xd, yd = _pinned(client, X, y, 500, [a, a, a, b, b, b])
+    net = fastbp.Network([3, 6, 1], activations="tanh", backend="numpy", dtype="float32")
+
+    class Interrupt(fastbp.Callback):
+        def on_chunk_end(self, epoch, logs=None):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        fdask.fit(net, Xd, yd, client=client, batch_size=1, average_every=50,
+                  callbacks=[Interrupt()], verbose=0)
+    want = ArraySource(X.astype(np.float32), y.astype(np.float32)).fingerprint()
+    assert net.training_position["settings"]["fingerprint"] == want
+
+
 def test_resume_inside_an_epoch_equals_the_uninterrupted_fit(client, tmp_path):
     """Ctrl-C after a round, in memory and through the checkpoint file, then resume=True.
 
