@@ -159,12 +159,13 @@ def measure_throughput(client, paths, chunk_rows, epochs=EPOCHS, backend="auto",
     hist = fdask.fit(net, X, y, client=client, epochs=epochs, batch_size=1,
                      optimizer=fastbp.SGD(LEARNING_RATE), callbacks=[clock], verbose=0)
     seconds = time.perf_counter() - start
-    peaks = client.run(peak_rss_mb, workers=hist.workers)
+    trained = [w for w in hist.workers if w in client.scheduler_info(n_workers=-1)["workers"]]
+    peaks = client.run(peak_rss_mb, workers=trained)
     row_bytes = (X.shape[1] + (y.shape[1] if y.ndim > 1 else 1)) * np.dtype(np.float32).itemsize
     return {"workers": n_workers, "seconds": seconds, "rate": X.shape[0] * epochs / seconds,
             "loss": hist.history["loss"][-1], "evaluate": fdask.evaluate(net, X, y),
             "chunks": [len(a) for a in hist.assignment], "rss_mb": rss_mb(),
-            "worker_peak_mb": [peaks[w] for w in hist.workers],
+            "worker_peak_mb": [peaks.get(w, float("nan")) for w in hist.workers],
             "held_mb": [sum(X.chunks[0][c] for c in a) * row_bytes / 2**20
                         for a in hist.assignment],
             "backend": net.backend, "curve": clock.points}

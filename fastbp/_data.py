@@ -4,10 +4,10 @@ A source hands the training loop one chunk at a time as ``(X, Y, order)``:
 the kernels train on rows ``order`` of ``X``/``Y``.  In memory, ``X`` is the
 whole (validated, converted) array and ``order`` the chunk's slice of the
 epoch's row order, a keyed bijection of the rows computed per chunk
-(``fastbp._shuffle``).  Streamed, ``X`` is one block read from the file and ``order`` a
-permutation of that block: blocks are visited in a fresh random order each
-epoch and shuffled within, so the shuffle stays honest without random access
-to the whole file.  Files are only ever read.
+(``fastbp._shuffle``).  Streamed, ``X`` is one block read from the file and ``order``
+the same keyed order over that block (four keys per block): blocks are visited
+in a fresh random order each epoch and shuffled within, so the shuffle stays
+honest without random access to the whole file.  Files are only ever read.
 
 Resident memory while streaming stays about two blocks (converted to the
 network dtype) however large the file: each block is copied out of the

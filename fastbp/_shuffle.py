@@ -22,9 +22,11 @@ is invertible, so ``E`` is a permutation of ``[0, 2**k)``; following it from
 a position below ``n`` must come back below ``n``, so ``walk`` is a
 permutation of ``[0, n)``, on average fewer than two evaluations of ``E`` per
 row.  The keys are ``rng.integers(0, 2**32, size=4, dtype=np.uint32)``, drawn
-once at the start of each shuffled epoch: the same seed gives the same
-orders, every epoch a new one, and a resumed epoch (which restores the
-generator's state at its start) recomputes exactly the rows it skips to.
+once at the start of each shuffled epoch of data in memory, and once per
+block (per chunk on a Dask worker) as it is reached for memory-mapped data:
+the same seed gives the same orders, every epoch a new one, and a resumed
+epoch (which restores the generator's state at its start) recomputes
+exactly the rows it skips to.
 
 The order is computed by the C extension (``shuffle_order`` in
 ``csrc/_shuffle.pxi``: one vectorised pass over the chunk, then the few
@@ -35,7 +37,7 @@ trains on the same order: it is made here, in the data layer.
 
 import numpy as np
 
-#: Feistel rounds, and the number of 32-bit keys drawn per shuffled epoch.
+#: Feistel rounds, and the number of 32-bit keys drawn per shuffled epoch (or block).
 ROUNDS = 4
 
 _M1 = np.uint32(0x7FEB352D)

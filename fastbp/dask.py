@@ -11,16 +11,18 @@ workers=N)`` (``fastbp._parallel``) with Dask workers in place of threads:
    *assignment* maps each chunk to the first (by address) worker holding it.
 2. Each epoch, worker ``k``'s rows are its chunks in ascending index order
    (``shuffle=False``), or in a permutation drawn from the network's shuffle
-   generator, the rows of each chunk permuted when the worker reaches it
-   (``shuffle=True``; drawn on the driver in round order, worker order
-   within a round).
+   generator, the rows of each chunk in the keyed order of ``_shuffle``
+   over the chunk (``shuffle=True``; four keys drawn on the driver as the
+   worker reaches the chunk, in round order, worker order within a round,
+   as a memory-mapped fit draws a block's).
 3. A *round*: every worker trains the next ``average_every`` rows of its
    sequence, in consecutive batches, on its replica (parameters and
    optimizer state), starting from the last average.  The driver then
    averages the replicas that trained with ``_parallel.average_replicas``
    (worker order) and the step counter advances by the most batches one
-   replica took.  Only parameters, optimizer state and row indices travel;
-   rows never do.
+   replica took.  Only the average (scattered to each worker that trains)
+   and, in each task, a few numbers per piece of rows (chunk, keys, start,
+   stop) travel; rows never do.
 
 Each worker keeps its replica's trainer (``backend.open_trainer``) alive
 between rounds in worker-local state keyed by a per-fit id (a module dict
@@ -504,6 +506,7 @@ class _Fit:
         self.slots = spec["slots"]
         self.fit_id = uuid.uuid4().hex
         self.rounds_redone = 0
+        self.hung = set()  # workers whose round timed out (not waited for again)
         self.slots_addr, self.assignment = placement
         # may this epoch be resumed from its rounds done? (not once a worker has left in it)
         self.replayable = True
@@ -570,23 +573,26 @@ class _Fit:
         while True:
             training = [k for k, worker_pieces in enumerate(pieces) if worker_pieces]
             addresses = [self.slots_addr[k] for k in training]
-            sent, gone = self._send(average, addresses)
-            futures = []
-            for k in training if sent is not None else ():
-                used = sorted({piece[0] for piece in pieces[k]})
-                local = {c: j for j, c in enumerate(used)}
-                futures.append(self.client.submit(
-                    _train_round, self.fit_id, self.spec, sent[len(futures)],
-                    [(local[c], keys, lo, hi) for c, keys, lo, hi in pieces[k]],
-                    *[self.pairs[c] for c in used], workers=[self.slots_addr[k]],
-                    allow_other_workers=False, pure=False))
+            # the deadline covers sending the average too: a worker that stopped answering
+            # may hold up the scatter as well as its task
             deadline = None if self.round_timeout is None else \
                 time.monotonic() + self.round_timeout
+            sent, futures = None, []
             try:
+                sent, gone = self._send(average, addresses, deadline)
+                for k in training if sent is not None else ():
+                    used = sorted({piece[0] for piece in pieces[k]})
+                    local = {c: j for j, c in enumerate(used)}
+                    futures.append(self.client.submit(
+                        _train_round, self.fit_id, self.spec, sent[len(futures)],
+                        [(local[c], keys, lo, hi) for c, keys, lo, hi in pieces[k]],
+                        *[self.pairs[c] for c in used], workers=[self.slots_addr[k]],
+                        allow_other_workers=False, pure=False))
                 if sent is not None:
                     results, gone = _await_round(self.client, futures, addresses, deadline)
             except _RoundTimedOut as exc:
                 self.client.cancel(futures)
+                self.hung.update(exc.args[0])
                 hung = ", ".join(exc.args[0])
                 raise RoundTimeoutError(
                     f"fastbp.dask: expected every worker to finish a round of epoch {epoch + 1} "
@@ -603,28 +609,44 @@ class _Fit:
                 return results, pieces, queues
             self.client.cancel(futures)
             pieces, queues = self._drop_workers(gone, pieces, queues, epoch)
+            if not any(pieces):
+                # only the workers that left had rows in this round: theirs now wait in
+                # the others' queues, after their own rows
+                pieces = [q.take(self.average_every) for q in queues]
 
-    def _send(self, average, addresses):
-        """``(future, set())``: ``average`` scattered to every worker of ``addresses``.
+    def _send(self, average, addresses, deadline=None):
+        """``(futures, set())``: ``average`` scattered to each of ``addresses`` (in order).
 
-        ``(None, gone)`` when a worker of them has left (the round is then
-        redone without it).
+        Each copy goes through the scheduler (``direct=False``: the driver
+        may not reach the workers).  ``(None, gone)`` when a worker of them
+        has left (the round is then redone without it).  A worker that is
+        there but not running (paused, for instance) is waited for; past
+        ``deadline`` (``time.monotonic()``; None: no limit) ``_RoundTimedOut``
+        names the workers.
         """
         client = self.client
 
-        async def each():  # one copy straight to each worker, all at once
-            return await asyncio.gather(*(
+        async def each():
+            sends = asyncio.gather(*(
                 client.scatter([average], workers=[address], hash=False, direct=False,
                                asynchronous=True) for address in addresses))
+            if deadline is None:
+                return await sends
+            return await asyncio.wait_for(sends, max(deadline - time.monotonic(), 1e-3))
 
-        try:
-            sent = [future for futures in client.sync(each) for future in futures]
-        except Exception:
-            gone = set(addresses) - _current_workers(self.client)
-            if not gone:
-                raise
-            return None, gone
-        return sent, set()
+        while True:
+            try:
+                return [future for futures in client.sync(each) for future in futures], set()
+            except Exception as exc:
+                gone = set(addresses) - _current_workers(client)
+                if gone:
+                    return None, gone
+                if not isinstance(exc, _TIMEOUTS):
+                    raise
+            # every worker is there, but a scatter timed out: a worker not running yet
+            if deadline is not None and time.monotonic() > deadline:
+                raise _RoundTimedOut(sorted(addresses))
+            time.sleep(_POLL)
 
     def _drop_workers(self, gone, pieces, queues, epoch):
         """Hand the rows and chunks of the workers in ``gone`` to the others (fewest rows first)."""
@@ -665,7 +687,11 @@ class _Fit:
 
     def close(self):
         try:
-            self.client.run(_drop_replica, self.fit_id, on_error="ignore")
+            # not a worker whose round timed out: it may never answer (even a run with
+            # wait=False waits for it); its replica goes when it is restarted, as the
+            # RoundTimeoutError says to do
+            answering = sorted(_current_workers(self.client) - self.hung)
+            self.client.run(_drop_replica, self.fit_id, workers=answering, on_error="ignore")
         except Exception:  # a closing cluster: the workers' replicas go with it
             pass
 

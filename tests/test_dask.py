@@ -474,6 +474,89 @@ def test_a_worker_killed_during_a_round_does_not_fail_the_fit(tmp_path, when):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
+def test_a_worker_lost_in_a_round_only_it_trains_hands_its_rows_over(tmp_path):
+    """Worker a holds 10 rows, the victim b 50: round 2 is b's alone, and b dies in it.
+
+    The redone round then has no rows of its own (b's wait in a's queue):
+    a takes them from there, so the fit is local SGD over round 1, then a's
+    serial SGD over b's rows 20-59 from that average, then a serial epoch.
+    """
+    X, y = _problem(n=60)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    marker = str(tmp_path / "killed")
+    A, batch_size = 10, 2
+    with _cluster() as cluster, distributed.Client(cluster, timeout=TIMEOUT) as client:
+        client.wait_for_workers(2, timeout=TIMEOUT)
+        a, victim = _workers(client)
+        client.register_plugin(_kill_in_round(victim, marker, "training"))
+        Xd = da.from_array(fdask._NpyFile(tmp_path / "X.npy"), chunks=((10, 50), (3,)),
+                           asarray=False, fancy=False)
+        yd = da.from_array(fdask._NpyFile(tmp_path / "y.npy"), chunks=((10, 50), (1,)),
+                           asarray=False, fancy=False)
+        net = _net()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hist = fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=batch_size,
+                             optimizer=fastbp.SGD(0.05), shuffle=False, average_every=A,
+                             verbose=0)
+        assert os.path.exists(marker) and int(open(marker).read()) == 2
+    assert hist.rounds_redone == 1 and hist.assignment == [[0], [1]]
+    assert any(issubclass(w.category, fdask.WorkerLostWarning) for w in caught)
+    ref = _net()
+    with warnings.catch_warnings():  # numpy's workers take turns
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref.fit(X[:20], y[:20], batch_size=batch_size, optimizer=fastbp.SGD(0.05),
+                shuffle=False, workers=2, average_every=A, verbose=0)
+    ref.fit(X[20:], y[20:], batch_size=batch_size, optimizer=fastbp.SGD(0.05), shuffle=False,
+            verbose=0)
+    ref.fit(X, y, batch_size=batch_size, optimizer=fastbp.SGD(0.05), shuffle=False, verbose=0)
+    for got, want in zip(net.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_a_stopped_worker_raises_round_timeout_and_the_fit_returns(tmp_path):
+    """SIGSTOP a worker between rounds: the next round's scatter and task get no answer, and
+    round_timeout still ends the fit (RoundTimeoutError, model at the last average)."""
+    X, y = _problem()
+    with _cluster() as cluster, distributed.Client(cluster, timeout=TIMEOUT) as client:
+        client.wait_for_workers(2, timeout=TIMEOUT)
+        a, b = _workers(client)
+        Xd, yd = _pinned(client, X, y, 24, [a, a, b, b])
+        pid = client.run(os.getpid, workers=[b])[b]
+
+        class StopAfterFirstRound(fastbp.Callback):
+            seen = None
+
+            def on_chunk_end(self, epoch, logs=None):
+                if self.seen is None:
+                    self.seen = self.network.get_weights()
+                    os.kill(pid, signal.SIGSTOP)
+
+        stopper, outcome = StopAfterFirstRound(), []
+
+        def fit():
+            try:
+                fdask.fit(_net(), Xd, yd, client=client, epochs=2, batch_size=2,
+                          average_every=6, shuffle=False, callbacks=[stopper], verbose=0,
+                          round_timeout=2)
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        import threading
+
+        thread = threading.Thread(target=fit, daemon=True)
+        thread.start()
+        try:
+            thread.join(timeout=90)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert not thread.is_alive(), "the fit did not return after round_timeout"
+        assert isinstance(outcome[0], fdask.RoundTimeoutError), outcome
+        assert b in str(outcome[0])
+
+
 def test_a_round_that_hangs_raises_after_round_timeout(client):
     """A round task stuck while its worker stays: RoundTimeoutError, the model at the last average.
 
@@ -584,7 +667,8 @@ def test_rounds_keep_parameters_and_row_orders_out_of_the_scheduler_logs(client)
     task messages must carry neither the average nor the row order, or the driver (which hosts
     a LocalCluster's scheduler) grows by both every round."""
     X, y = _problem(n=2400)
-    Xd, yd = da.from_array(X, chunks=600), da.from_array(y, chunks=600)
+    a, b = _workers(client)
+    Xd, yd = _pinned(client, X, y, 600, [a, a, b, b])  # scattered first: not in the graph
     net = fastbp.Network([3, 128, 128, 1], activations="tanh", backend="numpy", seed=0)
     params = net.count_params() * 8  # 17,281 parameters: 138 KB a copy
     logs = [comm.recent_message_log for comm in client.cluster.scheduler.stream_comms.values()]
