@@ -329,6 +329,23 @@ def test_resume_inside_an_epoch_equals_the_uninterrupted_fit(client, tmp_path):
     assert all((p == q).all() for p, q in zip(stopped.get_weights(), before))
 
 
+def _on_disk(tmp_path, n):
+    """A problem of ``n`` rows saved as X.npy / y.npy, and the kill marker's path."""
+    X, y = _problem(n=n)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    return X, y, str(tmp_path / "killed")
+
+
+def _fit_noting_warnings(net, Xd, yd, client, A, batch_size):
+    """The fault tests' fit (2 epochs of SGD in order): its history and its warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hist = fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=batch_size,
+                         optimizer=fastbp.SGD(0.05), shuffle=False, average_every=A, verbose=0)
+    return hist, caught
+
+
 def _kill_in_round(victim, marker, when):
     """A worker plugin: SIGKILL worker ``victim`` in its second round.
 
@@ -425,10 +442,7 @@ def test_a_worker_killed_during_a_round_does_not_fail_the_fit(tmp_path, when):
     (one replica), then a serial epoch of all rows in chunk order: computed
     in process below.
     """
-    X, y = _problem(n=160)
-    np.save(tmp_path / "X.npy", X)
-    np.save(tmp_path / "y.npy", y)
-    marker = str(tmp_path / "killed")
+    X, y, marker = _on_disk(tmp_path, 160)
     A, batch_size = 10, 2
     with _cluster() as cluster, distributed.Client(cluster, timeout=TIMEOUT) as client:
         client.wait_for_workers(2, timeout=TIMEOUT)
@@ -441,11 +455,7 @@ def test_a_worker_killed_during_a_round_does_not_fail_the_fit(tmp_path, when):
         Xd = fdask.from_npy(tmp_path / "X.npy", chunk_rows=20)
         yd = fdask.from_npy(tmp_path / "y.npy", chunk_rows=20)
         net = _net()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            hist = fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=batch_size,
-                             optimizer=fastbp.SGD(0.05), shuffle=False, average_every=A,
-                             verbose=0)
+        hist, caught = _fit_noting_warnings(net, Xd, yd, client, A, batch_size)
         assert os.path.exists(marker), "the victim was not killed during a round"
         r = int(open(marker).read())
         assert r == 2
@@ -481,10 +491,7 @@ def test_a_worker_lost_in_a_round_only_it_trains_hands_its_rows_over(tmp_path):
     a takes them from there, so the fit is local SGD over round 1, then a's
     serial SGD over b's rows 20-59 from that average, then a serial epoch.
     """
-    X, y = _problem(n=60)
-    np.save(tmp_path / "X.npy", X)
-    np.save(tmp_path / "y.npy", y)
-    marker = str(tmp_path / "killed")
+    X, y, marker = _on_disk(tmp_path, 60)
     A, batch_size = 10, 2
     with _cluster() as cluster, distributed.Client(cluster, timeout=TIMEOUT) as client:
         client.wait_for_workers(2, timeout=TIMEOUT)
@@ -495,11 +502,7 @@ def test_a_worker_lost_in_a_round_only_it_trains_hands_its_rows_over(tmp_path):
         yd = da.from_array(fdask._NpyFile(tmp_path / "y.npy"), chunks=((10, 50), (1,)),
                            asarray=False, fancy=False)
         net = _net()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            hist = fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=batch_size,
-                             optimizer=fastbp.SGD(0.05), shuffle=False, average_every=A,
-                             verbose=0)
+        hist, caught = _fit_noting_warnings(net, Xd, yd, client, A, batch_size)
         assert os.path.exists(marker) and int(open(marker).read()) == 2
     assert hist.rounds_redone == 1 and hist.assignment == [[0], [1]]
     assert any(issubclass(w.category, fdask.WorkerLostWarning) for w in caught)
