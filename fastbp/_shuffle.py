@@ -129,8 +129,8 @@ def order(keys, n, start, stop):
 def visit(keys, n, start=0, stop=None):
     """Entries ``start:stop`` of the visiting order of ``n`` rows: shuffled, or in order.
 
-    ``keys`` from :func:`draw_keys` gives :func:`order`'s keyed order; None
-    gives the rows in order (``arange(start, stop)``).  ``stop`` defaults to
+    ``keys`` from :func:`draw_keys` (or the same four numbers as ints) gives
+    :func:`order`'s keyed order; None gives the rows in order (``arange(start, stop)``).  ``stop`` defaults to
     ``n``.  A memory-mapped block and a Dask worker's chunk are visited this
     way, so that a worker needs only the four keys, not the order itself.
     """

@@ -292,17 +292,13 @@ def _rows(pieces, chunks):
     trains on its chunk through the order (no copy); several are gathered
     into one block, so that a batch may span two chunks.
     """
-    def visit(chunk, keys, lo, hi):
-        keys = None if keys is None else np.array(keys, dtype=np.uint32)
-        return _shuffle.visit(keys, len(chunks[chunk][0]), lo, hi)
-
-    if len(pieces) == 1:
-        chunk, keys, lo, hi = pieces[0]
-        return chunks[chunk][0], chunks[chunk][1], visit(chunk, keys, lo, hi)
-    parts = [(chunks[c][0][visit(c, k, lo, hi)], chunks[c][1][visit(c, k, lo, hi)])
-             for c, k, lo, hi in pieces]
-    X = np.concatenate([p[0] for p in parts])
-    return X, np.concatenate([p[1] for p in parts]), np.arange(len(X), dtype=np.int64)
+    orders = [(c, _shuffle.visit(keys, len(chunks[c][0]), lo, hi)) for c, keys, lo, hi in pieces]
+    if len(orders) == 1:
+        (chunk, order), = orders
+        return chunks[chunk][0], chunks[chunk][1], order
+    X = np.concatenate([chunks[c][0][rows] for c, rows in orders])
+    Y = np.concatenate([chunks[c][1][rows] for c, rows in orders])
+    return X, Y, np.arange(len(X), dtype=np.int64)
 
 
 def _train_round(fit_id, spec, average, pieces, *chunks):
@@ -434,7 +430,7 @@ class _Queue:
         out = []
         while n > 0 and self.items:
             chunk, keys, lo, hi = self.items.popleft()
-            if keys is _NOT_DRAWN:
+            if keys is _NOT_DRAWN:  # as plain ints: four numbers in the task's message
                 keys = tuple(int(k) for k in _shuffle.draw_keys(self._rng)) \
                     if self._shuffle else None
             if hi - lo > n:
