@@ -635,7 +635,8 @@ def predict_many(networks, X, *, workers=1):
     step = _config.chunk_rows()  # the blocks of predict(X, workers=1): the same bits
     try:
         for start in range(0, X.shape[0], step):
-            block = validation.to_dtype(X[start:start + step], first.dtype, "X")
+            block = validation.to_dtype(X[start:start + step], first.dtype, "X",
+                                        first_row=start)
             counter = itertools.count()
 
             def task(_, block=block, start=start, counter=counter):

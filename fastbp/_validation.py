@@ -249,17 +249,23 @@ def _as_array(data, name):
     return array
 
 
-def check_finite(array, name, dtype=None):
-    """Raise if ``array`` holds NaN or inf; point at the first bad row."""
+def check_finite(array, name, dtype=None, first_row=0):
+    """Raise if ``array`` holds NaN or inf; point at the first bad row.
+
+    ``first_row``: the row of the caller's array that ``array``'s first row
+    is (a block of it), so the message names the caller's index.
+    """
     if array.dtype.kind != "f":
         return
     finite = np.isfinite(array)
     if not finite.all():
-        bad = np.argwhere(~finite)[0]
+        bad = [int(i) for i in np.argwhere(~finite)[0]]
+        value = array[tuple(bad)]
+        bad[0] += first_row
         cast = f" after conversion to {dtype}" if dtype is not None else ""
         raise ValueError(
-            f"{name}: expected finite numbers; found {array[tuple(bad)]!r}{cast} at index "
-            f"{tuple(int(i) for i in bad)}. Remove or impute NaN/inf rows first "
+            f"{name}: expected finite numbers; found {value!r}{cast} at index "
+            f"{tuple(bad)}. Remove or impute NaN/inf rows first "
             f"(e.g. mask = np.isfinite({name}).all(axis=1)).")
 
 
@@ -304,13 +310,14 @@ def check_same_length(X, y, names=("X", "y")):
                          f"rows in {a} and {y.shape[0]} in {b}. Pass matching arrays.")
 
 
-def to_dtype(array, dtype, name):
+def to_dtype(array, dtype, name, first_row=0):
     """A C-contiguous copy in ``dtype`` (no copy when it already is), checked finite.
 
-    Never writes to the caller's array.
+    Never writes to the caller's array.  ``first_row``: as in
+    :func:`check_finite`, when ``array`` is a block of the caller's rows.
     """
     out = np.ascontiguousarray(array, dtype=dtype)
-    check_finite(out, name, dtype)
+    check_finite(out, name, dtype, first_row)
     return out
 
 

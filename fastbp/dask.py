@@ -1044,20 +1044,22 @@ def _inference_spec(net, backend):
             "n_out": int(net.layers[-1])}
 
 
-def _predict_block(block, spec):
+def _predict_block(block, spec, block_info=None):
     _, kernels = resolve(spec["backend"])
     dtype = np.dtype(spec["dtype"])
-    X = validation.to_dtype(block, dtype, "X")
+    # block_info (given by map_blocks) places the chunk, so an error names X's row
+    first_row = block_info[0]["array-location"][0][0] if block_info else 0
+    X = validation.to_dtype(block, dtype, "X", first_row=first_row)
     out = np.empty((X.shape[0], spec["n_out"]), dtype=dtype)
     kernels.predict(spec["params"], spec["sizes"], spec["acts"], X, out)
     return out
 
 
-def _loss_block(x, y, spec):
+def _loss_block(x, y, spec, first_row=0):
     _, kernels = resolve(spec["backend"])
     dtype = np.dtype(spec["dtype"])
-    X = validation.to_dtype(x, dtype, "X")
-    Y = validation.to_dtype(np.reshape(y, (len(y), -1)), dtype, "y")
+    X = validation.to_dtype(x, dtype, "X", first_row=first_row)
+    Y = validation.to_dtype(np.reshape(y, (len(y), -1)), dtype, "y", first_row=first_row)
     return float(kernels.loss_sum(spec["params"], spec["sizes"], spec["acts"], spec["loss"],
                                   X, Y))
 
@@ -1097,8 +1099,9 @@ def predict(net, X):
 
 def _mean_loss(net, X, Y, backend=None):
     spec = _inference_spec(net, backend or _cpu_backend(net))
-    parts = [dask.delayed(_loss_block, pure=True)(xb, yb, spec)
-             for xb, yb in zip(X.to_delayed().ravel(), Y.to_delayed().ravel())]
+    starts = np.cumsum((0,) + X.chunks[0][:-1])  # each chunk's first row, for error messages
+    parts = [dask.delayed(_loss_block, pure=True)(xb, yb, spec, int(start))
+             for xb, yb, start in zip(X.to_delayed().ravel(), Y.to_delayed().ravel(), starts)]
     total = 0.0
     for value in dask.compute(*parts):  # added in chunk order: the same sum on every run
         total += value

@@ -187,6 +187,18 @@ def test_nan_in_a_chunk_names_it_and_changes_nothing(client):
     assert net.optimizer is None
 
 
+def test_predict_and_evaluate_name_the_bad_row_of_the_whole_array(client):
+    X, y = _problem()
+    X[24 * 2 + 5, 1] = np.nan
+    y[24 * 3 + 1, 0] = np.inf
+    Xd, yd = da.from_array(X, chunks=(24, -1)), da.from_array(y, chunks=(24, -1))
+    net = _net()
+    with pytest.raises(ValueError, match=r"X: .* at index \(53, 1\)"):
+        fdask.predict(net, Xd).compute()
+    with pytest.raises(ValueError, match=r"y: .* at index \(73, 0\)"):
+        fdask.evaluate(net, da.from_array(np.nan_to_num(X), chunks=(24, -1)), yd)
+
+
 def test_bad_arguments(client):
     X, y = _problem()
     net = _net()

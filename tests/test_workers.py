@@ -280,6 +280,30 @@ def test_inference_split_across_workers(compiled_backend, dtype, workers, monkey
     assert_close(p, ref.predict(X), dtype)
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_predict_names_the_first_bad_row_of_the_whole_input(backend, workers, monkeypatch):
+    """Rows are converted and checked block by block and part by part; the message names X's row.
+
+    Blocks of 1,500 x workers rows: the NaN at row 4,321 is not in the first
+    block (bar workers=3); with two workers the inf at row 4,600 is in the
+    same block's next part, whose thread fails too.
+    """
+    monkeypatch.setenv("FASTBP_CHUNK_ROWS", "1500")
+    X, _ = make_regression(6000, 3, seed=2)
+    X[4600, 0] = np.inf
+    X[4321, 2] = np.nan
+    untouched = X.copy()
+    net = fastbp.Network([3, 4, 1], backend=backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(ValueError, match=r"found np\.float64\(nan\) .* at index \(4321, 2\)"):
+            net.predict(X, workers=workers)
+        with pytest.raises(ValueError, match=r"at index \(4321, 2\)"):
+            fastbp.predict_many([net, fastbp.Network([3, 4, 1], backend=backend)], X,
+                                workers=workers)
+    assert X.tobytes() == untouched.tobytes()
+
+
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("bad", [0, -2, 1.5, "2", True, None])
 def test_bad_workers_are_refused_and_change_nothing(bad):
