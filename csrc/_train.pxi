@@ -275,9 +275,8 @@ cdef enum:
     # slots of the barrier array (int64), a cache line apart; as in _numba_kernels
     SYNC_COUNT = 0
     SYNC_GENERATION = 8
-    SYNC_STOP = 16
-    SYNC_ABORT = 24
-    SYNC_WORDS = 32
+    SYNC_ABORT = 16
+    SYNC_WORDS = 24
     # spins (with the pause hint) before a waiting thread starts yielding its core
     SPIN_LIMIT = 20000
 
@@ -327,11 +326,12 @@ cdef int train_split_part(floating* wp, const Net* net, const floating* X, const
     ``part_rows`` rows, part after part.  Per batch this part's share of the
     rows (``fastbp._parallel.batch_shares``: whole shares of ``ceil(rows /
     parts)``) is gathered and its gradient of the batch mean written to its
-    scratch's gradient, its loss to ``losses[part]``; after a barrier part 0
-    adds the losses and, if finite, the gradients in part order and takes
-    the step; after a second barrier every part goes on, or stops.  Part 0's
-    ``loss_out`` is the chunk's loss sum; ``done_out`` the rows done (-1:
-    another thread raised the abort word).
+    scratch's gradient, its loss to ``losses[part]``; after a barrier every
+    part adds the losses and, if finite, adds the gradients in part order
+    and takes the step on its own slice of the parameters; after a second
+    barrier every part goes on.  A non-finite batch loss stops every part at
+    once.  ``loss_out`` is the chunk's loss sum (the same in every part);
+    ``done_out`` the rows done (-1: another thread raised the abort word).
     """
     cdef Py_ssize_t n_x = net.sizes[0], n_y = net.sizes[net.n_layers], ldd = net.ldd
     cdef Py_ssize_t ld = net.total_width, ld0 = line_up(n_x, sizeof(floating))
@@ -349,6 +349,13 @@ cdef int train_split_part(floating* wp, const Net* net, const floating* X, const
     cdef floating scale
     cdef double total = 0, value, batch
     cdef int64_t generation = 0
+    # this part's slice of the step, and its own copy of the rule (update_step writes it)
+    cdef floating* part0_wg = scratch + wg_at
+    cdef Py_ssize_t line = 64 // sizeof(floating)
+    cdef Py_ssize_t lines = (net.n_work + line - 1) // line
+    cdef Py_ssize_t p_lo = min(part * lines // parts * line, net.n_work)
+    cdef Py_ssize_t p_hi = min((part + 1) * lines // parts * line, net.n_work)
+    cdef Update own_rule = rule[0]
     while start < n_order:
         n_batch = n_order - start
         if n_batch > batch_size:
@@ -379,27 +386,25 @@ cdef int train_split_part(floating* wp, const Net* net, const floating* X, const
             done_out[0] = -1
             return 0
         generation += 1
-        if part == 0:
-            batch = 0
-            for k in range(parts):
-                batch += losses[k]
-            if isfinite(batch):
-                total += batch
-                for k in range(1, parts):
-                    other = scratch + k * size + wg_at
-                    for i in range(net.n_work):
-                        wg[i] += other[i]
-                update_step(rule, step)
-                apply_update(wp, wg, ws0, ws1, net.n_work, rule)
-                step += 1
-            else:
-                fastbp_atomic_store(&sync[SYNC_STOP], 1)
+        batch = 0  # every part adds the same losses in the same order
+        for k in range(parts):
+            batch += losses[k]
+        if not isfinite(batch):  # no part takes this batch's step
+            break
+        total += batch
+        # Every part sums and steps its own slice of the parameters, whole cache
+        # lines (see the Numba twin): part k's gradient lives in its own scratch.
+        for k in range(1, parts):
+            other = scratch + k * size + wg_at
+            for i in range(p_lo, p_hi):
+                part0_wg[i] += other[i]
+        update_step(&own_rule, step)
+        apply_update(wp + p_lo, part0_wg + p_lo, ws0 + p_lo, ws1 + p_lo, p_hi - p_lo, &own_rule)
+        step += 1
         if not split_barrier(sync, parts, generation):
             done_out[0] = -1
             return 0
         generation += 1
-        if fastbp_atomic_load(&sync[SYNC_STOP]) != 0:
-            break
         start += n_batch
     loss_out[0] = total
     done_out[0] = start

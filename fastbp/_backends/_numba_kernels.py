@@ -322,8 +322,8 @@ else:
 
 #: Slots of ``train_split``'s barrier array (int64), a cache line apart so that
 #: the word every thread spins on is not written by the arrivals.
-SYNC_COUNT, SYNC_GENERATION, SYNC_STOP, SYNC_ABORT = 0, 8, 16, 24
-SYNC_WORDS = 32
+SYNC_COUNT, SYNC_GENERATION, SYNC_ABORT = 0, 8, 16
+SYNC_WORDS = 24
 #: Spins (with the CPU's pause hint) before a waiting thread starts yielding its core.
 SPIN_LIMIT = 20000
 
@@ -1699,12 +1699,14 @@ def train_split(wp, grads, wst, lay, sizes, acts, loss, X, Y, order, batch_size,
     the rows (``fastbp._parallel.batch_shares``: whole shares of
     ``ceil(size / parts)`` rows) has its part of the batch-mean gradient
     written to ``grads[part]`` and its loss to ``losses[part]``, as
-    ``batch_part_gradient`` computes them; after a barrier, part 0 adds the
-    losses and, if finite, the gradients in part order and takes the step
-    (``sum_and_update``); after a second barrier every thread goes on to
-    the next batch, or stops.  One call per chunk instead of two thread
-    hand-offs per batch.  Returns ``(loss_sum, rows_done)`` (the loss sum in
-    part 0's result only), or ``(0, -1)`` when the abort word was raised.
+    ``batch_part_gradient`` computes them; after a barrier, every part adds
+    the losses and, if finite, adds the gradients in part order and takes
+    the step (as ``sum_and_update``) on its own slice of the parameters,
+    whole cache lines; after a second barrier every thread goes on to the
+    next batch.  A non-finite batch loss stops every part at once, its step
+    not taken.  One call per chunk instead of two thread hand-offs per
+    batch.  Returns ``(loss_sum, rows_done)`` (the same in every part), or
+    ``(0, -1)`` when the abort word was raised.
     """
     n = order.shape[0]
     n_out = sizes[sizes.shape[0] - 1]
@@ -1712,6 +1714,10 @@ def train_split(wp, grads, wst, lay, sizes, acts, loss, X, Y, order, batch_size,
     yb = np.empty((rows, n_out), dtype=DT)
     kt = transpose_scratch(sizes)
     wg = grads[part]
+    line = CACHE_LINE // ITEMSIZE
+    lines = (wp.shape[0] + line - 1) // line
+    p_lo = min(part * lines // parts * line, wp.shape[0])  # this part's slice of the step
+    p_hi = min((part + 1) * lines // parts * line, wp.shape[0])
     total = 0.0
     generation = 0
     opt_step = step
@@ -1731,23 +1737,23 @@ def train_split(wp, grads, wst, lay, sizes, acts, loss, X, Y, order, batch_size,
         if not barrier(sync, parts, generation):
             return 0.0, -1
         generation += 1
-        if part == 0:
-            batch_loss = 0.0
-            for k in range(parts):
-                batch_loss += losses[k]
-            if abs(batch_loss) <= F64_MAX:
-                total += batch_loss
-                for k in range(1, parts):
-                    for i in range(grads.shape[1]):
-                        grads[0, uidx(i)] += grads[k, uidx(i)]
-                opt_step += 1
-                alpha = adam_alpha(hyper, opt_step) if opt == C.ADAM else DT(0)
-                apply_update(wp, wg, wst, opt, hyper, alpha, 0, wp.shape[0])
-            else:  # NaN or inf: this batch's step is not taken (see F64_MAX)
-                atomic_store(sync, SYNC_STOP, 1)
+        batch_loss = 0.0  # every part adds the same losses in the same order
+        for k in range(parts):
+            batch_loss += losses[k]
+        if not abs(batch_loss) <= F64_MAX:  # NaN or inf: no part takes the step (see F64_MAX)
+            return total, start
+        total += batch_loss
+        # Every part sums and steps its own slice of the parameters (whole cache
+        # lines, so no line is written by two threads): the same operations on
+        # each element as one thread doing it all, but the step is not serial,
+        # and each thread then fetches the other's updated lines only, not all.
+        for k in range(1, parts):
+            for i in range(p_lo, p_hi):
+                grads[0, uidx(i)] += grads[k, uidx(i)]
+        opt_step += 1
+        alpha = adam_alpha(hyper, opt_step) if opt == C.ADAM else DT(0)
+        apply_update(wp, grads[0], wst, opt, hyper, alpha, p_lo, p_hi)
         if not barrier(sync, parts, generation):
             return 0.0, -1
         generation += 1
-        if atomic_load(sync, SYNC_STOP) != 0:
-            return total, start
     return total, n

@@ -144,7 +144,7 @@ def open_trainer(params, state, sizes, acts, loss, batch_size, optimizer, hyper)
 
 
 #: The barrier words of a split (``csrc/_train.pxi``: SYNC_WORDS), and its abort word.
-_SYNC_WORDS, _SYNC_ABORT = 32, 24
+_SYNC_WORDS, _SYNC_ABORT = 24, 16
 
 
 class _Splitter(_Trainer):
