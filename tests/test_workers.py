@@ -304,6 +304,20 @@ def test_predict_names_the_first_bad_row_of_the_whole_input(backend, workers, mo
     assert X.tobytes() == untouched.tobytes()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_predict_converts_under_the_callers_errstate(compiled_backend, workers):
+    """The float32 cast overflows in the second part: the caller's np.errstate decides."""
+    X, _ = make_regression(4000, 5, seed=0)
+    X[3500, 1] = 1e300
+    net = fastbp.Network([5, 4, 1], dtype="float32", backend=compiled_backend)
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError, match="overflow"):
+        net.predict(X, workers=workers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow warning would fail the call
+        with np.errstate(over="ignore"), pytest.raises(ValueError, match=r"\(3500, 1\)"):
+            net.predict(X, workers=workers)
+
+
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("bad", [0, -2, 1.5, "2", True, None])
 def test_bad_workers_are_refused_and_change_nothing(bad):

@@ -152,8 +152,9 @@ class _Splitter(_Trainer):
 
     The ``parts`` threads each train the whole chunk in one call
     (``Trainer.train_split``), meeting at barriers inside the extension:
-    per batch, their shares' gradients at the same weights, then part 0's
-    sum in part order and one step.  It trains chunks only (``trains_chunks``).
+    per batch, their shares' gradients at the same weights, then each part's
+    slice of the sum in part order and of the step.  It trains chunks only
+    (``trains_chunks``).
     """
 
     trains_chunks = True
