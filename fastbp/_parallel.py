@@ -142,11 +142,24 @@ class _Worker(threading.Thread):
         self._go.release()
 
     def finish(self):
-        """Wait for the task; its result, or raise its exception."""
-        self._done.acquire()
+        """Wait for the task; its result, or raise its exception.
+
+        A Ctrl-C during the wait is raised only once the task has ended: the
+        task would otherwise go on writing into buffers its caller is about
+        to reuse, and its late completion would be taken for the next task's.
+        """
+        interrupt = None
+        while True:
+            try:
+                self._done.acquire()
+                break
+            except KeyboardInterrupt as exc:  # the lock was not taken: wait on
+                interrupt = exc
         self._task = None
-        if self._error is not None:
-            error, self._error = self._error, None
+        error, self._error = self._error, None
+        if interrupt is not None:
+            raise interrupt
+        if error is not None:
             raise error
         return self._result
 

@@ -501,3 +501,39 @@ def test_task_runner_waits_only_for_the_threads_it_started():
     finally:
         del second.start_task
         runner.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill")
+def test_a_ctrl_c_while_waiting_for_a_worker_waits_for_its_task_to_end():
+    """The Ctrl-C is raised once every task has ended, and the next run gets its own results.
+
+    Before, the interrupted wait left the helper running: ``run`` raised
+    while it still wrote, and the next ``run`` on the same runner took the
+    old task's completion for its own and returned before its task ended.
+    """
+    import threading
+    import time
+
+    runner = _parallel.TaskRunner(2)
+    ended = []
+
+    def slow(k):
+        if k == 1:
+            time.sleep(0.5)
+            ended.append(k)
+        return ("slow", k)
+
+    def interrupt_soon():
+        time.sleep(0.1)  # the caller is waiting for task 1 by then
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt_soon).start()
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(slow)
+        assert ended == [1]  # task 1 had ended when the Ctrl-C was raised
+        assert runner.run(lambda k: ("next", k)) == [("next", 0), ("next", 1)]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        runner.close()
