@@ -1056,10 +1056,14 @@ def _predict_block(block, spec, block_info=None):
 
 
 def _loss_block(x, y, spec, first_row=0):
+    """A chunk's loss sum, or the ValueError naming its bad value (raised in chunk order)."""
     _, kernels = resolve(spec["backend"])
     dtype = np.dtype(spec["dtype"])
-    X = validation.to_dtype(x, dtype, "X", first_row=first_row)
-    Y = validation.to_dtype(np.reshape(y, (len(y), -1)), dtype, "y", first_row=first_row)
+    try:
+        X = validation.to_dtype(x, dtype, "X", first_row=first_row)
+        Y = validation.to_dtype(np.reshape(y, (len(y), -1)), dtype, "y", first_row=first_row)
+    except ValueError as exc:
+        return exc
     return float(kernels.loss_sum(spec["params"], spec["sizes"], spec["acts"], spec["loss"],
                                   X, Y))
 
@@ -1102,8 +1106,12 @@ def _mean_loss(net, X, Y, backend=None):
     starts = np.cumsum((0,) + X.chunks[0][:-1])  # each chunk's first row, for error messages
     parts = [dask.delayed(_loss_block, pure=True)(xb, yb, spec, int(start))
              for xb, yb, start in zip(X.to_delayed().ravel(), Y.to_delayed().ravel(), starts)]
+    values = dask.compute(*parts)
+    for value in values:  # the first bad chunk's error, whichever task failed first
+        if isinstance(value, ValueError):
+            raise value
     total = 0.0
-    for value in dask.compute(*parts):  # added in chunk order: the same sum on every run
+    for value in values:  # added in chunk order: the same sum on every run
         total += value
     return total / X.shape[0]
 

@@ -197,6 +197,9 @@ def test_predict_and_evaluate_name_the_bad_row_of_the_whole_array(client):
         fdask.predict(net, Xd).compute()
     with pytest.raises(ValueError, match=r"y: .* at index \(73, 0\)"):
         fdask.evaluate(net, da.from_array(np.nan_to_num(X), chunks=(24, -1)), yd)
+    for _ in range(3):  # the first bad row in row order, whichever chunk's task ends first
+        with pytest.raises(ValueError, match=r"X: .* at index \(53, 1\)"):
+            fdask.evaluate(net, Xd, yd)
 
 
 def test_bad_arguments(client):
