@@ -314,11 +314,13 @@ def first_non_finite(block):
     return int(row), int(col)
 
 
-def make_source(X, y, n_features, n_outputs, dtype, names=("X", "y"), labels=False):
+def make_source(X, y, n_features, n_outputs, dtype, names=("X", "y"), labels=False,
+                convert=validation.to_dtype):
     """Check ``X``/``y`` and wrap them: in memory, or streamed when ``X`` is a memory-map.
 
     In-memory data is converted and checked for NaN/inf here, before training
-    starts.  Streamed data is checked block by block as it is read; the
+    starts, by ``convert(array, dtype, name)`` (``validation.to_dtype``, or
+    one that splits the rows across threads).  Streamed data is checked block by block as it is read; the
     caller rolls the model back if a bad block turns up.  With ``labels``
     (sparse categorical cross-entropy), ``y`` holds integer class labels in
     ``[0, n_outputs)``: they are checked and turned into one-hot rows of the
@@ -334,10 +336,9 @@ def make_source(X, y, n_features, n_outputs, dtype, names=("X", "y"), labels=Fal
     if isinstance(X, np.memmap):
         return StreamSource(X, y, dtype, names, classes=n_outputs if labels else None)
     if labels:
-        return ArraySource(validation.to_dtype(X, dtype, names[0]),
+        return ArraySource(convert(X, dtype, names[0]),
                            validation.one_hot(y, n_outputs, dtype, names[1]))
-    return ArraySource(validation.to_dtype(X, dtype, names[0]),
-                       validation.to_dtype(y, dtype, names[1]))
+    return ArraySource(convert(X, dtype, names[0]), convert(y, dtype, names[1]))
 
 
 def row_blocks(X, Y, start, stop, block_rows, dtype=np.float64):

@@ -474,6 +474,32 @@ def split_rows(n_rows, workers, minimum=1024):
     return [(k * n_rows // parts, (k + 1) * n_rows // parts) for k in range(parts)]
 
 
+def to_dtype_in_parts(array, dtype, name, runner):
+    """``validation.to_dtype(array, dtype, name)`` with the rows split across ``runner``'s threads.
+
+    The same array (no copy when it already is C-contiguous in ``dtype``) and
+    the same error, at the same row, whatever the number of threads: the
+    parts are contiguous and the lowest part's error is raised.  Each thread
+    converts under the caller's ``np.errstate`` (it is thread-local).
+    """
+    parts = split_rows(array.shape[0], runner.workers) if runner.threaded else [None]
+    if len(parts) == 1:
+        return validation.to_dtype(array, dtype, name)
+    same = array.dtype == dtype and array.flags.c_contiguous
+    out = array if same else np.empty(array.shape, dtype=dtype)
+    errors = np.geterr()
+
+    def task(k):
+        lo, hi = parts[k]
+        with np.errstate(**errors):
+            if not same:
+                out[lo:hi] = array[lo:hi]  # the cast np.ascontiguousarray makes
+            validation.check_finite(out[lo:hi], name, dtype, first_row=lo)
+
+    runner.run(task, len(parts))
+    return out
+
+
 _runners = {}
 _runners_lock = threading.Lock()
 

@@ -484,9 +484,12 @@ class Network:
             self._trainer.reload()
 
     # ------------------------------------------------------------------ inference
-    def _source(self, X, y, names=("X", "y")):
+    def _source(self, X, y, names=("X", "y"), runner=None):
+        """Checked data; with ``runner``, in-memory rows are converted and checked in parts."""
+        convert = validation.to_dtype if runner is None else functools.partial(
+            _parallel.to_dtype_in_parts, runner=runner)
         return make_source(X, y, self.layers[0], self.layers[-1], self._dtype, names,
-                           labels=self._loss_name in SPARSE_LOSSES)
+                           labels=self._loss_name in SPARSE_LOSSES, convert=convert)
 
     def _runner(self, workers):
         """A task runner for inference with ``workers`` (checked) threads."""
@@ -533,13 +536,14 @@ class Network:
         """Outputs of the validated rows ``X`` (network dtype) into ``out`` (predict_many)."""
         self._kernels.predict(self._params, self._sizes, self._acts, X, out)
 
-    def _blocks_in_parts(self, source, workers, work, block_rows=None):
+    def _blocks_in_parts(self, source, workers, work, block_rows=None, runner=None):
         """``work(X, Y)`` on every block of ``source``, split in parts: results in row order.
 
         Blocks of ``block_rows`` rows (default: the ``chunk_rows`` setting of
-        this thread) times ``workers``.
+        this thread) times ``workers``, on ``runner`` (default: the inference
+        runner of ``workers`` threads).
         """
-        runner = self._runner(workers)
+        runner = self._runner(workers) if runner is None else runner
         results = []
         block_rows = _config.chunk_rows() if block_rows is None else block_rows
         for X, Y in source.blocks(block_rows * workers):
@@ -552,12 +556,12 @@ class Network:
             results.extend(runner.run(task, len(parts)))
         return results
 
-    def _mean_loss(self, source, workers=1, block_rows=None):
+    def _mean_loss(self, source, workers=1, block_rows=None, runner=None):
         def part_loss(k, X, Y):
             return self._kernels.loss_sum(self._params, self._sizes, self._acts, self._loss, X, Y)
 
         total = 0.0  # added in row order: the same sum for a given number of workers
-        for value in self._blocks_in_parts(source, workers, part_loss, block_rows):
+        for value in self._blocks_in_parts(source, workers, part_loss, block_rows, runner):
             total += value
         return total / source.n_rows
 
@@ -569,7 +573,8 @@ class Network:
         loss sums are added in row order.
         """
         workers = _parallel.check_workers(workers)
-        return self._mean_loss(self._source(X, y), workers)
+        runner = self._runner(workers)
+        return self._mean_loss(self._source(X, y, runner=runner), workers, runner=runner)
 
     @_reads
     def gradients(self, X, y, workers=1):
@@ -579,7 +584,8 @@ class Network:
         gradient sums are added in row order.
         """
         workers = _parallel.check_workers(workers)
-        source = self._source(X, y)
+        runner = self._runner(workers)
+        source = self._source(X, y, runner=runner)
         scratch = [np.empty_like(self._params) for _ in range(workers)]
 
         def part_gradient(k, X, Y):
@@ -588,7 +594,7 @@ class Network:
             return scratch[k].copy()
 
         total = np.zeros_like(self._params)
-        for grad in self._blocks_in_parts(source, workers, part_gradient):
+        for grad in self._blocks_in_parts(source, workers, part_gradient, runner=runner):
             total += grad
         total /= source.n_rows
         return [a.copy() for pair in layer_views(total, self._sizes) for a in pair]

@@ -301,6 +301,13 @@ def test_predict_names_the_first_bad_row_of_the_whole_input(backend, workers, mo
         with pytest.raises(ValueError, match=r"at index \(4321, 2\)"):
             fastbp.predict_many([net, fastbp.Network([3, 4, 1], backend=backend)], X,
                                 workers=workers)
+        y = np.zeros(6000)
+        y[100] = np.inf  # X is checked whole before y, as with one worker
+        for call in (net.evaluate, net.gradients):
+            with pytest.raises(ValueError, match=r"X: .* at index \(4321, 2\)"):
+                call(X, y, workers=workers)
+            with pytest.raises(ValueError, match=r"y: .* at index \(100, 0\)"):
+                call(np.nan_to_num(X), y, workers=workers)
     assert X.tobytes() == untouched.tobytes()
 
 
@@ -310,8 +317,10 @@ def test_predict_converts_under_the_callers_errstate(compiled_backend, workers):
     X, _ = make_regression(4000, 5, seed=0)
     X[3500, 1] = 1e300
     net = fastbp.Network([5, 4, 1], dtype="float32", backend=compiled_backend)
-    with np.errstate(over="raise"), pytest.raises(FloatingPointError, match="overflow"):
-        net.predict(X, workers=workers)
+    y = np.zeros(4000)
+    for call in (net.predict, lambda X, workers: net.evaluate(X, y, workers=workers)):
+        with np.errstate(over="raise"), pytest.raises(FloatingPointError, match="overflow"):
+            call(X, workers=workers)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an overflow warning would fail the call
         with np.errstate(over="ignore"), pytest.raises(ValueError, match=r"\(3500, 1\)"):
@@ -536,4 +545,22 @@ def test_a_ctrl_c_while_waiting_for_a_worker_waits_for_its_task_to_end():
         assert runner.run(lambda k: ("next", k)) == [("next", 0), ("next", 1)]
     finally:
         signal.signal(signal.SIGINT, previous)
+        runner.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_rows_converted_in_parts_equal_one_conversion(workers):
+    from fastbp import _validation
+
+    runner = _parallel.TaskRunner(workers)
+    try:
+        X, _ = make_regression(5000, 4, seed=3)
+        for source, dtype in ((X, np.float32), (X[:, ::2], np.float64),
+                              (np.arange(20000).reshape(5000, 4), np.float64)):
+            got = _parallel.to_dtype_in_parts(source, np.dtype(dtype), "X", runner)
+            want = _validation.to_dtype(source, np.dtype(dtype), "X")
+            assert got.dtype == want.dtype and got.flags.c_contiguous
+            assert got.tobytes() == want.tobytes()
+        assert _parallel.to_dtype_in_parts(X, np.dtype(np.float64), "X", runner) is X
+    finally:
         runner.close()
