@@ -32,6 +32,7 @@ over ``workers`` replicas or threads; ``fit`` picks one per call:
 import math
 import os
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -122,6 +123,7 @@ class _Worker(threading.Thread):
         self._go.acquire()
         self._done.acquire()
         self._task = self._result = self._error = None
+        self._ended = False
         self._index = index
         self.start()
 
@@ -136,9 +138,11 @@ class _Worker(threading.Thread):
             except BaseException as exc:  # handed to the caller, not lost in this thread
                 self._result, self._error = None, exc
             self._done.release()
+            self._ended = True  # after the release (see finish)
 
     def start_task(self, task):
         self._task = task
+        self._ended = False
         self._go.release()
 
     def finish(self):
@@ -149,12 +153,25 @@ class _Worker(threading.Thread):
         to reuse, and its late completion would be taken for the next task's.
         """
         interrupt = None
-        while True:
-            try:
-                self._done.acquire()
-                break
-            except KeyboardInterrupt as exc:  # the lock was not taken: wait on
-                interrupt = exc
+        try:
+            self._done.acquire()
+        except KeyboardInterrupt as exc:
+            interrupt = exc
+        if interrupt is not None:
+            # Raised during the wait, or just after the lock was taken: the two
+            # cannot be told apart.  Wait until the task has released the lock,
+            # then hand over through a fresh, taken lock, so the next task starts
+            # from a known state either way.
+            while True:
+                try:
+                    while not self._ended:
+                        time.sleep(0.001)
+                    break
+                except KeyboardInterrupt:
+                    pass
+            done = threading.Lock()
+            done.acquire()
+            self._done = done
         self._task = None
         error, self._error = self._error, None
         if interrupt is not None:
@@ -216,8 +233,8 @@ class TaskRunner:
                         results.append(worker.finish())
                     except BaseException as exc:
                         errors.append(exc)
-            if errors:
-                raise errors[0]
+            if errors:  # a Ctrl-C first, else the lowest worker's error
+                raise next((e for e in errors if isinstance(e, KeyboardInterrupt)), errors[0])
             return [first] + results
 
     @property
@@ -485,6 +502,7 @@ def to_dtype_in_parts(array, dtype, name, runner):
     parts = split_rows(array.shape[0], runner.workers) if runner.threaded else [None]
     if len(parts) == 1:
         return validation.to_dtype(array, dtype, name)
+    array = np.asarray(array)  # a subclass's data, as np.ascontiguousarray takes it (no mask)
     same = array.dtype == dtype and array.flags.c_contiguous
     out = array if same else np.empty(array.shape, dtype=dtype)
     errors = np.geterr()

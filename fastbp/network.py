@@ -1109,7 +1109,8 @@ def _deferred_sigint():
 
     The kernels run whole chunks without returning to Python; deferring the
     interrupt to a chunk boundary keeps weights, optimizer state and step count
-    consistent.  A second Ctrl-C interrupts at once.
+    consistent.  A second Ctrl-C interrupts at once, or, while worker threads
+    train, as soon as their current tasks have ended (see ``_parallel``).
     """
     flag = threading.Event()
     if threading.current_thread() is not threading.main_thread():

@@ -564,3 +564,61 @@ def test_rows_converted_in_parts_equal_one_conversion(workers):
         assert _parallel.to_dtype_in_parts(X, np.dtype(np.float64), "X", runner) is X
     finally:
         runner.close()
+
+
+def test_a_ctrl_c_just_after_the_task_ended_leaves_the_pool_usable():
+    """The handler may run right after the wait took the lock (the two look the same).
+
+    The interrupt is raised, the wait does not block for good, and the next
+    run hands over and returns its own results.
+    """
+    import threading
+
+    class TakenThenInterrupted:
+        def __init__(self, lock):
+            self.lock, self.fired = lock, False
+
+        def acquire(self, *args):
+            taken = self.lock.acquire(*args)
+            if not self.fired:
+                self.fired = True
+                raise KeyboardInterrupt  # as a SIGINT handled just after the call
+            return taken
+
+        def release(self):
+            self.lock.release()
+
+    runner = _parallel.TaskRunner(2)
+    try:
+        worker = runner._threads[0]
+        worker._done = TakenThenInterrupted(worker._done)
+        outcome = []
+
+        def call():
+            try:
+                runner.run(lambda k: k)
+            except KeyboardInterrupt:
+                outcome.append("raised")
+            outcome.append(runner.run(lambda k: ("next", k)))
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        caller.join(timeout=30)
+        assert outcome == ["raised", [("next", 0), ("next", 1)]]
+    finally:
+        runner.close()
+
+
+def test_in_parts_conversion_takes_a_subclass_data_as_one_conversion_does():
+    runner = _parallel.TaskRunner(2)
+    try:
+        X, _ = make_regression(5000, 3, seed=4)
+        X[4000, 1] = np.nan
+        masked = np.ma.masked_array(X, mask=np.isnan(X))  # the mask hides nothing here
+        with pytest.raises(ValueError, match=r"at index \(4000, 1\)"):
+            _parallel.to_dtype_in_parts(masked, np.dtype(np.float64), "X", runner)
+        got = _parallel.to_dtype_in_parts(np.ma.masked_array(np.nan_to_num(X)),
+                                          np.dtype(np.float64), "X", runner)
+        assert type(got) is np.ndarray
+    finally:
+        runner.close()
