@@ -491,25 +491,36 @@ def split_rows(n_rows, workers, minimum=1024):
     return [(k * n_rows // parts, (k + 1) * n_rows // parts) for k in range(parts)]
 
 
+def callers_errstate():
+    """A factory of ``np.errstate`` contexts holding the calling thread's settings.
+
+    NumPy's floating-point error handling is thread-local: a worker thread
+    that converts the caller's rows enters one of these, so that an overflow
+    raises, warns or passes as it would in the caller.
+    """
+    settings = np.geterr()
+    return lambda: np.errstate(**settings)
+
+
 def to_dtype_in_parts(array, dtype, name, runner):
     """``validation.to_dtype(array, dtype, name)`` with the rows split across ``runner``'s threads.
 
     The same array (no copy when it already is C-contiguous in ``dtype``) and
     the same error, at the same row, whatever the number of threads: the
     parts are contiguous and the lowest part's error is raised.  Each thread
-    converts under the caller's ``np.errstate`` (it is thread-local).
+    converts under the caller's ``np.errstate`` (:func:`callers_errstate`).
     """
-    parts = split_rows(array.shape[0], runner.workers) if runner.threaded else [None]
-    if len(parts) == 1:
+    parts = split_rows(array.shape[0], runner.workers)
+    if not runner.threaded or len(parts) == 1:
         return validation.to_dtype(array, dtype, name)
     array = np.asarray(array)  # a subclass's data, as np.ascontiguousarray takes it (no mask)
     same = array.dtype == dtype and array.flags.c_contiguous
     out = array if same else np.empty(array.shape, dtype=dtype)
-    errors = np.geterr()
+    errstate = callers_errstate()
 
     def task(k):
         lo, hi = parts[k]
-        with np.errstate(**errors):
+        with errstate():
             if not same:
                 out[lo:hi] = array[lo:hi]  # the cast np.ascontiguousarray makes
             validation.check_finite(out[lo:hi], name, dtype, first_row=lo)

@@ -514,7 +514,7 @@ class Network:
         out = np.empty((X.shape[0], self.layers[-1]), dtype=self._dtype)
         runner = self._runner(workers)
         step = _config.chunk_rows() * workers
-        errors = np.geterr()  # the caller's floating-point error handling, for every thread
+        errstate = _parallel.callers_errstate()
         for start in range(0, X.shape[0], step):
             parts = _parallel.split_rows(min(step, X.shape[0] - start), workers)
 
@@ -524,7 +524,7 @@ class Network:
                 # whole block before the threads, the check was ~6% of a one-thread
                 # W2 predict, run serially.  The lowest part's error is raised first,
                 # so a bad value is reported at the same row whatever ``workers``.
-                with np.errstate(**errors):  # thread-local: set it in this thread too
+                with errstate():
                     rows = validation.to_dtype(X[lo:hi], self._dtype, "X", first_row=lo)
                 self._kernels.predict(self._params, self._sizes, self._acts, rows, out[lo:hi])
 
