@@ -65,9 +65,10 @@ class ArraySource:
         one, and a resumed epoch trains exactly the rows that were left.
         """
         if not shuffle:
-            order = np.arange(self.n_rows)
+            # each chunk's own indices: written and read while still in cache,
+            # where one whole-epoch arange went out to memory and back
             for start in range(start_row, self.n_rows, chunk_rows):
-                yield self.X, self.Y, order[start:start + chunk_rows]
+                yield self.X, self.Y, np.arange(start, min(start + chunk_rows, self.n_rows))
             return
         keys = _shuffle.draw_keys(rng)
         for start in range(start_row, self.n_rows, chunk_rows):

@@ -257,6 +257,13 @@ def check_finite(array, name, dtype=None, first_row=0):
     """
     if array.dtype.kind != "f":
         return
+    # The fast path: one sum reads the data once and allocates nothing.  A NaN
+    # or an inf makes the sum NaN or inf, so a finite sum proves every element
+    # finite; a non-finite sum (a bad value, or finite values that overflow
+    # together) falls through to the element-wise check, which decides.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(np.asarray(array), axis=None)):
+            return
     finite = np.isfinite(array)
     if not finite.all():
         bad = [int(i) for i in np.argwhere(~finite)[0]]
