@@ -126,8 +126,10 @@ def _sum_rows(X, Y, order):
 
 
 def _blocked_order(rng, rows, block=256, window=32_768):
-    """An order with locality: windows of random 256-row blocks, shuffled within each."""
+    """An order with locality: 256-row blocks drawn from the whole array, shuffled in windows."""
     full = rows // block
+    if full == 0:  # no whole block: a plain permutation
+        return rng.permutation(rows)
     blocks = rng.permutation(full)
     per_window = window // block
     parts = []

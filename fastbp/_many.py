@@ -469,7 +469,7 @@ def _fit_many(networks, X, y, epochs, batch_size, optimizers, shuffle, validatio
     # one launch trains them all on a many-network backend: no turns to warn of
     if workers > 1 and not threads and _trains_many(networks) is None:
         slow = next(net for net in networks if not _parallel.releases_gil(net._kernels))
-        _parallel.warn_in_turn(slow._kernels, workers, stacklevel=4)
+        _parallel.warn_in_turn(slow._kernels, workers)
     workers = min(workers, len(networks))
 
     # From here on the networks change (as fit, each drops its training position).
@@ -630,7 +630,7 @@ def predict_many(networks, X, *, workers=1):
     workers = min(workers, len(networks))
     if workers > 1 and not threads:
         slow = next(net for net in networks if not _parallel.releases_gil(net._kernels))
-        _parallel.warn_in_turn(slow._kernels, workers, stacklevel=2)
+        _parallel.warn_in_turn(slow._kernels, workers)
     runner = _parallel.TaskRunner(workers, threads)
     step = _config.chunk_rows()  # the blocks of predict(X, workers=1): the same bits
     try:

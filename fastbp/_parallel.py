@@ -33,7 +33,6 @@ import math
 import os
 import threading
 import time
-import warnings
 
 import numpy as np
 
@@ -70,9 +69,8 @@ def check_workers(workers, name="workers"):
     if workers == -1:
         return cores
     if workers > cores:
-        warnings.warn(f"{name}={int(workers)} is more than the {cores} cores this process may "
-                      f"use; using {cores} (threads beyond the cores only take turns).",
-                      RuntimeWarning, stacklevel=3)
+        validation.warn(f"{name}={int(workers)} is more than the {cores} cores this process "
+                        f"may use; using {cores} (threads beyond the cores only take turns).")
         return cores
     return int(workers)
 
@@ -91,6 +89,16 @@ def default_average_every(n_params, batch_size):
     return round_to_batches(rows, batch_size)
 
 
+def clamp_average_every(average_every, n_rows):
+    """``average_every``, at most ``n_rows``: a longer round is the same single round.
+
+    No worker trains more than the epoch's rows between two averages, so every
+    larger value trains exactly the same; the clamp keeps the round (and the
+    chunk sizes built on it) within what a saved training position can hold.
+    """
+    return min(average_every, n_rows)
+
+
 def round_to_batches(rows, batch_size):
     """``rows`` rounded up to a whole number of batches."""
     return -(-rows // batch_size) * batch_size
@@ -101,12 +109,12 @@ def releases_gil(backend):
     return bool(getattr(backend, "RELEASES_GIL", False))
 
 
-def warn_in_turn(backend, workers, stacklevel):
+def warn_in_turn(backend, workers):
     """Warn that ``backend`` runs the ``workers`` tasks one after another (it holds the GIL)."""
-    warnings.warn(f"workers={workers}: the {backend.NAME!r} backend holds the GIL, so the "
-                  f"{workers} workers' shares run one after another in this thread (the same "
-                  "results as the compiled CPU backends, no speedup). Use backend='numba' or "
-                  "'cython' for parallel work.", RuntimeWarning, stacklevel=stacklevel)
+    validation.warn(f"workers={workers}: the {backend.NAME!r} backend holds the GIL, so the "
+                    f"{workers} workers' shares run one after another in this thread (the "
+                    "same results as the compiled CPU backends, no speedup). Use "
+                    "backend='numba' or 'cython' for parallel work.")
 
 
 class _Worker(threading.Thread):
@@ -552,7 +560,7 @@ class Plan:
     :meth:`close`.
     """
 
-    def __init__(self, workers, batch_size, average_every, n_params, chunk_rows):
+    def __init__(self, workers, batch_size, average_every, n_params, chunk_rows, n_rows):
         self.workers, self.batch_size = workers, batch_size
         if workers == 1:
             self.mode, self.average_every = "serial", None
@@ -567,7 +575,7 @@ class Plan:
                 rows = min(default_average_every(n_params, batch_size),
                            max(batch_size, chunk_rows // workers))
             else:
-                rows = average_every
+                rows = clamp_average_every(average_every, n_rows)
             self.average_every = round_to_batches(rows, batch_size)
         self._runner = None
 
@@ -589,16 +597,15 @@ class Plan:
             # Through loss_and_gradients, every batch pays parameter copies and a
             # NumPy update: measured slower than one thread (0.5-0.6x on 20-64-64-1,
             # batch 256), so the exact result is computed serially instead.
-            warnings.warn(f"workers={self.workers}: the {backend.NAME!r} backend has no "
-                          "split-minibatch kernels, so batches of 64+ rows train on one "
-                          "thread (the same numbers; use backend='numba' for split batches, "
-                          "or a batch size below 64 for local SGD).", RuntimeWarning,
-                          stacklevel=4)
+            validation.warn(f"workers={self.workers}: the {backend.NAME!r} backend has no "
+                            "split-minibatch kernels, so batches of 64+ rows train on one "
+                            "thread (the same numbers; use backend='numba' for split "
+                            "batches, or a batch size below 64 for local SGD).")
             self.mode = "serial"
             return backend.open_trainer(params, state, sizes, acts, loss, batch_size,
                                         optimizer, hyper)
         if not threads:
-            warn_in_turn(backend, self.workers, stacklevel=5)
+            warn_in_turn(backend, self.workers)
         self._runner = TaskRunner(self.workers, threads)
         if self.mode == "split":
             return SplitBatchTrainer(backend, params, state, sizes, acts, loss, batch_size,

@@ -15,10 +15,28 @@ Two helpers build the parts of such messages, here and in other modules
 import collections.abc
 import math
 import numbers
+import os
+import sys
+import warnings
 
 import numpy as np
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message, category=RuntimeWarning):
+    """Warn at the first line outside fastbp: the caller's own call.
+
+    A counted ``stacklevel`` breaks whenever a public function reaches the
+    warning through one more helper or decorator; walking out of the
+    package names the user's line from every entry point.
+    """
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def _name_list(names):
@@ -249,6 +267,10 @@ def _as_array(data, name):
     return array
 
 
+#: Arrays with at least this many values are checked by their sum first (check_finite).
+_SUM_CHECK_MIN = 1 << 18
+
+
 def check_finite(array, name, dtype=None, first_row=0):
     """Raise if ``array`` holds NaN or inf; point at the first bad row.
 
@@ -257,13 +279,18 @@ def check_finite(array, name, dtype=None, first_row=0):
     """
     if array.dtype.kind != "f":
         return
-    # The fast path: one sum reads the data once and allocates nothing.  A NaN
-    # or an inf makes the sum NaN or inf, so a finite sum proves every element
-    # finite; a non-finite sum (a bad value, or finite values that overflow
-    # together) falls through to the element-wise check, which decides.
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.add.reduce(np.asarray(array), axis=None)):
-            return
+    # The fast path for large arrays: one sum reads the data once and allocates
+    # nothing.  A NaN or an inf makes the sum NaN or inf, so a finite sum proves
+    # every element finite; a non-finite sum (a bad value, or finite values that
+    # overflow together) falls through to the element-wise check, which decides.
+    # Smaller arrays skip it: below ~300,000 values the element-wise check's
+    # boolean temporary stays in cache and it is the faster one (float64 here:
+    # 3.8 against 5.7 us at 20,000 values, 16 against 19 us at 100,000; 600
+    # against 690 us at 2 M, 3.7 against 6.0 ms at 8 M).
+    if array.size >= _SUM_CHECK_MIN:
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.add.reduce(np.asarray(array), axis=None)):
+                return
     finite = np.isfinite(array)
     if not finite.all():
         bad = [int(i) for i in np.argwhere(~finite)[0]]

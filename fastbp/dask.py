@@ -38,7 +38,6 @@ import math
 import threading
 import time
 import uuid
-import warnings
 from collections import deque
 
 import numpy as np
@@ -671,12 +670,12 @@ class _Fit:
         self.replayable = False
         what = "; ".join(f"{addr} (chunks {', '.join(map(str, chunks))})"
                          for addr, chunks in moved)
-        warnings.warn(
+        validation.warn(
             f"fastbp.dask: Dask worker(s) left during a round of epoch {epoch + 1}: {what}. "
             f"The round was redone from the last average with the remaining {len(keep)} "
             "worker(s); the lost chunks are read again from their source and trained by the "
             "remaining workers (the fit continues, but its result now differs from an "
-            "undisturbed run's).", WorkerLostWarning, stacklevel=5)
+            "undisturbed run's).", WorkerLostWarning)
         self.slots_addr = [self.slots_addr[k] for k in keep]
         self.assignment = [self.assignment[k] for k in keep]
         return [pieces[k] for k in keep], [queues[k] for k in keep]
@@ -764,6 +763,7 @@ def fit(net, X, y, *, client=None, epochs=1, batch_size=32, optimizer=None, shuf
         batches; the default is four times ``Network.fit``'s (about 300 ms
         of kernel time per round: about 640 million parameter-rows divided
         by the parameter count), as a round costs a scheduler round trip.
+        A value above the number of training rows trains as that number.
     validation_data : (X_val, y_val), optional
         Dask arrays; ``val_loss`` is computed on the cluster after each epoch.
     checkpoint : str or path-like, optional
@@ -864,7 +864,7 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
     n_rows = int(X.shape[0])
     batch_size = min(batch_size, n_rows)
     rows = _ROUNDS_PER_DEFAULT * _parallel.default_average_every(net._params.size, batch_size) \
-        if average_every is None else average_every
+        if average_every is None else _parallel.clamp_average_every(average_every, n_rows)
     average_every = _parallel.round_to_batches(rows, batch_size)
     backend = _check_workers(client, net.backend)
 

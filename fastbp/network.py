@@ -13,7 +13,6 @@ import numbers
 import signal
 import sys
 import threading
-import warnings
 
 import numpy as np
 
@@ -320,8 +319,7 @@ class Network:
         forced = validation.check_choice(_config.backend(), choices, "backend (from FASTBP_BACKEND)")
         if forced != "auto":  # the setting forces a backend, e.g. to rerun a script on numpy
             if requested not in ("auto", forced):
-                warnings.warn(f"FASTBP_BACKEND={forced} overrides backend={requested!r}.",
-                              RuntimeWarning, stacklevel=2)
+                validation.warn(f"FASTBP_BACKEND={forced} overrides backend={requested!r}.")
             requested = forced
         self.backend, self._kernels = _backends.resolve(requested)
 
@@ -495,7 +493,7 @@ class Network:
         """A task runner for inference with ``workers`` (checked) threads."""
         threads = _parallel.releases_gil(self._kernels)
         if workers > 1 and not threads:
-            _parallel.warn_in_turn(self._kernels, workers, stacklevel=4)
+            _parallel.warn_in_turn(self._kernels, workers)
         return _parallel.inference_runner(workers, threads)
 
     @_reads
@@ -721,6 +719,8 @@ class Network:
             75 ms of kernel time (about 160 million parameter-rows divided
             by the parameter count), at most ``chunk_rows / workers`` rows
             (a round is one chunk: streamed files stay a chunk in memory).
+            A value above the number of training rows trains as that number
+            (one round per epoch either way).
 
         Returns
         -------
@@ -761,7 +761,7 @@ class Network:
         # batch_size clamps to the same value: its data must be the same.
         batch_size = min(batch_size, train.n_rows)
         parallel = _parallel.Plan(workers, batch_size, average_every, self._params.size,
-                                  _config.chunk_rows())
+                                  _config.chunk_rows(), train.n_rows)
         # The data's fingerprint reads about 1,150 scattered rows (as many pages
         # of a memory-map): only computed when a position is kept or a resume
         # checked, once per fit.

@@ -351,12 +351,17 @@ def test_bad_labels_in_a_streamed_block_name_the_row(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+# Large arrays are checked by their sum first, small ones element-wise: both paths.
+CHECK_ROWS = [4, _validation._SUM_CHECK_MIN // 2]
+
+
+@pytest.mark.parametrize("rows", CHECK_ROWS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_finite_values_whose_sum_overflows_are_accepted_without_a_warning(dtype):
-    # the finiteness check sums the data first; a sum that overflows must fall
+def test_finite_values_whose_sum_overflows_are_accepted_without_a_warning(dtype, rows):
+    # the finiteness check sums large data first; a sum that overflows must fall
     # back to the element-wise check, not be taken for a NaN/inf
     big = np.finfo(dtype).max / 2
-    data = np.full((4, 2), big, dtype=dtype)
+    data = np.full((rows, 2), big, dtype=dtype)
     data[1, 1] = -big
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -365,11 +370,12 @@ def test_finite_values_whose_sum_overflows_are_accepted_without_a_warning(dtype)
             assert _validation.to_dtype(data, dtype, "X") is data
 
 
+@pytest.mark.parametrize("rows", CHECK_ROWS)
 @pytest.mark.parametrize("bad, where", [
     (np.nan, (2, 1)), (np.inf, (3, 0)), (-np.inf, (0, 1)),
 ])
-def test_a_single_nan_or_inf_is_found_at_its_index_even_beside_huge_values(bad, where):
-    data = np.full((5, 2), np.finfo(np.float64).max / 2)
+def test_a_single_nan_or_inf_is_found_at_its_index_even_beside_huge_values(bad, where, rows):
+    data = np.full((rows + 1, 2), np.finfo(np.float64).max / 2)
     data[where] = bad
     before = data.copy()
     with pytest.raises(ValueError, match=re.escape(f"at index {where}")):
@@ -377,7 +383,7 @@ def test_a_single_nan_or_inf_is_found_at_its_index_even_beside_huge_values(bad, 
     np.testing.assert_array_equal(data, before)
     # an inf beside an inf of the other sign (their sum is NaN) is found first,
     # at the caller's row when the array is a block of it
-    data = np.zeros((3, 1))
+    data = np.zeros((2 * rows, 1))
     data[1, 0], data[2, 0] = np.inf, -np.inf
     with pytest.raises(ValueError, match=re.escape("(inf) at index (11, 0)")):
         _validation.check_finite(data, "X", first_row=10)

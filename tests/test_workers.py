@@ -246,6 +246,24 @@ def test_average_every_is_rounded_up_to_whole_batches():
     assert all(x.tobytes() == z.tobytes() for x, z in zip(a.get_weights(), b.get_weights()))
 
 
+@pytest.mark.parametrize("average_every", [48, 2**62, 10**30])
+def test_average_every_beyond_the_rows_is_one_round_per_epoch(tmp_path, average_every):
+    """Any round longer than the data trains as one round; its checkpoint loads."""
+    X, y = _problem("mse", n=47)
+    net = fastbp.Network([3, 4, 1], activations="tanh", backend="numpy", seed=1)
+    start = net.get_weights()
+    path = tmp_path / "run.ckpt"
+    _quiet_fit(net, X, y, epochs=1, batch_size=1, optimizer=fastbp.SGD(0.05), shuffle=False,
+               verbose=0, workers=2, average_every=average_every, checkpoint=path)
+    expected, _ = local_sgd_oracle(start, ["tanh", "linear"], "mse", X, y, list(range(len(X))),
+                                   1, fastbp.SGD(0.05), 2, len(X))
+    for g, e in zip(net.get_weights(), expected):
+        np.testing.assert_allclose(g.tolist(), e, rtol=1e-11, atol=1e-13)
+    loaded = fastbp.load(path)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(loaded.get_weights(),
+                                                           net.get_weights()))
+
+
 def test_default_average_every_is_about_75ms_of_work():
     # 20-64-64-1: 5,569 parameters -> 28,730 rows; 100-256-256-1: 92,417 -> 1,731
     assert _parallel.default_average_every(5569, 1) == int(1.6e8 / 5569)
@@ -255,10 +273,11 @@ def test_default_average_every_is_about_75ms_of_work():
 
 def test_default_round_fits_in_a_chunk():
     """A round is one chunk: by default it is at most chunk_rows rows (a streamed file's read)."""
-    assert _parallel.Plan(2, 1, None, 5569, 32768).average_every == 16384  # not 28,730
-    assert _parallel.Plan(2, 1, None, 92417, 32768).average_every == int(1.6e8 / 92417)
-    assert _parallel.Plan(3, 8, None, 21, 1000).average_every == 336  # 333 -> whole batches
-    assert _parallel.Plan(2, 1, 50_000, 21, 1000).average_every == 50_000  # as passed
+    n = 10**6  # rows
+    assert _parallel.Plan(2, 1, None, 5569, 32768, n).average_every == 16384  # not 28,730
+    assert _parallel.Plan(2, 1, None, 92417, 32768, n).average_every == int(1.6e8 / 92417)
+    assert _parallel.Plan(3, 8, None, 21, 1000, n).average_every == 336  # 333: whole batches
+    assert _parallel.Plan(2, 1, 50_000, 21, 1000, n).average_every == 50_000  # as passed
 
 
 # ----------------------------------------------------------------------------- inference
@@ -365,6 +384,31 @@ def test_a_backend_holding_the_gil_says_its_workers_take_turns():
     net = fastbp.Network([3, 4, 1], backend="numpy")
     with pytest.warns(RuntimeWarning, match="'numpy' backend holds the GIL"):
         net.fit(X, y, verbose=0, workers=2)
+
+
+@pytest.mark.parametrize("call", ["fit", "predict", "evaluate", "gradients", "fit_many",
+                                  "predict_many"])
+@pytest.mark.parametrize("cause", ["cap", "turns"])
+def test_worker_warnings_point_at_the_callers_line(monkeypatch, call, cause):
+    """Each worker warning names the line that called fastbp, whatever the entry point."""
+    monkeypatch.setattr(_parallel, "usable_cores", lambda: 2)
+    X, y = _problem("mse", n=30)
+    backend = "numpy" if cause == "turns" else None
+    workers = 2 if cause == "turns" else 5
+    nets = [fastbp.Network([3, 4, 1], backend=backend or "auto", seed=k) for k in range(2)]
+    calls = {"fit": lambda: nets[0].fit(X, y, verbose=0, workers=workers),
+             "predict": lambda: nets[0].predict(X, workers=workers),
+             "evaluate": lambda: nets[0].evaluate(X, y, workers=workers),
+             "gradients": lambda: nets[0].gradients(X, y, workers=workers),
+             "fit_many": lambda: fastbp.fit_many(nets, X, y, verbose=0, workers=workers),
+             "predict_many": lambda: fastbp.predict_many(nets, X, workers=workers)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calls[call]()
+    match = "more than the 2 cores" if cause == "cap" else "holds the GIL"
+    found = [w for w in caught if match in str(w.message)]
+    assert found, [str(w.message) for w in caught]
+    assert {os.path.basename(w.filename) for w in found} == {os.path.basename(__file__)}
 
 
 # ----------------------------------------------------------------------------- the fit's life
