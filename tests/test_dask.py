@@ -143,6 +143,24 @@ def test_two_workers_equal_in_process_local_sgd(client, backend, opt):
     assert net._step == ref._step
 
 
+def test_a_round_longer_than_the_data_trains_as_one_round_and_checkpoints(client, tmp_path):
+    """average_every beyond the rows trains as the rows' count; its checkpoint loads."""
+    X, y = _problem()
+    a, b = _workers(client)
+    Xd, yd = _pinned(client, X, y, 24, [a, a, b, b])
+    nets = []
+    for A, ckpt in [(len(X), None), (10**30, tmp_path / "run.ckpt")]:
+        net = _net("numpy")
+        fdask.fit(net, Xd, yd, client=client, epochs=2, batch_size=1, shuffle=False,
+                  average_every=A, checkpoint=ckpt, verbose=0)
+        nets.append(net)
+    for got, want in zip(nets[1].get_weights(), nets[0].get_weights()):
+        np.testing.assert_array_equal(got, want)
+    loaded = fastbp.load(tmp_path / "run.ckpt")
+    for got, want in zip(loaded.get_weights(), nets[1].get_weights()):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_deterministic_and_inference(client):
     """Same seed and assignment: the same bits; predict/evaluate equal the in-process ones."""
     X, y = _problem()
