@@ -19,6 +19,8 @@ Weights, optimizer state and step count are saved with the model as always.
 
 import numpy as np
 
+from ._parallel import clamp_average_every, round_to_batches
+
 # Settings that must match between the interrupted fit and the resuming one.
 _MUST_MATCH = {
     "source": "kind of data source (in memory, memory-mapped file or Dask array)",
@@ -28,7 +30,8 @@ _MUST_MATCH = {
     "batch_size": "batch_size",
     "shuffle": "shuffle",
     "workers": "workers",
-    "average_every": "average_every (rows per worker between averages)",
+    "average_every": "average_every (rows per worker between averages, in whole batches and "
+                     "at most the training rows)",
 }
 # What a position written before these settings existed implies.
 _DEFAULTS = {"workers": 1, "average_every": None}
@@ -82,6 +85,11 @@ def check_resume(position, resume_settings, optimizer, current_optimizer):
     saved = position["settings"]
     for key, what in _MUST_MATCH.items():
         was = saved.get(key, _DEFAULTS.get(key))
+        if key == "average_every" and was is not None:
+            # Files written before the clamp to the training rows hold the value as
+            # passed; it trained exactly as its clamped value does.
+            was = round_to_batches(clamp_average_every(was, saved["n_rows"]),
+                                   saved["batch_size"])
         if was != resume_settings[key]:
             raise ValueError(
                 f"fit(resume=True): the interrupted fit was run with {what} = {was!r}; "

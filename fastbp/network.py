@@ -489,10 +489,14 @@ class Network:
         return make_source(X, y, self.layers[0], self.layers[-1], self._dtype, names,
                            labels=self._loss_name in SPARSE_LOSSES, convert=convert)
 
-    def _runner(self, workers):
-        """A task runner for inference with ``workers`` (checked) threads."""
+    def _runner(self, workers, warn=True):
+        """A task runner for inference with ``workers`` (checked) threads.
+
+        ``warn``: say that a backend holding the GIL takes turns (``fit`` has
+        said so already when it computes ``val_loss``).
+        """
         threads = _parallel.releases_gil(self._kernels)
-        if workers > 1 and not threads:
+        if warn and workers > 1 and not threads:
             _parallel.warn_in_turn(self._kernels, workers)
         return _parallel.inference_runner(workers, threads)
 
@@ -860,7 +864,8 @@ class Network:
                         if finished:
                             logs = {"loss": loss_sum / rows}
                             if val is not None:
-                                logs["val_loss"] = self._mean_loss(val, workers)
+                                logs["val_loss"] = self._mean_loss(
+                                    val, workers, runner=self._runner(workers, warn=False))
                     except ValueError:
                         # Bad data in a streamed block, training or validation. The first
                         # epoch reads every block, so it is the only one that can find

@@ -264,6 +264,38 @@ def test_average_every_beyond_the_rows_is_one_round_per_epoch(tmp_path, average_
                                                            net.get_weights()))
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGINT") or sys.platform == "win32",
+                    reason="needs POSIX signals")
+@pytest.mark.parametrize("saved_as_passed", [False, True], ids=["clamped", "as-passed"])
+def test_a_fit_with_a_round_beyond_the_rows_resumes_exactly(tmp_path, saved_as_passed):
+    """Interrupted and resumed: the uninterrupted fit's weights, also from a position that
+    holds the value as passed (files written before the clamp)."""
+    X, y = _problem("mse", n=50)
+    backend = "numba" if _numba() else "numpy"
+    fit = dict(epochs=3, batch_size=1, optimizer=fastbp.Adam(0.01), verbose=0, workers=2,
+               average_every=10**6)
+    ref = fastbp.Network([3, 8, 1], backend=backend, seed=5)
+    ref_hist = _quiet_fit(ref, X, y, **fit)
+
+    class Stop(fastbp.Callback):
+        def on_chunk_end(self, epoch, logs=None):
+            if epoch == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    net = fastbp.Network([3, 8, 1], backend=backend, seed=5)
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        _quiet_fit(net, X, y, checkpoint=path, callbacks=[Stop()], **fit)
+    resumed = fastbp.load(path, backend=backend)
+    assert resumed.training_position["settings"]["average_every"] == 50
+    if saved_as_passed:
+        resumed._position["settings"]["average_every"] = 10**6
+    hist = _quiet_fit(resumed, X, y, resume=True, **fit)
+    for got, want in zip(resumed.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(hist.history["loss"], ref_hist.history["loss"], rtol=1e-12)
+
+
 def test_default_average_every_is_about_75ms_of_work():
     # 20-64-64-1: 5,569 parameters -> 28,730 rows; 100-256-256-1: 92,417 -> 1,731
     assert _parallel.default_average_every(5569, 1) == int(1.6e8 / 5569)
@@ -384,6 +416,11 @@ def test_a_backend_holding_the_gil_says_its_workers_take_turns():
     net = fastbp.Network([3, 4, 1], backend="numpy")
     with pytest.warns(RuntimeWarning, match="'numpy' backend holds the GIL"):
         net.fit(X, y, verbose=0, workers=2)
+    # once per call: the val_loss of every epoch does not say it again
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net.fit(X, y, epochs=2, verbose=0, workers=2, validation_data=(X, y))
+    assert sum("holds the GIL" in str(w.message) for w in caught) == 1
 
 
 @pytest.mark.parametrize("call", ["fit", "predict", "evaluate", "gradients", "fit_many",
@@ -409,6 +446,15 @@ def test_worker_warnings_point_at_the_callers_line(monkeypatch, call, cause):
     found = [w for w in caught if match in str(w.message)]
     assert found, [str(w.message) for w in caught]
     assert {os.path.basename(w.filename) for w in found} == {os.path.basename(__file__)}
+
+
+def test_the_backend_override_warning_points_at_the_callers_line(monkeypatch):
+    monkeypatch.setenv("FASTBP_BACKEND", "numpy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fastbp.Network([3, 4, 1], backend="cython")
+    found = [w for w in caught if "overrides backend='cython'" in str(w.message)]
+    assert [os.path.basename(w.filename) for w in found] == [os.path.basename(__file__)]
 
 
 # ----------------------------------------------------------------------------- the fit's life

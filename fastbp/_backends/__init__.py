@@ -13,8 +13,8 @@ Backends are imported lazily, the first time they are asked for, so that
 
 import importlib
 import logging
-import warnings
 
+from .._validation import warn
 from . import _contract
 
 logger = logging.getLogger("fastbp")
@@ -104,7 +104,7 @@ def resolve(name):
                                f"backends are unavailable ({reasons}).")
                     # once per process: the registry caches the outcome
                     if not getattr(resolve, "_warned", False):
-                        warnings.warn(message, RuntimeWarning, stacklevel=3)
+                        warn(message)
                         resolve._warned = True
                 logger.info("backend 'auto' resolved to %r", candidate)
                 return candidate, module

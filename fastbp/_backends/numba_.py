@@ -74,7 +74,6 @@ import tempfile
 import threading
 import time
 import types
-import warnings
 
 try:
     import fcntl
@@ -85,6 +84,7 @@ import numba  # noqa: F401  (a missing Numba must fail this import: "auto" then 
 import numpy as np
 
 from .. import _config
+from .._validation import warn
 from . import _codes, _contract
 from . import _numba_codegen as _gen
 from . import _numba_kernels as _kernels
@@ -369,9 +369,8 @@ def _module(dtype, sizes=None):
                         reason = (f"cannot use the kernel cache in {_config.cache_dir()} "
                                   f"({exc}); set FASTBP_CACHE_DIR to a writable private "
                                   "directory")
-                    warnings.warn(f"fastbp: {reason}. Compiling in memory instead (every "
-                                  "process compiles again); FASTBP_NO_CACHE=1 does so "
-                                  "without this warning.", RuntimeWarning, stacklevel=4)
+                    warn(f"fastbp: {reason}. Compiling in memory instead (every process "
+                         "compiles again); FASTBP_NO_CACHE=1 does so without this warning.")
                 module = build(False)
         else:
             module = build(False)
@@ -385,10 +384,9 @@ _warned_locks = set()
 def _warn_lock(path, found):
     if path not in _warned_locks:
         _warned_locks.add(path)
-        warnings.warn(f"fastbp: the kernel cache lock {path} {found}; not following it, "
-                      "compiling without the lock. Remove it (the cache directory should "
-                      "hold only what fastbp and Numba write there).", RuntimeWarning,
-                      stacklevel=5)
+        warn(f"fastbp: the kernel cache lock {path} {found}; not following it, compiling "
+             "without the lock. Remove it (the cache directory should hold only what fastbp "
+             "and Numba write there).")
 
 
 def _open_lock(path):
