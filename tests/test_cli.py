@@ -283,6 +283,50 @@ def test_output_path_that_is_a_link_fails_before_training(capsys, tmp_path, opti
 
 
 
+def _npy_data(tmp_path):
+    X, y = make_regression(300, 4, seed=0)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    return tmp_path / "X.npy", tmp_path / "y.npy"
+
+
+@pytest.mark.parametrize("command,output,clash", [
+    ("train", "--save", "x"), ("train", "--checkpoint", "y"), ("train", "--plot", "x"),
+    ("train", "--checkpoint", "csv"), ("train", "--save", "checkpoint"),
+    ("sweep", "--save-best", "x"), ("sweep", "--plot", "y"),
+])
+def test_an_output_naming_an_input_or_another_output_is_refused(capsys, tmp_path, command,
+                                                                 output, clash):
+    """Through another spelling of the path too; nothing trains and no file changes."""
+    X, y = _npy_data(tmp_path)
+    csv = tmp_path / "data.csv"
+    csv.write_text("a,b,t\n1,2,3\n4,5,6\n7,8,9\n")
+    data = ["--csv", csv] if clash == "csv" else ["--x", X, "--y", y]
+    if command == "sweep":
+        data = [*data, "--learning-rates", "0.01"]
+    victim = {"x": X, "y": y, "csv": csv, "checkpoint": tmp_path / "run.ckpt"}[clash]
+    other = [] if clash != "checkpoint" else ["--checkpoint", victim]
+    before = {p: p.read_bytes() for p in (X, y, csv)}
+    spelled = tmp_path / "sub" / ".." / victim.name
+    (tmp_path / "sub").mkdir()
+    status, out, err = run(capsys, command, *data, *FAST, *other, output, spelled)
+    assert status == 2 and "name the same file" in err and output in err, err
+    assert "loss per epoch" not in out
+    assert {p: p.read_bytes() for p in (X, y, csv)} == before
+    assert not (tmp_path / "run.ckpt").exists()
+
+
+def test_a_resume_may_checkpoint_to_the_file_it_resumes(capsys, tmp_path):
+    X, y = _npy_data(tmp_path)
+    ckpt = tmp_path / "run.ckpt"
+    status, _, err = run(capsys, "train", "--x", X, "--y", y, *FAST, "--checkpoint", ckpt)
+    assert status == 0, err
+    status, _, err = run(capsys, "train", "--resume", ckpt, "--epochs", 6, "--quiet",
+                         "--checkpoint", ckpt)
+    assert status == 0, err
+    assert len(fastbp.load(ckpt).training_position["history"]["loss"]) == 6
+
+
 def test_dask_round_timeout_needs_a_cluster(capsys):
     status, _, err = run(capsys, "train", "--synthetic", 300, "--dask-round-timeout", 5)
     assert status == 2 and "--dask-round-timeout applies to --dask-scheduler" in err

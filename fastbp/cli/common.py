@@ -2,6 +2,7 @@
 
 import argparse
 import math
+import os
 
 from .._backends import backend_names
 from .._backends._codes import ACTIVATIONS as _ACTIVATION_CODES
@@ -28,6 +29,35 @@ class CommandError(Exception):
 
 class UsageError(Exception):
     """Options that parse but do not make sense together: exit status 2 with the usage line."""
+
+
+def check_distinct_files(inputs, outputs):
+    """Refuse an output that is an input or another output (``{option: path or None}``).
+
+    Paths are compared as the files they name: through symbolic links and
+    relative spellings, and as the same inode where both exist (hard links).
+    Two inputs may name one file.
+    """
+    seen = [(option, path, True) for option, path in inputs.items() if path is not None]
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        for other, other_path, is_input in seen:
+            if _same_file(path, other_path):
+                what = (f"writing {option} would replace the data of {other}" if is_input
+                        else f"{option} would replace what {other} writes")
+                raise UsageError(f"{other} {other_path} and {option} {path} name the same "
+                                 f"file: {what}. Pass another path for {option}.")
+        seen.append((option, path, False))
+
+
+def _same_file(a, b):
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 # ---------------------------------------------------------------------------- option types

@@ -21,7 +21,8 @@ from .._config import config_context
 from .._data import row_blocks
 from ..metrics import BLOCK_ROWS, RegressionScores
 from . import train as train_command
-from .common import CATEGORICAL, SPARSE_LOSSES, CommandError, positive_float, say
+from .common import (CATEGORICAL, SPARSE_LOSSES, CommandError, check_distinct_files,
+                     positive_float, say)
 
 #: ``fastbp train`` options that ``sweep`` does not take (one network's, or one run's).
 EXCLUDED = ("seed", "learning_rate", "checkpoint", "resume", "save", "dask_scheduler",
@@ -112,6 +113,8 @@ def run(args):
 
 
 def _sweep(opts, learning_rates, seeds, save_best):
+    check_distinct_files({f"--{k}": opts.get(k) for k in ("x", "y", "csv")},
+                         {"--save-best": save_best, "--plot": opts.get("plot")})
     check_path(save_best, "--save-best", "best.fbp")
     train_command._check_output_paths({"plot": opts["plot"]})
     X, Y, described = train_command._load_data(opts)

@@ -27,8 +27,8 @@ from ..metrics import BLOCK_ROWS, RegressionScores, linear_baseline
 from ..network import load_contents
 from ..optimizers import SGD, Adam, RMSprop
 from .common import (ACTIVATIONS, BACKENDS, CATEGORICAL, DTYPES, LOSSES, SPARSE_LOSSES,
-                     CommandError, UsageError,
-                     activation_list, fraction, int_list, layers, non_negative_float,
+                     CommandError, UsageError, activation_list, check_distinct_files,
+                     fraction, int_list, layers, non_negative_float,
                      non_negative_int, positive_float, positive_int, say, workers_count)
 
 #: ``--optimizer`` name -> its class.
@@ -572,6 +572,8 @@ def _architecture(opts, X, Y):
 
 def _check_output_paths(opts):
     """Fail before training, not after it, when an output cannot be written."""
+    check_distinct_files({f"--{k}": opts.get(k) for k in ("x", "y", "csv")},
+                         {f"--{k}": opts.get(k) for k in ("checkpoint", "save", "plot")})
     for option, example in (("save", "model.fbp"), ("plot", "loss.png"),
                             ("checkpoint", "run.ckpt")):
         check_path(opts.get(option), f"--{option}", example)  # creates a probe file there
