@@ -451,6 +451,9 @@ def test_sweep_plot_without_matplotlib(capsys, tmp_path, monkeypatch):
     (["--learning-rates", "0,1e-3"], "expected comma-separated learning rates > 0"),
     (["--learning-rates", "1e-3", "--seeds", "3-1"], "expected seeds >= 0"),
     (["--learning-rates", "1e-3", "--seeds", "0,0"], "each seed once"),
+    # counted, never listed: a list of 10**11 seeds would fill the memory first
+    (["--learning-rates", "1e-3", "--seeds", "0-100000000000"], "at most 10,000 seeds"),
+    (["--learning-rates", "1e-3", "--seeds", "0-5000,10000-15000"], "found 10,002"),
     (["--learning-rates", "1e-3", "--checkpoint", "c.ckpt"], "unrecognized arguments"),
     (["--learning-rates", "1e-3", "--rho", "0.5"], "--rho applies to --optimizer rmsprop"),
 ])

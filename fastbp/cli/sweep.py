@@ -44,9 +44,13 @@ def learning_rates(text):
     return values
 
 
+#: The most seeds ``--seeds`` takes: one network each, all held at once.
+MAX_SEEDS = 10_000
+
+
 def seed_list(text):
     """``--seeds``: ``0-7`` (both ends included), ``0,3,5`` or a mix such as ``0-3,8``."""
-    seeds = []
+    ranges = []
     try:
         for part in text.split(","):
             low, _, high = part.strip().partition("-")
@@ -54,10 +58,16 @@ def seed_list(text):
             high = int(high) if high else low
             if low < 0 or high < low:
                 raise ValueError
-            seeds.extend(range(low, high + 1))
+            ranges.append(range(low, high + 1))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seeds >= 0 such as 0-7, 0,3,5 or 0-3,8; "
                                          f"found {text!r}") from None
+    count = sum(len(r) for r in ranges)  # counted before any list is made
+    if count > MAX_SEEDS:
+        raise argparse.ArgumentTypeError(
+            f"expected at most {MAX_SEEDS:,} seeds (one network each, all trained at once); "
+            f"found {count:,} in {text!r}. Pass a shorter range, e.g. 0-99.")
+    seeds = [seed for r in ranges for seed in r]
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"expected each seed once; found {text!r}")
     return seeds
