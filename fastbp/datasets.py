@@ -10,10 +10,12 @@ rows, and the first ``n`` rows of a larger set equal a set of ``n`` rows.
 """
 
 import contextlib
+import csv
 import errno
 import json
 import math
 import os
+import stat
 import time
 import warnings
 from pathlib import Path
@@ -322,6 +324,27 @@ def _one_line(exc):
     return text or type(exc).__name__
 
 
+def _check_regular_file(path, what):
+    """Raise unless ``path`` names a regular file (links followed): ``what`` says what to pass.
+
+    A FIFO or a terminal would block the read forever, and a device such as
+    ``/dev/zero`` never ends.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file. Pass the path of {what}.") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc}). Pass the path of "
+                         f"{what}.") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO (named pipe)"
+                if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device")
+        raise ValueError(f"{path}: expected a regular file; found {kind}. Pass the path of "
+                         f"{what}.")
+
+
 def load_npy(path):
     """Memory-map a ``.npy`` file of real numbers, read-only (as ``fastbp train --x`` does).
 
@@ -348,6 +371,7 @@ def load_npy(path):
         truncated, another format, unreadable), an ``.npz`` archive, or holds
         no real numbers (e.g. strings or objects).
     """
+    _check_regular_file(path, "a .npy file, e.g. one written by `fastbp make-data`")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
@@ -366,11 +390,55 @@ def load_npy(path):
     return array
 
 
+#: The most characters of a CSV file's first line read to tell a header from data.
+_CSV_FIRST_LINE_MAX = 1 << 20
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_cells(line):
+    """The cells of one CSV line, quotes removed, as ``np.loadtxt(quotechar='"')`` reads them."""
+    return next(csv.reader([line]), [])
+
+
+def _first_bad_csv_row(path, header):
+    """Where the first row that ``load_csv`` cannot read is, counted as an editor counts lines.
+
+    Only run after ``np.loadtxt`` refused the file (its message counts rows
+    after the header from 0 and columns from 1).  None if no row is found.
+    """
+    width = None
+    with open(path, encoding="utf-8-sig", newline="", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.split("#", 1)[0]  # np.loadtxt's comments
+            if number <= header or not line.strip():
+                continue
+            cells = _csv_cells(line)
+            if width is None:
+                width = len(cells)
+            if len(cells) != width:
+                return (f"line {number} has {len(cells)} values where the first data row has "
+                        f"{width}")
+            for column, cell in enumerate(cells, start=1):
+                if not _is_number(cell):
+                    return f"line {number}, column {column}: found {cell.strip()!r}"
+    return None
+
+
 def load_csv(path, targets=1):
     """Read a CSV file of numbers into memory: the features, then ``targets`` target columns.
 
     As ``fastbp train --csv`` reads it: comma-separated numbers, one row per
-    line; a first line that is not numbers (column names) is skipped.
+    line (cells may be quoted; a UTF-8 byte-order mark is skipped); a first
+    line of column names, none of them a number, is skipped.  A first line
+    with a number in it is data, so a bad cell there is an error, not a
+    header.
 
     Parameters
     ----------
@@ -388,8 +456,9 @@ def load_csv(path, targets=1):
     FileNotFoundError
         There is no file at ``path``.
     ValueError
-        Binary data, a row that is not numbers (or of another length), no
-        data rows, or no more than ``targets`` columns.
+        Not a regular file (a directory, FIFO or device), not UTF-8 text, a
+        row that is not numbers or of another length (the message gives its
+        line and column), no data rows, or no more than ``targets`` columns.
 
     Examples
     --------
@@ -402,26 +471,27 @@ def load_csv(path, targets=1):
     ([[3.0, 10.0], [4.0, 5.0]], [[200.0], [320.0]])
     """
     targets = validation.check_positive_int(targets, "targets")
+    _check_regular_file(path, "a CSV file of comma-separated numbers")
     try:
-        with open(path) as f:
-            first = f.readline()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file.") from None
+        # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not a cell
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            first = f.readline(_CSV_FIRST_LINE_MAX)
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: expected a text file of comma-separated numbers; found "
-                         "binary data.") from None
-    try:
-        [float(v) for v in first.split(",")]
-        header = 0
-    except ValueError:  # a header line of column names
-        header = 1
+        raise ValueError(f"{path}: expected a UTF-8 text file of comma-separated numbers; "
+                         "found bytes that are not UTF-8 text (binary data?).") from None
+    # Column names only: a first line with any number in it is data, so that a
+    # row with one empty or mistyped cell is reported, never skipped as a header.
+    header = int(bool(first.strip()) and not any(_is_number(c) for c in _csv_cells(first)))
     try:
         with warnings.catch_warnings():  # "input contained no data": said below, as an error
             warnings.simplefilter("ignore", UserWarning)
-            data = np.loadtxt(path, delimiter=",", skiprows=header, ndmin=2, dtype=np.float64)
+            data = np.loadtxt(path, delimiter=",", skiprows=header, ndmin=2, dtype=np.float64,
+                              quotechar='"', encoding="utf-8-sig")
     except ValueError as exc:
+        where = _first_bad_csv_row(path, header) or _one_line(exc)
         raise ValueError(f"{path}: expected comma-separated numbers in every row (one header "
-                         f"line allowed); {_one_line(exc)}. Fix or remove that row.") from None
+                         f"line of column names allowed); {where}. Fix or remove that "
+                         "row.") from None
     if data.shape[0] == 0:
         raise ValueError(f"{path}: expected data rows; found none.")
     if data.shape[1] <= targets:

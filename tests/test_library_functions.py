@@ -1,6 +1,9 @@
 """What the command line uses, callable from Python: scores, the linear baseline, file loading,
 and the accessors of a network's training position and metadata."""
 
+import os
+import re
+
 import numpy as np
 import pytest
 
@@ -153,6 +156,43 @@ def test_load_csv_errors(tmp_path):
 def _write(path, text):
     path.write_text(text)
     return path
+
+
+def _write_bytes(path, data):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("data,X,y", [
+    (b'"a","b","t"\n"1","2","3"\n4,5,6\n', [[1, 2], [4, 5]], [[3], [6]]),  # quoted cells
+    (b"\xef\xbb\xbf1,2,3\n4,5,6\n", [[1, 2], [4, 5]], [[3], [6]]),  # a byte-order mark
+    (b"\xef\xbb\xbfx,y,t\r\n1,2,3\r\n", [[1, 2]], [[3]]),  # a header after the mark, CRLF
+])
+def test_load_csv_reads_what_spreadsheets_write(tmp_path, data, X, y):
+    got_X, got_y = datasets.load_csv(_write_bytes(tmp_path / "d.csv", data))
+    assert got_X.tolist() == X and got_y.tolist() == y
+
+
+@pytest.mark.parametrize("text,where", [
+    ("1,,3\n4,5,6\n", "line 1, column 2: found ''"),  # data with a hole, not a header
+    ("a,b,c\n1,2,3\n4,,6\n", "line 3, column 2: found ''"),
+    ("a,b,c\n1,2,3\n4,5\n", "line 3 has 2 values where the first data row has 3"),
+    ("1,2,3\n\n4,5,x\n", "line 3, column 3: found 'x'"),  # counted as an editor counts
+])
+def test_load_csv_names_the_line_and_column_of_a_bad_cell(tmp_path, text, where):
+    with pytest.raises(ValueError, match=re.escape(where)):
+        datasets.load_csv(_write(tmp_path / "d.csv", text))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("load", [datasets.load_csv, datasets.load_npy])
+def test_loaders_refuse_what_is_not_a_regular_file(tmp_path, load):
+    """A FIFO would block the read forever and /dev/zero never ends: refused, not opened."""
+    os.mkfifo(tmp_path / "pipe")
+    for path, kind in [(tmp_path / "pipe", "a FIFO"), (tmp_path, "a directory")] + (
+            [("/dev/zero", "a device")] if os.path.exists("/dev/zero") else []):
+        with pytest.raises(ValueError, match=f"expected a regular file; found {kind}"):
+            load(path)
 
 
 # ------------------------------------------------------------------ sources
