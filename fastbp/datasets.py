@@ -40,6 +40,20 @@ _TARGET_SCALE = 1.0 / math.sqrt(2.39)
 _HALF_NORMAL_MEAN = math.sqrt(2.0 / math.pi)  # E|u| for u ~ N(0, 1)
 
 
+def _check_noise_fits(noise, dtype):
+    """Refuse a noise level whose targets could overflow ``dtype``.
+
+    The bound, the square root of the dtype's largest value (1.8e19 in
+    float32), is far above any meaningful noise and far enough below the
+    largest value that no normal draw times it overflows.
+    """
+    limit = math.sqrt(float(np.finfo(dtype).max))
+    if noise > limit:
+        raise ValueError(f"noise: expected at most {limit:.3g} for {np.dtype(dtype).name} "
+                         f"targets (larger noise overflows them to inf); found {noise!r}. "
+                         "Pass e.g. noise=0.1.")
+
+
 def _check_sizes(n_samples, n_features, n_outputs, noise, seed):
     n_samples = validation.check_positive_int(n_samples, "n_samples")
     n_features = validation.check_positive_int(n_features, "n_features")
@@ -153,6 +167,7 @@ def make_regression(n_samples, n_features=20, n_outputs=1, noise=0.1, seed=0, dt
     n_samples, n_features, n_outputs, noise, seed = _check_sizes(
         n_samples, n_features, n_outputs, noise, seed)
     dtype = validation.check_dtype(dtype)
+    _check_noise_fits(noise, dtype)
     X = np.empty((n_samples, n_features), dtype=dtype)
     Y = np.empty((n_samples, n_outputs), dtype=dtype)
     for start, Xb, Yb in _blocks(n_samples, n_features, n_outputs, noise, seed):
@@ -203,28 +218,36 @@ def write_regression(directory, n_samples, n_features=20, n_outputs=1, noise=0.1
     n_samples, n_features, n_outputs, noise, seed = _check_sizes(
         n_samples, n_features, n_outputs, noise, seed)
     dtype = validation.check_dtype(dtype)
+    _check_noise_fits(noise, dtype)
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"{directory}: expected a directory to write X.npy and y.npy "
                                  "into; found a file. Pass another --out path.")
     x_path, y_path = directory / "X.npy", directory / "y.npy"
     if not overwrite:
-        for path in (x_path, y_path):
+        for path in (x_path, y_path, directory / "meta.json"):
             if os.path.lexists(path):
-                raise FileExistsError(f"{path} exists; expected a directory without X.npy and "
-                                      "y.npy. Pass overwrite=True (--force) to replace them, or "
-                                      "another directory.")
-    directory.mkdir(parents=True, exist_ok=True)
+                raise FileExistsError(f"{path} exists; expected a directory without X.npy, "
+                                      "y.npy and meta.json. Pass overwrite=True (--force on the "
+                                      "command line) to replace them, or another directory.")
     y_shape = (n_samples,) if n_outputs == 1 else (n_samples, n_outputs)
     needed = n_samples * (n_features + n_outputs) * dtype.itemsize
     import shutil  # here, not at import: it pulls in bz2 and lzma
 
-    free = shutil.disk_usage(directory).free
+    # The space is checked on the nearest existing folder, before any folder is
+    # made: a refused run leaves no empty directory behind.
+    missing = []
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        missing.append(existing)
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
     if needed + FREE_SPACE_MARGIN > free:
         raise OSError(f"{directory}: expected room for {human_size(needed)} of data plus a "
                       f"{human_size(FREE_SPACE_MARGIN)} safety margin; found "
                       f"{human_size(free)} free. "
                       "Pass fewer samples, dtype float32, or another directory.")
+    directory.mkdir(parents=True, exist_ok=True)
 
     # Everything is written under temporary names in the same directory and
     # renamed into place only when complete.  The rows go through ordinary
@@ -274,6 +297,9 @@ def write_regression(directory, n_samples, n_features=20, n_outputs=1, noise=0.1
                 f.close()
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+        for folder in missing:  # the folders this call made, innermost first, if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise OSError(exc.errno, f"{directory}: the disk filled up while writing the data "
                           f"({os.strerror(exc.errno)}); the partial files were removed. Free "

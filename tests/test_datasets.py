@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import threading
 
 import numpy as np
@@ -108,7 +109,12 @@ def test_interrupted_write_leaves_no_files(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "_block", failing)
     with pytest.raises(KeyboardInterrupt):
         write_regression(tmp_path / "d", 100, 3, progress=True)
-    assert list((tmp_path / "d").iterdir()) == []
+    assert not (tmp_path / "d").exists()  # the folder it made goes too
+    (tmp_path / "kept").mkdir()
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        write_regression(tmp_path / "kept", 100, 3)
+    assert list((tmp_path / "kept").iterdir()) == []  # one that was there stays
 
 
 def test_not_enough_disk_space_is_refused_before_writing(tmp_path, monkeypatch):
@@ -120,6 +126,32 @@ def test_not_enough_disk_space_is_refused_before_writing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="free"):
         write_regression(tmp_path, 10_000_000, 20)
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError, match="free"):  # checked before a new folder is made
+        write_regression(tmp_path / "new" / "data", 10_000_000, 20)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype,limit", [("float32", 1.8446e19), ("float64", 1.3407e154)])
+def test_noise_that_would_overflow_the_targets_is_refused(tmp_path, dtype, limit):
+    """The square root of the dtype's largest value bounds the noise (noise * z never
+    overflows below it); refused before anything is made or written."""
+    _, y = make_regression(500, 3, noise=limit, seed=0, dtype=dtype)
+    assert np.isfinite(y).all()
+    for noise in (limit * 1.01, 1e308):
+        expected = re.escape(f"expected at most {limit:.3g} for {dtype}")
+        with pytest.raises(ValueError, match=expected):
+            make_regression(10, 3, noise=noise, dtype=dtype)
+        with pytest.raises(ValueError, match="overflows"):
+            write_regression(tmp_path / "d", 10, 3, noise=noise, dtype=dtype)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_meta_json_is_kept_unless_overwrite(tmp_path):
+    (tmp_path / "meta.json").write_text("mine")
+    with pytest.raises(FileExistsError, match="meta.json"):
+        write_regression(tmp_path, 50, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["meta.json"]
+    assert (tmp_path / "meta.json").read_text() == "mine"
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symbolic links")

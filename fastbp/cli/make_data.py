@@ -22,7 +22,7 @@ def add_parser(commands):
     make.add_argument("--dtype", choices=DTYPES[::-1], default="float32",
                       help="(default float32)")
     make.add_argument("--out", required=True, metavar="DIR", help="directory to write into")
-    make.add_argument("--force", action="store_true", help="overwrite existing X.npy/y.npy")
+    make.add_argument("--force", action="store_true", help="overwrite existing X.npy, y.npy and meta.json")
     make.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     make.set_defaults(run=run)
     return make
