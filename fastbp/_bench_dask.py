@@ -17,6 +17,7 @@ imported by the functions here, not by the module, so ``fastbp bench``
 without ``--dask`` needs no Dask.
 """
 
+import io
 import os
 import resource
 import statistics
@@ -361,8 +362,12 @@ def plot_curves(runs, path):
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    # rendered in memory, then written as model files are: never through a link at the path
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=os.path.splitext(str(path))[1].lower().lstrip(".") or "png",
+                dpi=100)
     plt.close(fig)
+    _files.atomic_write(path, [buffer.getvalue()], "--plot")
 
 
 def run_dask(workers, rows=ROWS, chunks=CHUNKS, epochs=EPOCHS, rounds=OVERHEAD_ROUNDS,

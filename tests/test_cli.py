@@ -233,6 +233,15 @@ def test_bench_dask_options_are_checked_before_anything_runs(capsys, monkeypatch
         status, _, err = run(capsys, "bench", *bad)
         assert status == 2 and "usage: fastbp bench" in err and says in err, err
     assert len(calls) == 1
+    # the plot's folder and format are checked before the benchmark runs, not after it
+    import importlib.util
+
+    format_check = ("expected a file name" if importlib.util.find_spec("matplotlib")
+                    else "needs matplotlib")
+    for path, says in (("nodir/p.png", "nodir"), ("p.notaformat", format_check)):
+        status, _, err = run(capsys, "bench", "--dask", "1", "--plot", path)
+        assert status == 1 and says in err, err
+    assert len(calls) == 1
 
 
 def test_module_entry_point_exit_status():

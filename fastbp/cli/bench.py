@@ -1,6 +1,7 @@
 """``fastbp bench``: time the benchmark workloads on every installed backend (``fastbp._bench``)."""
 
 from .. import _bench
+from . import train as train_command
 from .common import UsageError
 
 
@@ -27,5 +28,7 @@ def run(args):
     if args.plot and not args.dask:
         raise UsageError("--plot draws the --dask runs: pass --dask N,N too (for threads, "
                          "python benchmarks/workers_loss_curve.py --plot PNG).")
+    if args.plot:  # the path, matplotlib and the format: checked before a long benchmark
+        train_command._check_output_paths({"plot": args.plot})
     _bench.dispatch(args)
     return 0
