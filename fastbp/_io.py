@@ -33,11 +33,13 @@ state and builds itself from what :func:`read_model_file` returns (see
 ``fastbp.network.load``).
 """
 
+import errno
 import hashlib
 import io
 import json
 import math
 import os
+import stat
 
 import numpy as np
 
@@ -86,6 +88,9 @@ def write_model_file(path, state, arrays):
     ValueError
         The header would be larger than ``load`` reads; nothing is written.
     """
+    if path is None:  # check_output_path passes None through (an optional output)
+        raise TypeError("path: expected a file path (str or os.PathLike); found NoneType. "
+                        "Pass e.g. path='model.fbp'.")
     path = _files.check_output_path(path, "path", "model.fbp")  # before anything is written
     extra = state["extra"]
     arrays = dict(arrays)
@@ -589,9 +594,28 @@ def read_model_file(path):
     ValueError
         The file is not a model file this fastbp reads (damaged, truncated,
         crafted or of another format).
+    TypeError
+        ``path`` is not a file path (an int would be taken by ``open`` as a
+        file descriptor, and closed).
     OSError
-        The file cannot be opened or read.
+        The file cannot be opened or read, or is not a regular file (a FIFO
+        would block the read).
     """
+    if isinstance(path, (bool, int)) or not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"path: expected a file path (str or os.PathLike); found "
+                        f"{type(path).__name__} {path!r:.80}. Pass e.g. path='model.fbp'.")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None  # missing or unreadable: open() says so below
+    if mode is not None and stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, f"{os.fsdecode(path)}: expected a model file; "
+                                "found a directory. Pass the path of a file written by "
+                                "Network.save().")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, f"{os.fsdecode(path)}: expected a model file; found "
+                      f"{_files.file_kind(mode)}. Pass the path of a file written by "
+                      "Network.save().")
     return _read(path)
 
 

@@ -247,6 +247,31 @@ def test_save_refuses_a_fifo(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.fbp", "pipe"]
 
 
+@pytest.mark.parametrize("bad", [True, 1, 2, None, 1.5])
+def test_load_and_save_take_only_paths(tmp_path, bad):
+    """An int is a file descriptor to open(): load(True) would read and then close stdout."""
+    net, path = _model(tmp_path)
+    with open(path, "rb") as f:
+        fd = f.fileno()
+        for call in (fastbp.load, net.save, lambda p: fastbp.load(fd)):
+            with pytest.raises(TypeError, match="path: expected a file path"):
+                call(bad)
+        os.fstat(fd)  # still open
+        assert f.read(1)
+    os.fstat(1)
+    os.fstat(2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.fbp"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_load_refuses_a_fifo_and_a_directory_without_opening_them(tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(OSError, match="found a FIFO"):
+        fastbp.load(tmp_path / "pipe")  # opening it would wait for a writer forever
+    with pytest.raises(IsADirectoryError, match="found a directory"):
+        fastbp.load(tmp_path)
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null")
 def test_check_path_refuses_a_device():
     with pytest.raises(FileExistsError, match="character device"):
