@@ -31,7 +31,7 @@ from . import _config, _parallel
 from . import _validation as validation
 from .callbacks import Callback, History, ProgbarLogger
 from .network import (Network, TrainingDivergedError, _check_callbacks, _check_monitored,
-                      _check_verbose, _deferred_sigint, _writing)
+                      _check_verbose, _deferred_sigint, _reading, _writing)
 from .optimizers import SGD, Adam, RMSprop
 
 
@@ -634,19 +634,25 @@ def predict_many(networks, X, *, workers=1):
     runner = _parallel.TaskRunner(workers, threads)
     step = _config.chunk_rows()  # the blocks of predict(X, workers=1): the same bits
     try:
-        for start in range(0, X.shape[0], step):
-            block = validation.to_dtype(X[start:start + step], first.dtype, "X",
-                                        first_row=start)
-            counter = itertools.count()
-
-            def task(_, block=block, start=start, counter=counter):
-                for k in iter(counter.__next__, None):
-                    if k >= len(networks):
-                        return
-                    networks[k]._predict_block(block, out[k, start:start + block.shape[0]])
-
-            runner.run(task, workers)
+        with _reading(networks, "predict_many"):
+            _predict_blocks(networks, X, out, runner, workers, step)
     finally:
         runner.close()
     return out
+
+
+def _predict_blocks(networks, X, out, runner, workers, step):
+    """``out[k] = networks[k].predict(X)`` block by block, ``workers`` tasks per block."""
+    first = networks[0]
+    for start in range(0, X.shape[0], step):
+        block = validation.to_dtype(X[start:start + step], first.dtype, "X", first_row=start)
+        counter = itertools.count()
+
+        def task(_, block=block, start=start, counter=counter):
+            for k in iter(counter.__next__, None):
+                if k >= len(networks):
+                    return
+                networks[k]._predict_block(block, out[k, start:start + block.shape[0]])
+
+        runner.run(task, workers)
 

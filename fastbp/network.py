@@ -185,6 +185,52 @@ def _writing(networks, what):
             _leave_writer(network._guard)
 
 
+def _enter_reader(guard, what):
+    """Take ``guard`` for reading in this thread (re-entrant), or raise RuntimeError.
+
+    The reader's side of :class:`_Guard` for :func:`_reading`; :func:`_reads`
+    inlines the same steps.
+    """
+    me = _get_ident()
+    with guard._mutex:
+        writer = guard._writer
+        if writer is not None and writer != me:
+            guard._refuse(what, guard._writing, guard._writing in ("fit", "fit_many"))
+        entry = guard._readers.get(me)
+        if entry is None:
+            guard._readers[me] = [1, what]
+        else:
+            entry[0] += 1
+
+
+def _leave_reader(guard):
+    """Give back one level of :func:`_enter_reader` (see :func:`_reads` on the lock)."""
+    readers, me = guard._readers, _get_ident()
+    entry = readers[me]
+    if entry[0] == 1:
+        del readers[me]
+    else:
+        entry[0] -= 1
+
+
+@contextlib.contextmanager
+def _reading(networks, what):
+    """Hold every network of ``networks`` for reading (:func:`fastbp.predict_many`).
+
+    For the whole call, so that no ``fit`` in another thread changes a
+    network between two blocks of its rows.  All or none, as :func:`_writing`.
+    """
+    held = []
+    try:
+        for network in networks:
+            _enter_reader(network._guard, what)
+            held.append(network)
+        yield
+    finally:
+        for network in reversed(held):
+            _leave_reader(network._guard)
+
+
 def _reads(method):
     """Run ``method`` as a reader: refused while another thread trains the network.
 

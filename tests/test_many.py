@@ -378,6 +378,40 @@ def test_a_network_busy_in_another_thread_is_refused():
         thread.join()
 
 
+def test_predict_many_holds_every_network_for_the_whole_call(monkeypatch):
+    """A fit from another thread between two blocks is refused: no output mixes weights."""
+    import threading
+
+    X, _ = _data(n=100)
+    nets = [_network(k, "numpy", "float64") for k in range(2)]
+    expected = [net.predict(X) for net in nets]
+    before = _state(nets[1])
+    kernels = nets[0]._kernels
+    real_predict, refused = kernels.predict, []
+
+    def predict_then_fit_elsewhere(*args):
+        real_predict(*args)
+        if not refused:  # after the first block: another thread tries to train nets[1]
+            def train():
+                try:
+                    nets[1].fit(X, expected[1], verbose=0, optimizer=fastbp.SGD(0.5))
+                except RuntimeError as exc:
+                    refused.append(str(exc))
+            thread = threading.Thread(target=train)
+            thread.start()
+            thread.join()
+            if not refused:
+                refused.append(None)  # the fit went through
+
+    monkeypatch.setattr(kernels, "predict", predict_then_fit_elsewhere)
+    with fastbp.config_context(chunk_rows=30):  # four blocks
+        out = fastbp.predict_many(nets, X)
+    assert refused and refused[0] is not None and "predict_many" in refused[0], refused
+    _assert_same(_state(nets[1]), before)
+    for k in range(2):
+        assert out[k].tobytes() == expected[k].tobytes()
+
+
 def test_public_names():
     for name in ("fit_many", "predict_many", "ManyDivergedError"):
         assert name in fastbp.__all__
