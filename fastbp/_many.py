@@ -31,7 +31,8 @@ from . import _config, _parallel
 from . import _validation as validation
 from .callbacks import Callback, History, ProgbarLogger
 from .network import (Network, TrainingDivergedError, _check_callbacks, _check_monitored,
-                      _check_verbose, _deferred_sigint, _reading, _writing)
+                      _check_verbose, _deferred_sigint, _reading, _writing,
+                      refuse_nested_fit)
 from .optimizers import SGD, Adam, RMSprop
 
 
@@ -441,6 +442,7 @@ def fit_many(networks, X, y, *, epochs=1, batch_size=32, optimizers=None, shuffl
     memory) changes no network.
     """
     networks = _check_networks(networks, "fit_many")
+    refuse_nested_fit(networks, "fit_many")
     with _writing(networks, "fit_many"):
         return _fit_many(networks, X, y, epochs, batch_size, optimizers, shuffle,
                          validation_data, validation_split, callbacks, verbose, workers)

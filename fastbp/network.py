@@ -133,6 +133,25 @@ def _leave_writer(guard):
             guard._writer = guard._writing = None
 
 
+def refuse_nested_fit(networks, what):
+    """Raise RuntimeError if this thread is training one of ``networks`` already.
+
+    The guard lets the training thread re-enter its network (a callback may
+    read it or set its weights), but a second ``fit`` from a callback would
+    train on the buffers the outer one is using and leave both half done.
+    """
+    me = _get_ident()
+    for network in networks:
+        guard = network._guard
+        if guard._writer == me and guard._writing in ("fit", "fit_many"):
+            raise RuntimeError(
+                f"{what}: expected a call outside the training of this Network; found it "
+                f"called while {guard._writing} trains it in this thread (from one of its "
+                "callbacks). A nested fit would train on the state the outer one is using. "
+                "Set network.stop_training = True in the callback and call "
+                f"{what} after the outer {guard._writing} returns.")
+
+
 def _writes(method):
     """Run ``method`` holding the network for writing (see :class:`_Guard`).
 
@@ -140,9 +159,12 @@ def _writes(method):
     reader's side below (``set_weights`` runs in callbacks' loops).
     """
     what = method.__name__
+    trains = what == "fit"
 
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
+        if trains:
+            refuse_nested_fit((self,), what)
         guard = self._guard
         me = _get_ident()
         with guard._mutex:

@@ -412,6 +412,42 @@ def test_predict_many_holds_every_network_for_the_whole_call(monkeypatch):
         assert out[k].tobytes() == expected[k].tobytes()
 
 
+@pytest.mark.parametrize("outer", ["fit", "fit_many"])
+@pytest.mark.parametrize("inner", ["fit", "fit_many"])
+def test_training_a_network_from_its_own_training_callback_is_refused(outer, inner):
+    """The nested call is refused and the outer training ends as it would have alone."""
+    X, y = _data()
+    errors = []
+
+    class Nested(fastbp.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            try:
+                if inner == "fit":
+                    self.network.fit(X, y, verbose=0)
+                else:
+                    fastbp.fit_many([_network(9, "numpy", "float64"), self.network], X, y,
+                                    verbose=0)
+            except RuntimeError as exc:
+                errors.append(str(exc))
+
+    def train(nets, callbacks):
+        if outer == "fit":
+            nets[0].fit(X, y, epochs=2, verbose=0, callbacks=callbacks(0))
+        else:
+            fastbp.fit_many(nets, X, y, epochs=2, verbose=0, callbacks=callbacks)
+
+    nets = [_network(k, "numpy", "float64") for k in range(2)]
+    ref = [_network(k, "numpy", "float64") for k in range(2)]
+    train(nets, lambda k: [Nested()])
+    train(ref, lambda k: [])
+    trained = 1 if outer == "fit" else 2
+    assert len(errors) == 2 * trained  # one per epoch and network
+    assert all(f"{inner}: expected a call outside the training" in e and
+               f"while {outer} trains it" in e for e in errors), errors
+    for a, b in zip(nets[:trained], ref[:trained]):
+        _assert_same(_state(a), _state(b))
+
+
 def test_public_names():
     for name in ("fit_many", "predict_many", "ManyDivergedError"):
         assert name in fastbp.__all__
