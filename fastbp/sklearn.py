@@ -245,6 +245,17 @@ class _FastBPBase(BaseEstimator):
                        loss=loss, dtype=self.dtype, backend=self.backend, seed=seed)
 
     def _fit(self, X, y, incremental):
+        # A call that fails leaves the fitted attributes as they were (n_features_in_,
+        # classes_ and the rest are set while the data is checked, before training).
+        saved = dict(self.__dict__)
+        try:
+            return self._fit_checked(X, y, incremental, saved)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+
+    def _fit_checked(self, X, y, incremental, saved):
         hidden, activation = self._check_params()
         first = incremental and not hasattr(self, "network_")
         X, y = self._validate_X_y(X, y, reset=first or not incremental)
@@ -252,6 +263,12 @@ class _FastBPBase(BaseEstimator):
         n_out = Y.shape[1] if Y.ndim == 2 else self._n_network_outputs()
         rng = check_random_state(self.random_state)
         keep = hasattr(self, "network_") and (incremental or self.warm_start)
+        if keep and not incremental and "classes_" in saved and not np.array_equal(
+                np.asarray(saved["classes_"]), np.asarray(self.classes_)):
+            raise ValueError(f"warm start: expected y with the classes of the previous fit, "
+                             f"{np.asarray(saved['classes_']).tolist()}; found "
+                             f"{self.classes_.tolist()}. Fit a new estimator or set "
+                             "warm_start=False.")
         if keep and (self.network_.layers != (X.shape[1], *hidden, n_out)):
             raise ValueError(f"warm start: expected data for the fitted network "
                              f"{list(self.network_.layers)}; found {X.shape[1]} features and "
@@ -559,9 +576,14 @@ class FastBPClassifier(ClassifierMixin, _FastBPBase):
             self._partial_classes = np.asarray(classes)
         elif classes is not None and not np.array_equal(
                 np.asarray(classes), np.asarray(self.classes_)):
-            raise ValueError(f"partial_fit: expected classes={list(self.classes_)} as on the "
-                             f"first call; found {list(classes)}.")
-        return self._fit(X, y, incremental=True)
+            raise ValueError(f"partial_fit: expected classes={self.classes_.tolist()} as on "
+                             f"the first call; found {np.asarray(classes).tolist()}.")
+        try:
+            return self._fit(X, y, incremental=True)
+        except BaseException:
+            if not hasattr(self, "network_"):  # a failed first call keeps no classes
+                self.__dict__.pop("_partial_classes", None)
+            raise
 
     def _check_y(self, y):
         y = np.asarray(y)
@@ -592,16 +614,16 @@ class FastBPClassifier(ClassifierMixin, _FastBPBase):
                     self._partial_classes = None
                 if len(self.classes_) < 2:
                     raise ValueError(f"y: expected at least 2 classes; found one class, "
-                                     f"{self.classes_[0]!r}. A classifier needs examples of "
-                                     "two or more classes.")
+                                     f"{self.classes_[0].item()!r}. A classifier needs "
+                                     "examples of two or more classes.")
         if self._multilabel:
             return np.ascontiguousarray(y, dtype=np.dtype(self.dtype))
         index = np.searchsorted(self.classes_, y)
         index = np.clip(index, 0, len(self.classes_) - 1)
         if not np.array_equal(np.asarray(self.classes_)[index], y):
             unknown = [v for v in np.unique(y) if v not in set(self.classes_)]
-            raise ValueError(f"y: expected labels among the classes {list(self.classes_)}; "
-                             f"found {unknown[:5]}.")
+            raise ValueError(f"y: expected labels among the classes {self.classes_.tolist()}; "
+                             f"found {np.asarray(unknown[:5]).tolist()}.")
         if len(self.classes_) == 2:
             return index.astype(np.dtype(self.dtype)).reshape(-1, 1)
         return index.astype(np.int64)  # class labels: sparse categorical cross-entropy

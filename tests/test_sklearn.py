@@ -360,3 +360,56 @@ def test_the_guide_example_runs():
     namespace = {}
     exec(compile(code, "sklearn.md", "exec"), namespace)
     assert namespace["search"].best_score_ > 0.5
+
+
+# ----------------------------------------------------------------------------- failed fits
+def _fitted_state(est):
+    """The estimator's fitted attributes and its network's weights, copied."""
+    state = {k: v for k, v in vars(est).items() if k.endswith("_") and k != "network_"}
+    weights = [w.copy() for w in est.network_.get_weights()] if hasattr(est, "network_") else []
+    return state, weights
+
+
+def _assert_same_state(a, b):
+    (sa, wa), (sb, wb) = a, b
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert np.array_equal(np.asarray(sa[key]), np.asarray(sb[key])), key
+    assert all(x.tobytes() == y.tobytes() for x, y in zip(wa, wb)) and len(wa) == len(wb)
+
+
+def test_a_refused_warm_start_changes_no_fitted_attribute():
+    X, y = _regression()
+    r = FastBPRegressor((4,), max_iter=3, warm_start=True, random_state=0).fit(X, y)
+    before = _fitted_state(r)
+    with pytest.raises(ValueError, match="warm start: expected data for the fitted network"):
+        r.fit(np.hstack([X, X[:, :1]]), y)
+    _assert_same_state(_fitted_state(r), before)
+    assert r.predict(X).shape == (len(X),)
+
+
+@pytest.mark.parametrize("labels", ["more", "others", "one"])
+def test_a_warm_start_with_other_classes_is_refused_and_changes_nothing(labels):
+    X, y = make_classification(200, 6, n_informative=4, n_classes=3, random_state=0)
+    c = FastBPClassifier((4,), max_iter=3, warm_start=True, random_state=0).fit(X, y)
+    before = _fitted_state(c)
+    new = {"more": (y + np.arange(len(y))) % 4, "others": y + 10, "one": np.zeros_like(y)}
+    match = "at least 2 classes" if labels == "one" else "the classes of the previous fit"
+    with pytest.raises(ValueError, match=match):
+        c.fit(X, new[labels])
+    _assert_same_state(_fitted_state(c), before)
+    assert c.predict_proba(X).shape == (len(X), 3)
+    c.fit(X, y[::-1])  # the same classes: a warm start as before
+
+
+def test_a_failed_first_fit_leaves_an_unfitted_estimator():
+    X, y = make_classification(100, 5, random_state=0)
+    for call in (lambda c: c.fit(X, np.zeros_like(y)),
+                 lambda c: c.partial_fit(X, np.full(len(y), 7), classes=[0, 1])):
+        c = FastBPClassifier((4,), max_iter=2)
+        with pytest.raises(ValueError):
+            call(c)
+        assert not [k for k in vars(c) if k.endswith("_")]
+        assert c.__dict__.get("_partial_classes") is None
+        with pytest.raises(NotFittedError):
+            c.predict(X)
