@@ -488,7 +488,9 @@ def _fit_many(networks, X, y, epochs, batch_size, optimizers, shuffle, validatio
     streamed = train.streamed or (val is not None and val.streamed)
     runner = group = None
     progress = None
-    rollback = False
+    # Until the first round, nothing has trained: any failure (a callback's
+    # on_train_begin, the buffers) gives every network back as it was.
+    rollback = True
     try:
         for job in jobs:
             for callback in job.callbacks:
@@ -506,6 +508,7 @@ def _fit_many(networks, X, y, epochs, batch_size, optimizers, shuffle, validatio
         runner = _parallel.TaskRunner(workers, threads)
         if verbose:
             progress = _Progress(jobs)
+        rollback = False
         with _deferred_sigint() as interrupted:
             for job in jobs:
                 job.begin_epoch()

@@ -908,17 +908,26 @@ class Network:
         stopped = self.stop_training
         first_epoch = epoch
         streamed = train.streamed or (val is not None and val.streamed)
-        for callback in callbacks:
-            callback.on_train_begin()
-        if position is not None:
-            _checkpoint.restore_callbacks(position, callbacks)
-        self.stop_training = stopped
-        # One trainer for the whole fit: the backend lays out its working
-        # buffers once; the model's own buffers are written after every chunk
-        # that ends finite, so they always hold the last accepted state.
-        self._trainer = parallel.open_trainer(
-            self._kernels, self._params, self._state, self._sizes, self._acts, self._loss,
-            batch_size, self._opt_code, self._hyper)
+        try:
+            for callback in callbacks:
+                callback.on_train_begin()
+            if position is not None:
+                _checkpoint.restore_callbacks(position, callbacks)
+            self.stop_training = stopped
+            # One trainer for the whole fit: the backend lays out its working
+            # buffers once; the model's own buffers are written after every chunk
+            # that ends finite, so they always hold the last accepted state.
+            self._trainer = parallel.open_trainer(
+                self._kernels, self._params, self._state, self._sizes, self._acts,
+                self._loss, batch_size, self._opt_code, self._hyper)
+        except BaseException:
+            # Nothing has trained (a callback's on_train_begin raised, or the
+            # buffers could not be made): the model, its optimizer and its
+            # training position are given back as they were before this call.
+            parallel.close()
+            self._restore(before)
+            self._position = previous_position
+            raise
         try:
             with _deferred_sigint() as interrupted:
                 while epoch < epochs and not self.stop_training:

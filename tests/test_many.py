@@ -448,6 +448,30 @@ def test_training_a_network_from_its_own_training_callback_is_refused(outer, inn
         _assert_same(_state(a), _state(b))
 
 
+@pytest.mark.parametrize("call", ["fit", "fit_many"])
+def test_a_callback_failing_before_training_gives_the_networks_back(call):
+    """on_train_begin raises: optimizer, its state, step, shuffle state and position as before."""
+    X, y = _data()
+    nets = [_network(k, "numpy", "float64") for k in range(2)]
+    for net in nets:
+        net.fit(X, y, epochs=2, verbose=0, optimizer=fastbp.Adam(0.01))
+    before = [_state(net) for net in nets]
+
+    class Refuse(fastbp.Callback):
+        def on_train_begin(self, logs=None):
+            raise RuntimeError("not now")
+
+    with pytest.raises(RuntimeError, match="not now"):
+        if call == "fit":
+            nets[0].fit(X, y, verbose=0, optimizer=fastbp.SGD(0.1), callbacks=[Refuse()])
+        else:
+            fastbp.fit_many(nets, X, y, verbose=0, optimizers=[fastbp.SGD(0.1)] * 2,
+                            callbacks=lambda k: [Refuse()] if k == 1 else [])
+    for net, state in zip(nets, before):
+        _assert_same(_state(net), state)
+        assert isinstance(net.optimizer, fastbp.Adam)
+
+
 def test_public_names():
     for name in ("fit_many", "predict_many", "ManyDivergedError"):
         assert name in fastbp.__all__
