@@ -456,6 +456,9 @@ def _fit_many(networks, X, y, epochs, batch_size, optimizers, shuffle, validatio
     shuffle = validation.check_bool(shuffle, "shuffle")
     validation_split = validation.check_fraction(validation_split, "validation_split")
     optimizers = _check_optimizers(optimizers, len(networks))
+    for k, optimizer in enumerate(optimizers):
+        if optimizer is not None:
+            optimizer._check_dtype(networks[k].dtype, f"optimizers[{k}]")
     verbose = _check_verbose(verbose)
     workers = _parallel.check_workers(workers)
     lists = _check_many_callbacks(callbacks, len(networks))

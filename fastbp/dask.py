@@ -842,6 +842,8 @@ def _fit_network(net, X, y, *, client, epochs, batch_size, optimizer, shuffle, a
     resume = validation.check_bool(resume, "resume")
     if optimizer is not None and not isinstance(optimizer, (SGD, Adam, RMSprop)):
         net._bind_optimizer(optimizer)  # raises the type error
+    if optimizer is not None:
+        optimizer._check_dtype(net.dtype)
     verbose = _check_verbose(verbose)
     average_every = _parallel.check_average_every(average_every)
     checkpoint = _checkpoint.check_path(checkpoint)

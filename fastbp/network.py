@@ -820,6 +820,8 @@ class Network:
         validation_split = validation.check_fraction(validation_split, "validation_split")
         if optimizer is not None and not isinstance(optimizer, (SGD, Adam, RMSprop)):
             self._bind_optimizer(optimizer)  # raises the type error
+        if optimizer is not None:
+            optimizer._check_dtype(self._dtype)
         verbose = _check_verbose(verbose)
         workers = _parallel.check_workers(workers)
         average_every = _parallel.check_average_every(average_every)

@@ -31,6 +31,26 @@ class Optimizer:
         hyper[:len(values)] = values
         return self._code(), hyper
 
+    def _check_dtype(self, dtype, what="optimizer"):
+        """Raise ValueError if a nonzero hyper-parameter is 0 or inf in ``dtype``.
+
+        The kernels compute in the network's dtype: an ``epsilon=1e-50`` is 0
+        in float32, and a zero gradient then divides 0 by 0.
+        """
+        dtype = np.dtype(dtype)
+        info = np.finfo(dtype)
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not value:
+                continue
+            with np.errstate(over="ignore", under="ignore"):
+                cast = dtype.type(value)
+            if cast == 0 or not np.isfinite(cast):
+                raise ValueError(
+                    f"{what}: expected hyper-parameters that {dtype.name} (the network's dtype) "
+                    f"can hold; found {type(self).__name__}({name}={value!r}), which is "
+                    f"{'0' if cast == 0 else 'inf'} in {dtype.name}. Pass {name} between "
+                    f"{info.tiny:.3g} and {info.max:.3g} (or 0 where 0 is allowed).")
+
     def get_config(self):
         """Hyper-parameters as a dict, with the class name under ``"name"``."""
         return {"name": type(self).__name__, **asdict(self)}

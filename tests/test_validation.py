@@ -106,6 +106,34 @@ def test_bad_optimizer_hyperparameters(make):
     _assert_clear(excinfo)
 
 
+@pytest.mark.parametrize("optimizer,name,becomes", [
+    (fastbp.Adam(epsilon=1e-50), "epsilon", "0"), (fastbp.RMSprop(epsilon=1e-46), "epsilon", "0"),
+    (fastbp.SGD(learning_rate=1e39), "learning_rate", "inf"),
+])
+def test_hyperparameters_the_float32_network_cannot_hold_are_refused(optimizer, name, becomes):
+    """Valid in float64, but 0 or inf in the network's float32: refused, nothing changed."""
+    X, y = _data()
+    net = fastbp.Network([X.shape[1], 4, 1], dtype="float32", seed=0)
+    net.fit(X, y, verbose=0, optimizer=fastbp.Adam(0.01))
+    before = (net.get_weights(), net.optimizer, net._step, net._state.copy())
+    calls = {"fit": lambda: net.fit(X, y, verbose=0, optimizer=optimizer),
+             "fit_many": lambda: fastbp.fit_many([net], X, y, verbose=0, optimizers=[optimizer])}
+    for call in calls.values():
+        with pytest.raises(ValueError, match=f"{name}=.*which is {becomes} in float32") as exc:
+            call()
+        _assert_clear(exc)
+        weights, opt, step, state = before
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(weights, net.get_weights()))
+        assert net.optimizer == opt and net._step == step
+        assert net._state.tobytes() == state.tobytes()
+    # a float64 network holds them: not refused (a step of 1e39 may still diverge there)
+    wide = fastbp.Network([X.shape[1], 4, 1], dtype="float64", seed=0)
+    try:
+        wide.fit(X, y, verbose=0, optimizer=optimizer)
+    except fastbp.TrainingDivergedError:
+        assert name == "learning_rate"
+
+
 def test_set_weights_wrong_shapes_change_nothing():
     net = _net()
     before = net.get_weights()
