@@ -168,8 +168,16 @@ def make_regression(n_samples, n_features=20, n_outputs=1, noise=0.1, seed=0, dt
         n_samples, n_features, n_outputs, noise, seed)
     dtype = validation.check_dtype(dtype)
     _check_noise_fits(noise, dtype)
-    X = np.empty((n_samples, n_features), dtype=dtype)
-    Y = np.empty((n_samples, n_outputs), dtype=dtype)
+    try:
+        X = np.empty((n_samples, n_features), dtype=dtype)
+        Y = np.empty((n_samples, n_outputs), dtype=dtype)
+    except (MemoryError, ValueError):  # ValueError: more elements than an array can have
+        size = human_size(n_samples * (n_features + n_outputs) * dtype.itemsize)
+        raise MemoryError(f"make_regression: expected data that fits in memory; found that "
+                          f"{n_samples:,} rows x {n_features + n_outputs} columns of "
+                          f"{dtype.name} ({size}) cannot be allocated. Pass fewer samples, or "
+                          "write them to disk with write_regression (`fastbp make-data`) and "
+                          "train on the memory-mapped files.") from None
     for start, Xb, Yb in _blocks(n_samples, n_features, n_outputs, noise, seed):
         X[start:start + len(Xb)] = Xb
         Y[start:start + len(Yb)] = Yb

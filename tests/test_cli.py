@@ -336,6 +336,20 @@ def test_a_resume_may_checkpoint_to_the_file_it_resumes(capsys, tmp_path):
     assert len(fastbp.load(ckpt).training_position["history"]["loss"]) == 6
 
 
+def test_empty_or_featureless_arrays_and_odd_resume_paths_are_named(capsys, tmp_path):
+    np.save(tmp_path / "y5.npy", np.zeros(5))
+    for shape, y in (((0, 3), np.zeros(0)), ((5, 0), np.zeros(5))):
+        np.save(tmp_path / "X.npy", np.zeros(shape))
+        np.save(tmp_path / "y.npy", y)
+        status, _, err = run(capsys, "train", "--x", tmp_path / "X.npy", "--y",
+                             tmp_path / "y.npy", *FAST)
+        assert status == 1 and f"at least one row and one feature; found shape {shape}" in err
+    status, _, err = run(capsys, "train", "--resume", tmp_path)
+    assert status == 1 and "expected a model file; found a directory" in err, err
+    status, _, err = run(capsys, "train", "--synthetic", 10**20, *FAST)
+    assert status == 1 and "cannot be allocated" in err and "Traceback" not in err, err
+
+
 def test_dask_round_timeout_needs_a_cluster(capsys):
     status, _, err = run(capsys, "train", "--synthetic", 300, "--dask-round-timeout", 5)
     assert status == 2 and "--dask-round-timeout applies to --dask-scheduler" in err

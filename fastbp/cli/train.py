@@ -290,10 +290,13 @@ _STORED_TYPES = {positive_int: int, non_negative_int: int, workers_count: int,
 
 def _read_checkpoint(path):
     """``_io.read_model_file`` of checkpoint ``path``: its checked header and arrays."""
-    if not Path(path).is_file():
+    if not os.path.exists(path):
         raise CommandError(f"--resume {path}: no such file. Pass the path given to "
                            "--checkpoint when the run was started.")
-    return _io.read_model_file(path)
+    try:
+        return _io.read_model_file(path)  # a directory or FIFO: refused by kind, not opened
+    except OSError as exc:
+        raise CommandError(f"--resume {exc.strerror or exc}") from None
 
 
 def _stored_in(path, header):
@@ -507,9 +510,9 @@ def _load_data(opts):
     if opts["x"] is not None:
         X = _load_npy(opts["x"], "--x")
         Y = _load_npy(opts["y"], "--y")
-        if X.ndim != 2:
-            raise CommandError(f"--x {opts['x']}: expected a 2-D array (rows, features); found "
-                               f"shape {X.shape}.")
+        if X.ndim != 2 or 0 in X.shape:
+            raise CommandError(f"--x {opts['x']}: expected a 2-D array (rows, features) with "
+                               f"at least one row and one feature; found shape {X.shape}.")
         if Y.ndim not in (1, 2) or len(Y) != len(X):
             raise CommandError(f"--y {opts['y']}: expected shape ({len(X)},) or ({len(X)}, k) "
                                f"to match the {len(X):,} rows of --x; found shape {Y.shape}.")
